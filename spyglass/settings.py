@@ -1,0 +1,27 @@
+"""Server settings, read from ``SPYGLASS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPYGLASS_", frozen=True)
+
+    db: str = "data/spyglass.db"
+    """SQLite path or SQLAlchemy URL of the index."""
+    device: str | None = None
+    """Device for live model requests; CUDA when available, else CPU."""
+    preload: bool = False
+    """Load each indexed model at start-up instead of on the first live request."""
+    page_size: int = 50
+    """Units per page when browsing a source."""
+    max_prompt_chars: int = 4000
+    """Longest prompt text accepted by live forms."""
+    max_prompt_tokens: int = 256
+    """Longest tokenized prompt accepted by live forms."""
+    max_new_tokens: int = 64
+    """Most tokens a steering request may generate."""
+    max_coefficient: float = 1000.0
+    """Steering coefficients must lie in [-max_coefficient, max_coefficient]."""
+    max_temperature: float = 2.0

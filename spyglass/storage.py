@@ -1,0 +1,478 @@
+"""Storage: the schema, the engine, and every query. The indexer writes, the app reads.
+
+Any SQLAlchemy URL works; a plain path means SQLite (WAL on, so the server keeps
+reading the last complete index while a new one is written in one transaction).
+Arrays (token ids, activation windows) are stored as little-endian blobs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+
+metadata = MetaData()
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("slug", String(200), unique=True, nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("corpus", Text, nullable=False),
+    Column("n_layers", Integer, nullable=False),
+    Column("d_model", Integer, nullable=False),
+    Column("d_vocab", Integer, nullable=False),
+    Column("seq_len", Integer, nullable=False),
+    Column("n_sequences", Integer, nullable=False),
+    Column("skip_first", Integer, nullable=False),
+    Column("top_k", Integer, nullable=False),
+    Column("seconds", Float, nullable=False),
+    Column("created", String(40), nullable=False),
+)
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("model_id", ForeignKey("models.id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("layer", Integer, nullable=False),
+    Column("hook", String(200), nullable=False),
+    Column("n_units", Integer, nullable=False),
+)
+
+sequences = Table(
+    "sequences",
+    metadata,
+    Column("model_id", ForeignKey("models.id"), primary_key=True),
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("document", Text, nullable=False),
+    Column("offset", Integer, nullable=False),
+    Column("tokens", LargeBinary, nullable=False),
+)
+
+vocab = Table(
+    "vocab",
+    metadata,
+    Column("model_id", ForeignKey("models.id"), primary_key=True),
+    Column("token_id", Integer, primary_key=True, autoincrement=False),
+    Column("text", Text, nullable=False),
+)
+
+units = Table(
+    "units",
+    metadata,
+    Column("source_id", ForeignKey("sources.id"), primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("max_act", Float, nullable=False),
+    Column("density", Float, nullable=False),
+    Column("logits", Text, nullable=False),
+    Index("units_by_max", "source_id", "max_act"),
+    Index("units_by_density", "source_id", "density"),
+)
+
+examples = Table(
+    "examples",
+    metadata,
+    Column("source_id", ForeignKey("sources.id"), primary_key=True),
+    Column("unit", Integer, primary_key=True, autoincrement=False),
+    Column("rank", Integer, primary_key=True, autoincrement=False),
+    Column("sequence_id", Integer, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("window_start", Integer, nullable=False),
+    Column("acts", LargeBinary, nullable=False),
+)
+
+_CHILDREN = (examples, units)  # keyed by source_id
+_MODEL_CHILDREN = (vocab, sequences)  # keyed by model_id
+SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+RESERVED = {"api", "static", "docs", "redoc", "openapi.json", "sequences"}
+
+
+# ---- engine ---------------------------------------------------------------------
+
+
+def database_url(target: str) -> str:
+    """A SQLAlchemy URL as is; anything else is a path to a SQLite file."""
+    return target if "://" in target else f"sqlite:///{Path(target).expanduser()}"
+
+
+def make_engine(target: str, *, create: bool = False) -> Engine:
+    """Engine for ``target``; with ``create`` the tables are made if missing."""
+    url = database_url(target)
+    if url.startswith("sqlite:///") and not create:
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise FileNotFoundError(f"no index database at {path}")
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    if create:
+        metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def to_blob(array: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def int_blob(values: Iterable[int]) -> bytes:
+    return to_blob(np.fromiter(values, dtype=np.int64), "i4")
+
+
+def from_int_blob(blob: bytes) -> list[int]:
+    return np.frombuffer(blob, dtype="<i4").tolist()
+
+
+def from_float_blob(blob: bytes) -> list[float]:
+    return np.frombuffer(blob, dtype="<f4").tolist()
+
+
+# ---- records ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: int
+    slug: str
+    """URL name of the indexed model."""
+    spec: str
+    """What `load_model` needs to load it again for live requests."""
+    corpus: str
+    n_layers: int
+    d_model: int
+    d_vocab: int
+    seq_len: int
+    n_sequences: int
+    skip_first: int
+    """Positions at the start of each sequence left out of unit statistics."""
+    top_k: int
+    seconds: float
+    """Wall time of the indexing run."""
+    created: str
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_sequences * self.seq_len
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    id: int
+    model_id: int
+    name: str
+    """URL name, e.g. ``5-mlp``."""
+    kind: str
+    layer: int
+    hook: str
+    """TransformerLens hook point the units are read from."""
+    n_units: int
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    source_id: int
+    idx: int
+    max_act: float
+    density: float
+    logits: dict
+    """``{"top": [[token_id, value], ...], "bottom": [...]}`` of direction @ W_U."""
+
+
+@dataclass(frozen=True)
+class ExampleRow:
+    rank: int
+    sequence_id: int
+    position: int
+    """Position of the max token within its sequence."""
+    value: float
+    window_start: int
+    """Sequence position of ``acts[0]``."""
+    acts: list[float]
+
+
+@dataclass(frozen=True)
+class SequenceRow:
+    id: int
+    document: str
+    offset: int
+    """Index of this sequence's first document token in the document."""
+    tokens: list[int]
+
+
+# ---- writing (indexer) -------------------------------------------------------------
+
+
+def check_slug(slug: str) -> None:
+    if not SLUG.match(slug) or slug in RESERVED or slug.endswith(".json"):
+        raise ValueError(
+            f"invalid model name {slug!r}: use letters, digits, '.', '_' or '-' "
+            f"(not one of {sorted(RESERVED)})"
+        )
+
+
+def replace_model(conn: Connection, slug: str, **fields) -> int:
+    """Delete any earlier index called ``slug`` and insert a fresh model row.
+
+    Runs inside the caller's transaction: readers see the old index until commit.
+    """
+    check_slug(slug)
+    old = conn.execute(select(models.c.id).where(models.c.slug == slug)).scalar()
+    if old is not None:
+        source_ids = select(sources.c.id).where(sources.c.model_id == old)
+        for table in _CHILDREN:
+            conn.execute(delete(table).where(table.c.source_id.in_(source_ids)))
+        conn.execute(delete(sources).where(sources.c.model_id == old))
+        for table in _MODEL_CHILDREN:
+            conn.execute(delete(table).where(table.c.model_id == old))
+        conn.execute(delete(models).where(models.c.id == old))
+    fields.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+    fields.setdefault("seconds", 0.0)
+    fields.setdefault("n_sequences", 0)
+    return conn.execute(insert(models).values(slug=slug, **fields)).inserted_primary_key[0]
+
+
+def finish_model(conn: Connection, model_id: int, *, n_sequences: int, seconds: float) -> None:
+    conn.execute(
+        models.update()
+        .where(models.c.id == model_id)
+        .values(n_sequences=n_sequences, seconds=seconds)
+    )
+
+
+def _bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    """executemany straight to the driver: SQLAlchemy's per-row parameter processing
+    costs more than SQLite's own insert for the million example rows of an index."""
+    if not rows:
+        return
+    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
+    if conn.dialect.positional:
+        order = [columns.index(name) for name in compiled.positiontup]
+        params = (
+            rows
+            if order == list(range(len(columns)))
+            else [tuple(r[i] for i in order) for r in rows]
+        )
+    else:
+        params = [dict(zip(columns, r, strict=True)) for r in rows]
+    conn.exec_driver_sql(str(compiled), params)
+
+
+def add_sequences(conn: Connection, model_id: int, rows: Sequence[tuple[int, str, int, list[int]]]):
+    """Insert ``(id, document, offset, tokens)`` rows."""
+    _bulk_insert(
+        conn,
+        sequences,
+        ("model_id", "id", "document", "offset", "tokens"),
+        [(model_id, i, d, o, int_blob(t)) for i, d, o, t in rows],
+    )
+
+
+def add_vocab(conn: Connection, model_id: int, texts: Sequence[str]) -> None:
+    _bulk_insert(
+        conn,
+        vocab,
+        ("model_id", "token_id", "text"),
+        [(model_id, i, t) for i, t in enumerate(texts)],
+    )
+
+
+def add_source(conn: Connection, model_id: int, **fields) -> int:
+    return conn.execute(insert(sources).values(model_id=model_id, **fields)).inserted_primary_key[0]
+
+
+def add_units(
+    conn: Connection,
+    source_id: int,
+    max_act: np.ndarray,
+    density: np.ndarray,
+    logits: Sequence[dict],
+) -> None:
+    """One row per unit 0..U-1; ``logits[u]`` is ``{"top": [[id, value], ...], "bottom": ...}``."""
+    _bulk_insert(
+        conn,
+        units,
+        ("source_id", "idx", "max_act", "density", "logits"),
+        [
+            (source_id, u, float(m), float(d), json.dumps(lg))
+            for u, (m, d, lg) in enumerate(zip(max_act, density, logits, strict=True))
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class ExampleColumns:
+    """Top examples of many units, column-wise (one entry per example)."""
+
+    unit: np.ndarray
+    rank: np.ndarray
+    sequence_id: np.ndarray
+    position: np.ndarray
+    value: np.ndarray
+    window_start: np.ndarray
+    acts: list[np.ndarray]
+    """float32 values from ``window_start`` on."""
+
+
+def add_examples(conn: Connection, source_id: int, ex: ExampleColumns) -> None:
+    rows = zip(
+        ex.unit.tolist(),
+        ex.rank.tolist(),
+        ex.sequence_id.tolist(),
+        ex.position.tolist(),
+        ex.value.tolist(),
+        ex.window_start.tolist(),
+        (to_blob(a, "f4") for a in ex.acts),
+        strict=True,
+    )
+    _bulk_insert(
+        conn,
+        examples,
+        ("source_id", "unit", "rank", "sequence_id", "position", "value", "window_start", "acts"),
+        [(source_id, *r) for r in rows],
+    )
+
+
+# ---- reading (app) -------------------------------------------------------------------
+
+
+def list_models(conn: Connection) -> list[ModelRow]:
+    return [ModelRow(**r._mapping) for r in conn.execute(select(models).order_by(models.c.slug))]
+
+
+def get_model(conn: Connection, slug: str) -> ModelRow | None:
+    row = conn.execute(select(models).where(models.c.slug == slug)).first()
+    return ModelRow(**row._mapping) if row else None
+
+
+def list_sources(conn: Connection, model_id: int) -> list[SourceRow]:
+    q = (
+        select(sources)
+        .where(sources.c.model_id == model_id)
+        .order_by(sources.c.layer, sources.c.id)
+    )
+    return [SourceRow(**r._mapping) for r in conn.execute(q)]
+
+
+def get_source(conn: Connection, model_id: int, name: str) -> SourceRow | None:
+    q = select(sources).where(sources.c.model_id == model_id, sources.c.name == name)
+    row = conn.execute(q).first()
+    return SourceRow(**row._mapping) if row else None
+
+
+@dataclass(frozen=True)
+class SourceSummary:
+    mean_density: float
+    dead: int
+    """Units never positive over the corpus."""
+    max_act: float
+
+
+def source_summaries(conn: Connection, model_id: int) -> dict[int, SourceSummary]:
+    q = (
+        select(
+            units.c.source_id,
+            func.avg(units.c.density),
+            func.sum((units.c.density == 0).cast(Integer)),
+            func.max(units.c.max_act),
+        )
+        .join(sources, sources.c.id == units.c.source_id)
+        .where(sources.c.model_id == model_id)
+        .group_by(units.c.source_id)
+    )
+    return {
+        sid: SourceSummary(mean or 0.0, dead or 0, mx) for sid, mean, dead, mx in conn.execute(q)
+    }
+
+
+SORTS = {"index": units.c.idx, "max_act": units.c.max_act, "density": units.c.density}
+
+
+def list_units(
+    conn: Connection, source_id: int, *, sort: str, descending: bool, offset: int, limit: int
+) -> list[UnitRow]:
+    col = SORTS[sort]
+    order = (col.desc() if descending else col.asc(), units.c.idx.asc())
+    q = select(units).where(units.c.source_id == source_id).order_by(*order)
+    return [_unit(r) for r in conn.execute(q.offset(offset).limit(limit))]
+
+
+def get_unit(conn: Connection, source_id: int, idx: int) -> UnitRow | None:
+    q = select(units).where(units.c.source_id == source_id, units.c.idx == idx)
+    row = conn.execute(q).first()
+    return _unit(row) if row else None
+
+
+def _unit(row) -> UnitRow:
+    m = dict(row._mapping)
+    m["logits"] = json.loads(m["logits"])
+    return UnitRow(**m)
+
+
+def get_examples(conn: Connection, source_id: int, unit: int) -> list[ExampleRow]:
+    q = (
+        select(examples)
+        .where(examples.c.source_id == source_id, examples.c.unit == unit)
+        .order_by(examples.c.rank)
+    )
+    return [
+        ExampleRow(
+            rank=r.rank,
+            sequence_id=r.sequence_id,
+            position=r.position,
+            value=r.value,
+            window_start=r.window_start,
+            acts=from_float_blob(r.acts),
+        )
+        for r in conn.execute(q)
+    ]
+
+
+def get_sequences(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int, SequenceRow]:
+    q = select(sequences).where(sequences.c.model_id == model_id, sequences.c.id.in_(set(ids)))
+    return {
+        r.id: SequenceRow(r.id, r.document, r.offset, from_int_blob(r.tokens))
+        for r in conn.execute(q)
+    }
+
+
+def token_texts(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int, str]:
+    q = select(vocab.c.token_id, vocab.c.text).where(
+        vocab.c.model_id == model_id, vocab.c.token_id.in_(set(ids))
+    )
+    return dict(conn.execute(q).all())

@@ -1,0 +1,293 @@
+"""Unit tests for indexer.corpus: specs, chunking rules and the embedded corpus."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from indexer.corpus import (
+    CorpusError,
+    Document,
+    Sequence,
+    document_streams,
+    iter_sequences,
+)
+
+EMBEDDED_PREFIXES = ("shakespeare/", "python-reference/", "stdlib-docstrings/", "stdlib-source/")
+
+
+def char_tokenize(text: str) -> list[int]:
+    """Trivial tokenizer: one id per character, so offsets map straight back to the text."""
+    return [ord(c) % 50 for c in text]
+
+
+def all_documents(spec: str, **kwargs: str) -> list[Document]:
+    return [doc for stream in document_streams(spec, **kwargs) for doc in stream]
+
+
+def assert_sequences_match_documents(
+    seqs: list[Sequence], docs: list[Document], seq_len: int, bos_id: int | None
+) -> None:
+    texts = {doc.name: doc.text for doc in docs}
+    body = seq_len - 1 if bos_id is not None else seq_len
+    for seq in seqs:
+        assert len(seq.tokens) == seq_len
+        ids = char_tokenize(texts[seq.document])
+        assert seq.offset + body <= len(ids), "a sequence ran past the end of its document"
+        expected = ids[seq.offset : seq.offset + body]
+        if bos_id is not None:
+            expected = [bos_id, *expected]
+        assert seq.tokens == expected
+
+
+@pytest.fixture
+def txt_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "b.txt").write_text("b" * 25)
+    (root / "a.txt").write_text("".join(chr(ord("a") + i % 26) for i in range(23)))
+    (root / "sub" / "c.txt").write_text("short")  # shorter than one sequence
+    (root / "blank.txt").write_text("   \n\t ")
+    (root / "notes.md").write_text("ignored " * 20)
+    return root
+
+
+# ---------------------------------------------------------------- chunking
+
+
+def test_chunks_are_exact_consecutive_and_drop_short_tails(txt_dir: Path) -> None:
+    seqs = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=10))
+    docs = all_documents(str(txt_dir))
+    assert_sequences_match_documents(seqs, docs, seq_len=10, bos_id=None)
+    assert [(s.document, s.offset) for s in seqs] == [
+        ("a.txt", 0),
+        ("a.txt", 10),  # 23 chars: the 3-char tail is dropped
+        ("b.txt", 0),
+        ("b.txt", 10),  # 25 chars: the 5-char tail is dropped
+    ]
+
+
+def test_bos_prefix_and_offsets(txt_dir: Path) -> None:
+    seqs = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=8, bos_id=99))
+    docs = all_documents(str(txt_dir))
+    assert_sequences_match_documents(seqs, docs, seq_len=8, bos_id=99)
+    assert all(s.tokens[0] == 99 for s in seqs)
+    # 7 document tokens per sequence: a.txt (23) -> 3 chunks, b.txt (25) -> 3 chunks.
+    assert [(s.document, s.offset) for s in seqs] == [
+        ("a.txt", 0),
+        ("a.txt", 7),
+        ("a.txt", 14),
+        ("b.txt", 0),
+        ("b.txt", 7),
+        ("b.txt", 14),
+    ]
+
+
+def test_sequences_never_span_documents(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": chr(ord("a") + i) * (5 + 3 * i)}) for i in range(8)]
+    path.write_text("\n".join(lines) + "\n")
+    seqs = list(iter_sequences(str(path), char_tokenize, seq_len=6))
+    # Each document is a single repeated letter, so a sequence spanning two would mix ids.
+    assert seqs
+    assert all(len(set(s.tokens)) == 1 for s in seqs)
+    assert_sequences_match_documents(seqs, all_documents(str(path)), seq_len=6, bos_id=None)
+
+
+def test_max_sequences_caps_output(txt_dir: Path) -> None:
+    assert len(list(iter_sequences(str(txt_dir), char_tokenize, seq_len=5, max_sequences=3))) == 3
+    assert list(iter_sequences(str(txt_dir), char_tokenize, seq_len=5, max_sequences=0)) == []
+    uncapped = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=5))
+    capped = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=5, max_sequences=1000))
+    assert capped == uncapped
+
+
+def test_seq_len_must_be_at_least_two(txt_dir: Path) -> None:
+    with pytest.raises(ValueError):
+        iter_sequences(str(txt_dir), char_tokenize, seq_len=1)
+
+
+def test_blank_documents_are_not_tokenized(txt_dir: Path) -> None:
+    seen: list[str] = []
+
+    def recording_tokenize(text: str) -> list[int]:
+        seen.append(text)
+        return char_tokenize(text)
+
+    list(iter_sequences(str(txt_dir), recording_tokenize, seq_len=4))
+    assert all(text.strip() for text in seen)
+    assert len(seen) == 3
+
+
+# ---------------------------------------------------------------- user corpora
+
+
+def test_txt_dir_is_recursive_sorted_and_named_relative(txt_dir: Path) -> None:
+    names = [doc.name for doc in all_documents(str(txt_dir))]
+    assert names == ["a.txt", "b.txt", "blank.txt", "sub/c.txt"]
+
+
+def test_single_txt_file(txt_dir: Path) -> None:
+    docs = all_documents(str(txt_dir / "b.txt"))
+    assert docs == [Document("b.txt", "b" * 25)]
+
+
+def test_empty_txt_dir_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="no .txt files"):
+        document_streams(str(tmp_path))
+
+
+def test_jsonl_documents_skip_blank_lines_and_use_text_field(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"body": "first doc", "text": "x"}\n\n{"body": "second doc"}\n')
+    docs = all_documents(str(path), text_field="body")
+    assert docs == [Document("data.jsonl:1", "first doc"), Document("data.jsonl:3", "second doc")]
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [("{not json", "not valid JSON"), ('{"other": "x"}', "no 'text' field"), ("[1, 2]", "object")],
+)
+def test_jsonl_bad_line_names_line_number(tmp_path: Path, bad_line: str, message: str) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "fine"}\n\n' + bad_line + "\n")
+    with pytest.raises(CorpusError, match=message) as info:
+        list(iter_sequences(str(path), char_tokenize, seq_len=2))
+    assert "line 3" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_hf_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rows = [{"content": "alpha " * 3, "n": 1}, {"content": None, "n": 2}, {"content": "b", "n": 3}]
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    docs = all_documents(f"hf:{folder}", text_field="content")
+    assert docs == [Document(f"{folder}:row 0", "alpha " * 3), Document(f"{folder}:row 2", "b")]
+
+    seqs = list(iter_sequences(f"hf:{folder}", char_tokenize, seq_len=6, text_field="content"))
+    # 18 characters -> three chunks; the one-character row is too short for a sequence.
+    assert [(s.document, s.offset) for s in seqs] == [(f"{folder}:row 0", i) for i in (0, 6, 12)]
+
+    with pytest.raises(CorpusError, match=r"no 'text' column \(columns: content, n\)"):
+        document_streams(f"hf:{folder}")
+
+
+def test_hf_load_failure_is_one_line_corpus_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = tmp_path / "nope"
+    missing.mkdir()
+    with pytest.raises(CorpusError, match=f"cannot load dataset {missing}:") as info:
+        document_streams(f"hf:{missing}")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("make_spec", [lambda p: str(p / "missing"), lambda p: str(p / "x.csv")])
+def test_bad_spec_lists_accepted_specs(tmp_path: Path, make_spec) -> None:
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(CorpusError) as info:
+        iter_sequences(make_spec(tmp_path), char_tokenize)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "'embedded'" in message and "'hf:NAME'" in message and ".jsonl" in message
+
+
+# ---------------------------------------------------------------- embedded corpus
+
+
+def test_embedded_mixes_all_four_families_from_the_start() -> None:
+    seqs = list(iter_sequences("embedded", char_tokenize, seq_len=64, max_sequences=8))
+    assert len(seqs) == 8
+    for seq, prefix in zip(seqs, EMBEDDED_PREFIXES * 2, strict=True):
+        assert seq.document.startswith(prefix)
+
+
+def test_embedded_is_deterministic() -> None:
+    def first_50() -> list[Sequence]:
+        return list(iter_sequences("embedded", char_tokenize, seq_len=32, max_sequences=50))
+
+    assert first_50() == first_50()
+
+
+def test_embedded_streams_are_lazy_and_tokens_match() -> None:
+    calls = 0
+
+    def counting_tokenize(text: str) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return char_tokenize(text)
+
+    seqs = list(iter_sequences("embedded", counting_tokenize, seq_len=16, max_sequences=20))
+    assert calls <= 8  # a handful of documents, not the whole stdlib
+    streams = document_streams("embedded")
+    docs = [doc for stream in streams for doc in itertools.islice(stream, 2)]
+    assert_sequences_match_documents(seqs, docs, seq_len=16, bos_id=None)
+
+
+def test_embedded_shakespeare_each_play_once() -> None:
+    shakespeare = document_streams("embedded")[0]
+    names = [doc.name for doc in shakespeare]
+    assert len(names) == len(set(names))
+    assert all(name.startswith("shakespeare/") for name in names)
+    assert not any(name.endswith("_f") or "metadata" in name for name in names)
+    assert {"shakespeare/hamlet", "shakespeare/lear", "shakespeare/sonnets"} <= set(names)
+    assert len(names) >= 30
+
+
+def test_embedded_python_reference() -> None:
+    docs = list(document_streams("embedded")[1])
+    names = [doc.name for doc in docs]
+    assert names == sorted(names)
+    assert "python-reference/assert" in names
+
+
+def test_embedded_stdlib_docstrings_sample() -> None:
+    stream = document_streams("embedded")[2]
+    docs = list(itertools.islice(stream, 40))
+    assert all(doc.name.startswith("stdlib-docstrings/") for doc in docs)
+    assert all(len(doc.text) >= 200 for doc in docs)
+    assert not any(".test." in doc.name or doc.name.endswith(".test") for doc in docs)
+    doc = next(d for d in docs if "def " in d.text)
+    module = doc.name.removeprefix("stdlib-docstrings/")
+    assert doc.text.startswith(module + "\n")
+
+
+def test_embedded_stdlib_docstrings_structure() -> None:
+    stream = document_streams("embedded")[2]
+    doc = next(d for d in stream if d.name == "stdlib-docstrings/base64")
+    assert doc.text.startswith("base64\n")
+    assert "def b64encode(s, altchars=None):" in doc.text
+
+
+def test_embedded_stdlib_source_sample() -> None:
+    docs = list(itertools.islice(document_streams("embedded")[3], 15))
+    names = [doc.name for doc in docs]
+    assert names == sorted(names)
+    assert all(name.startswith("stdlib-source/") and name.endswith(".py") for name in names)
+    assert not any("/test/" in name or "idlelib" in name for name in names)
+    assert all(len(doc.text.encode()) <= 60 * 1024 for doc in docs)
+    assert any("def " in doc.text or "import " in doc.text for doc in docs)
+
+
+def test_gutenberg_boilerplate_is_stripped() -> None:
+    from indexer.corpus import _strip_gutenberg
+
+    raw = (
+        "The Project Gutenberg EBook of Hamlet\n"
+        "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\n"
+        "Produced by volunteers of Project Gutenberg\n"
+        "To be, or not to be.\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\n"
+        "License text\n"
+    )
+    assert _strip_gutenberg(raw) == "To be, or not to be.\n"
+    assert _strip_gutenberg("Plain play text.\n") == "Plain play text.\n"
