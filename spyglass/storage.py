@@ -132,7 +132,9 @@ def make_engine(target: str, *, create: bool = False) -> Engine:
         path = Path(url.removeprefix("sqlite:///"))
         if not path.exists():
             raise FileNotFoundError(f"no index database at {path}")
-    engine = create_engine(url)
+    # The server reads from a thread pool; SQLite connections may move between threads.
+    connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
+    engine = create_engine(url, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
@@ -476,3 +478,9 @@ def token_texts(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int
         vocab.c.model_id == model_id, vocab.c.token_id.in_(set(ids))
     )
     return dict(conn.execute(q).all())
+
+
+def unit_densities(conn: Connection, source_id: int) -> list[float]:
+    return list(
+        conn.execute(select(units.c.density).where(units.c.source_id == source_id)).scalars()
+    )

@@ -1,0 +1,63 @@
+"""One loaded model per spec per server process, shared by every live request.
+
+Model work runs on a worker thread behind a capacity limiter of one: requests wait
+their turn as coroutines, never holding one of the thread-pool threads that page
+views (which need no model) are served from.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+
+from spyglass.model import Model, ModelLoadError, load_model
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ModelUnavailable(Exception):
+    """The model behind an index cannot be loaded here (answered with 503)."""
+
+
+class ModelService:
+    def __init__(self, device: str | None = None) -> None:
+        self._device = device
+        self._models: dict[str, Model] = {}
+        self._load_lock = threading.Lock()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def get(self, spec: str) -> Model:
+        """The loaded model for ``spec``, loading it on first use (blocking)."""
+        with self._load_lock:
+            if spec not in self._models:
+                try:
+                    self._models[spec] = load_model(spec, self._device)
+                except ModelLoadError as exc:
+                    raise ModelUnavailable(str(exc)) from exc
+            return self._models[spec]
+
+    def preload(self, specs: list[str]) -> threading.Thread:
+        """Load models in the background so the first live request does not wait."""
+
+        def work() -> None:
+            for spec in specs:
+                try:
+                    self.get(spec)
+                    log.info("model %s loaded", spec)
+                except ModelUnavailable as exc:
+                    log.warning("%s", exc)
+
+        thread = threading.Thread(target=work, name="spyglass-preload", daemon=True)
+        thread.start()
+        return thread
+
+    async def run(self, spec: str, fn: Callable[[Model], T]) -> T:
+        """Run ``fn(model)`` on a worker thread, one model job at a time."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(lambda: fn(self.get(spec)), limiter=self._limiter)

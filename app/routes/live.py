@@ -1,0 +1,87 @@
+"""Live model routes: htmx fragments for the unit page's forms, and their JSON API twins.
+
+The fragments take GET query parameters, so a live result has a shareable URL.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from app import live
+from app.deps import ConnDep, ModelsDep, SettingsDep
+from app.render import render
+
+fragments = APIRouter(include_in_schema=False)
+api = APIRouter(prefix="/api", tags=["live"])
+
+
+@fragments.get("/{model}/{source}/{index}/activations")
+async def activations_fragment(
+    request: Request,
+    model: str,
+    source: str,
+    index: str,
+    req: Annotated[live.ActivationRequest, Query()],
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    target = await run_in_threadpool(live.find_target, conn, model, source, index)
+    result = await live.unit_activations(models, settings, target, req)
+    return render(request, "_activations.html", result)
+
+
+@fragments.get("/{model}/{source}/{index}/steer")
+async def steer_fragment(
+    request: Request,
+    model: str,
+    source: str,
+    index: str,
+    req: Annotated[live.SteerRequest, Query()],
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    target = await run_in_threadpool(live.find_target, conn, model, source, index)
+    result = await live.steer(models, settings, target, req)
+    return render(request, "_steer.html", result)
+
+
+@api.post("/{model}/{source}/{index}/activations", response_model=live.ActivationResult)
+async def activations_api(
+    model: str,
+    source: str,
+    index: str,
+    req: live.ActivationRequest,
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    """This unit's activation on each token of ``prompt``.
+
+    Caps (422 when exceeded): prompt characters and tokens (see the Settings page in README).
+    """
+    target = await run_in_threadpool(live.find_target, conn, model, source, index)
+    return await live.unit_activations(models, settings, target, req)
+
+
+@api.post("/{model}/{source}/{index}/steer", response_model=live.SteerResult)
+async def steer_api(
+    model: str,
+    source: str,
+    index: str,
+    req: live.SteerRequest,
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    """Default and steered completions of ``prompt``, same seed, side by side.
+
+    Steering adds ``coefficient`` to this neuron's activation at every position.
+    Caps (422 when exceeded): prompt length, max_new_tokens, |coefficient|, temperature.
+    """
+    target = await run_in_threadpool(live.find_target, conn, model, source, index)
+    return await live.steer(models, settings, target, req)

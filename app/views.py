@@ -1,0 +1,398 @@
+"""View models: one frozen model per page, built from storage reads.
+
+The HTML template and the ``.json`` twin of a page render the same object.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection
+
+from spyglass import storage
+
+LOG_DENSITY_BINS = 30
+
+
+class NotFound(Exception):
+    """No such model, source, unit or sequence (answered with 404)."""
+
+
+class View(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# ---- shared pieces ---------------------------------------------------------------------
+
+
+class ModelSummary(View):
+    slug: str
+    spec: str
+    corpus: str
+    n_layers: int
+    n_sequences: int
+    n_tokens: int
+    seq_len: int
+    skip_first: int
+    top_k: int
+    created: str
+    url: str
+
+
+class SourceSummary(View):
+    name: str
+    kind: str
+    layer: int
+    hook: str
+    n_units: int
+    mean_density: float
+    dead: int
+    """Units that were never positive on the corpus."""
+    max_act: float
+    url: str
+
+
+class LogitToken(View):
+    token_id: int
+    token: str
+    value: float
+
+
+class Example(View):
+    rank: int
+    sequence_id: int
+    position: int
+    """Position of the max token in its sequence."""
+    value: float
+    window_start: int
+    """Sequence position of ``tokens[0]`` / ``acts[0]``."""
+    tokens: list[str]
+    acts: list[float]
+    document: str
+    sequence_url: str
+
+
+class UnitLinks(View):
+    prev: str | None
+    next: str | None
+    random: str
+    share: str
+
+
+class UnitPage(View):
+    model: str
+    source: str
+    hook: str
+    index: int
+    n_units: int
+    max_act: float
+    density: float
+    n_tokens: int
+    """Tokens the statistics cover (position 0 excluded by default)."""
+    logits_top: list[LogitToken]
+    logits_bottom: list[LogitToken]
+    examples: list[Example]
+    links: UnitLinks
+
+
+class UnitRow(View):
+    index: int
+    max_act: float
+    density: float
+    top_logits: list[str]
+    url: str
+
+
+class Histogram(View):
+    """Bars for Plotly: ``x`` bin centres, ``y`` counts."""
+
+    x: list[float]
+    y: list[int]
+    x_title: str
+
+
+class SourcePage(View):
+    model: str
+    source: SourceSummary
+    units: list[UnitRow]
+    sort: str
+    order: str
+    page: int
+    n_pages: int
+    log_density: Histogram
+    """Distribution of log10(density) over the source's units (dead units left out)."""
+
+
+class ModelPage(View):
+    model: ModelSummary
+    sources: list[SourceSummary]
+
+
+class HomePage(View):
+    models: list[ModelSummary]
+
+
+class SequencePage(View):
+    model: str
+    id: int
+    document: str
+    offset: int
+    token_ids: list[int]
+    tokens: list[str]
+
+
+class ExpandedExample(View):
+    """A top example shown in its whole sequence; ``acts`` is None outside the window."""
+
+    model: str
+    source: str
+    index: int
+    example: Example
+    tokens: list[str]
+    acts: list[float | None]
+
+
+# ---- urls ----------------------------------------------------------------------------------
+
+
+def model_url(slug: str) -> str:
+    return f"/{quote(slug)}"
+
+
+def source_url(slug: str, source: str) -> str:
+    return f"/{quote(slug)}/{quote(source)}"
+
+
+def unit_url(slug: str, source: str, index: int) -> str:
+    return f"{source_url(slug, source)}/{index}"
+
+
+def sequence_url(slug: str, seq_id: int) -> str:
+    return f"/{quote(slug)}/sequences/{seq_id}"
+
+
+# ---- builders --------------------------------------------------------------------------------
+
+
+def _model_summary(m: storage.ModelRow) -> ModelSummary:
+    return ModelSummary(
+        slug=m.slug,
+        spec=m.spec,
+        corpus=m.corpus,
+        n_layers=m.n_layers,
+        n_sequences=m.n_sequences,
+        n_tokens=m.n_tokens,
+        seq_len=m.seq_len,
+        skip_first=m.skip_first,
+        top_k=m.top_k,
+        created=m.created,
+        url=model_url(m.slug),
+    )
+
+
+def _require_model(conn: Connection, slug: str) -> storage.ModelRow:
+    m = storage.get_model(conn, slug)
+    if m is None:
+        raise NotFound(f"no model {slug!r} in this index")
+    return m
+
+
+def _require_source(conn: Connection, m: storage.ModelRow, name: str) -> storage.SourceRow:
+    s = storage.get_source(conn, m.id, name)
+    if s is None:
+        raise NotFound(f"model {m.slug!r} has no source {name!r}")
+    return s
+
+
+def _require_unit(conn: Connection, s: storage.SourceRow, index: str | int) -> storage.UnitRow:
+    try:
+        idx = int(index)
+    except ValueError:
+        raise NotFound(f"unit index must be an integer, not {index!r}") from None
+    unit = storage.get_unit(conn, s.id, idx) if 0 <= idx < s.n_units else None
+    if unit is None:
+        raise NotFound(f"source {s.name!r} has no unit {index} (it has 0..{s.n_units - 1})")
+    return unit
+
+
+def home(conn: Connection) -> HomePage:
+    return HomePage(models=[_model_summary(m) for m in storage.list_models(conn)])
+
+
+def _source_summary(slug: str, s: storage.SourceRow, stats: storage.SourceSummary | None):
+    return SourceSummary(
+        name=s.name,
+        kind=s.kind,
+        layer=s.layer,
+        hook=s.hook,
+        n_units=s.n_units,
+        mean_density=stats.mean_density if stats else 0.0,
+        dead=stats.dead if stats else 0,
+        max_act=stats.max_act if stats else 0.0,
+        url=source_url(slug, s.name),
+    )
+
+
+def model_page(conn: Connection, slug: str) -> ModelPage:
+    m = _require_model(conn, slug)
+    stats = storage.source_summaries(conn, m.id)
+    return ModelPage(
+        model=_model_summary(m),
+        sources=[
+            _source_summary(slug, s, stats.get(s.id)) for s in storage.list_sources(conn, m.id)
+        ],
+    )
+
+
+def source_page(
+    conn: Connection, slug: str, name: str, *, sort: str, order: str, page: int, page_size: int
+) -> SourcePage:
+    m = _require_model(conn, slug)
+    s = _require_source(conn, m, name)
+    n_pages = max(1, math.ceil(s.n_units / page_size))
+    page = min(max(page, 1), n_pages)
+    rows = storage.list_units(
+        conn,
+        s.id,
+        sort=sort,
+        descending=order == "desc",
+        offset=(page - 1) * page_size,
+        limit=page_size,
+    )
+    vocab = storage.token_texts(conn, m.id, {i for r in rows for i, _ in r.logits["top"][:3]})
+    units = [
+        UnitRow(
+            index=r.idx,
+            max_act=r.max_act,
+            density=r.density,
+            top_logits=[vocab.get(i, "?") for i, _ in r.logits["top"][:3]],
+            url=unit_url(slug, name, r.idx),
+        )
+        for r in rows
+    ]
+    densities = storage.unit_densities(conn, s.id)
+    return SourcePage(
+        model=slug,
+        source=_source_summary(slug, s, storage.source_summaries(conn, m.id).get(s.id)),
+        units=units,
+        sort=sort,
+        order=order,
+        page=page,
+        n_pages=n_pages,
+        log_density=log_density_histogram(densities),
+    )
+
+
+def log_density_histogram(densities: list[float], bins: int = LOG_DENSITY_BINS) -> Histogram:
+    """Histogram of log10(density) over units with density > 0."""
+    logs = [math.log10(d) for d in densities if d > 0]
+    if not logs:
+        return Histogram(x=[], y=[], x_title="log10 density")
+    lo, hi = min(logs), max(logs)
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in logs:
+        counts[min(int((v - lo) / width), bins - 1)] += 1
+    centres = [round(lo + (i + 0.5) * width, 4) for i in range(bins)]
+    return Histogram(x=centres, y=counts, x_title="log10 density")
+
+
+def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitPage:
+    m = _require_model(conn, slug)
+    s = _require_source(conn, m, name)
+    unit = _require_unit(conn, s, index)
+    examples = storage.get_examples(conn, s.id, unit.idx)
+    seqs = storage.get_sequences(conn, m.id, {e.sequence_id for e in examples})
+    logit_ids = [i for i, _ in unit.logits["top"] + unit.logits["bottom"]]
+    vocab = storage.token_texts(
+        conn, m.id, logit_ids + [t for q in seqs.values() for t in q.tokens]
+    )
+    i = unit.idx
+    return UnitPage(
+        model=slug,
+        source=name,
+        hook=s.hook,
+        index=i,
+        n_units=s.n_units,
+        max_act=unit.max_act,
+        density=unit.density,
+        n_tokens=m.n_sequences * (m.seq_len - m.skip_first),
+        logits_top=[LogitToken(token_id=t, token=vocab[t], value=v) for t, v in unit.logits["top"]],
+        logits_bottom=[
+            LogitToken(token_id=t, token=vocab[t], value=v) for t, v in unit.logits["bottom"]
+        ],
+        examples=[_example(slug, e, seqs[e.sequence_id], vocab) for e in examples],
+        links=UnitLinks(
+            prev=unit_url(slug, name, i - 1) if i > 0 else None,
+            next=unit_url(slug, name, i + 1) if i + 1 < s.n_units else None,
+            random=f"{source_url(slug, name)}/random",
+            share=unit_url(slug, name, i),
+        ),
+    )
+
+
+def _example(
+    slug: str, e: storage.ExampleRow, seq: storage.SequenceRow, vocab: dict[int, str]
+) -> Example:
+    ids = seq.tokens[e.window_start : e.window_start + len(e.acts)]
+    return Example(
+        rank=e.rank,
+        sequence_id=e.sequence_id,
+        position=e.position,
+        value=e.value,
+        window_start=e.window_start,
+        tokens=[vocab[t] for t in ids],
+        acts=e.acts,
+        document=seq.document,
+        sequence_url=sequence_url(slug, e.sequence_id),
+    )
+
+
+def expanded_example(conn: Connection, slug: str, name: str, index: str, rank: int):
+    page = unit_page(conn, slug, name, index)
+    ex = next((e for e in page.examples if e.rank == rank), None)
+    if ex is None:
+        raise NotFound(f"unit {index} of {name!r} has no example {rank}")
+    seq = sequence_page(conn, slug, ex.sequence_id)
+    acts: list[float | None] = [None] * len(seq.tokens)
+    acts[ex.window_start : ex.window_start + len(ex.acts)] = ex.acts
+    return ExpandedExample(
+        model=slug, source=name, index=page.index, example=ex, tokens=seq.tokens, acts=acts
+    )
+
+
+def random_unit_url(conn: Connection, slug: str, name: str, rng: random.Random) -> str:
+    m = _require_model(conn, slug)
+    s = _require_source(conn, m, name)
+    return unit_url(slug, name, rng.randrange(s.n_units))
+
+
+def sequence_page(conn: Connection, slug: str, seq_id: str | int) -> SequencePage:
+    m = _require_model(conn, slug)
+    try:
+        sid = int(seq_id)
+    except ValueError:
+        raise NotFound(f"sequence id must be an integer, not {seq_id!r}") from None
+    seq = storage.get_sequences(conn, m.id, [sid]).get(sid)
+    if seq is None:
+        raise NotFound(f"model {slug!r} has no sequence {seq_id} (it has 0..{m.n_sequences - 1})")
+    vocab = storage.token_texts(conn, m.id, seq.tokens)
+    return SequencePage(
+        model=slug,
+        id=sid,
+        document=seq.document,
+        offset=seq.offset,
+        token_ids=seq.tokens,
+        tokens=[vocab[t] for t in seq.tokens],
+    )
+
+
+def model_spec(conn: Connection, slug: str, name: str, index: str | int):
+    """The model spec, source and unit behind a live request (404s as pages do)."""
+    m = _require_model(conn, slug)
+    s = _require_source(conn, m, name)
+    unit = _require_unit(conn, s, index)
+    return m, s, unit

@@ -1,0 +1,34 @@
+// Hover a token to see its exact value; copy a unit's share link; draw Plotly charts.
+(function () {
+  const tip = document.getElementById("tip");
+  document.addEventListener("mouseover", (ev) => {
+    const tok = ev.target.closest && ev.target.closest(".tok[data-v]");
+    if (!tok) { tip.hidden = true; return; }
+    tip.textContent = JSON.stringify(tok.textContent) + "  " + tok.dataset.v;
+    const r = tok.getBoundingClientRect();
+    tip.style.left = r.left + "px";
+    tip.style.top = (r.bottom + 4) + "px";
+    tip.hidden = false;
+  });
+
+  document.addEventListener("click", async (ev) => {
+    const btn = ev.target.closest && ev.target.closest("#copy-link");
+    if (!btn) return;
+    const url = location.origin + btn.dataset.path;
+    try { await navigator.clipboard.writeText(url); btn.textContent = "Copied"; }
+    catch (e) { window.prompt("Share this link:", url); }
+  });
+
+  function drawPlots(root) {
+    if (!window.Plotly) return;
+    root.querySelectorAll(".plot[data-plot]").forEach((el) => {
+      const h = JSON.parse(el.dataset.plot);
+      Plotly.newPlot(el, [{ type: "bar", x: h.x, y: h.y, marker: { color: "#b45309" } }], {
+        title: { text: el.dataset.title || "" }, margin: { t: 40, r: 10, b: 40, l: 50 },
+        xaxis: { title: { text: h.x_title } }, yaxis: { title: { text: "units" } }, bargap: 0.05,
+      }, { displayModeBar: false, responsive: true });
+    });
+  }
+  document.addEventListener("DOMContentLoaded", () => drawPlots(document));
+  document.addEventListener("htmx:afterSwap", (ev) => drawPlots(ev.target));
+})();
