@@ -18,6 +18,9 @@ from spyglass.model import Model, NeuronSteer
 from spyglass.settings import Settings
 
 
+DEFAULT_NEW_TOKENS = 32
+
+
 class LimitError(Exception):
     """Input outside a documented cap (answered with 422)."""
 
@@ -33,7 +36,9 @@ class SteerRequest(BaseModel):
     coefficient: float | None = Field(
         None, description="Added to the neuron's activation; default: its max activation."
     )
-    max_new_tokens: int = Field(32, description="Tokens to generate.")
+    max_new_tokens: int | None = Field(
+        None, description="Tokens to generate; default: 32 or the server's cap if lower."
+    )
     temperature: float = Field(0.7, description="Sampling temperature; 0 is greedy.")
     seed: int = Field(16, description="Seed shared by the default and steered runs.")
 
@@ -129,7 +134,10 @@ async def steer(
     unit = target.unit
     coefficient = unit.max_act if req.coefficient is None else req.coefficient
     _check_range("coefficient", coefficient, -settings.max_coefficient, settings.max_coefficient)
-    _check_range("max_new_tokens", req.max_new_tokens, 1, settings.max_new_tokens)
+    n_new = req.max_new_tokens
+    if n_new is None:
+        n_new = min(DEFAULT_NEW_TOKENS, settings.max_new_tokens)
+    _check_range("max_new_tokens", n_new, 1, settings.max_new_tokens)
     _check_range("temperature", req.temperature, 0, settings.max_temperature)
     _check_range("seed", req.seed, 0, 2**31 - 1)
     _check_text(req.prompt, settings)
@@ -137,9 +145,9 @@ async def steer(
 
     def work(model: Model) -> SteerResult:
         ids = _check_tokens(model, req.prompt, settings)
-        if len(ids) + req.max_new_tokens > model.n_ctx:
+        if len(ids) + n_new > model.n_ctx:
             raise LimitError(f"prompt plus new tokens exceed the model's context of {model.n_ctx}")
-        run = dict(max_new_tokens=req.max_new_tokens, temperature=req.temperature, seed=req.seed)
+        run = dict(max_new_tokens=n_new, temperature=req.temperature, seed=req.seed)
         return SteerResult(
             model=target.model.slug,
             source=target.source.name,
@@ -148,7 +156,7 @@ async def steer(
             coefficient=coefficient,
             seed=req.seed,
             temperature=req.temperature,
-            max_new_tokens=req.max_new_tokens,
+            max_new_tokens=n_new,
             default=model.decode(model.generate(ids, **run)),
             steered=model.decode(model.generate(ids, **run, steer=[push])),
         )
