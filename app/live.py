@@ -17,7 +17,6 @@ from spyglass import storage
 from spyglass.model import Model, NeuronSteer
 from spyglass.settings import Settings
 
-
 DEFAULT_NEW_TOKENS = 32
 
 

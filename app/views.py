@@ -300,16 +300,22 @@ def log_density_histogram(densities: list[float], bins: int = LOG_DENSITY_BINS) 
     return Histogram(x=centres, y=counts, x_title="log10 density")
 
 
+def _examples(conn: Connection, m: storage.ModelRow, s: storage.SourceRow, unit: int, extra_ids=()):
+    """The unit's top examples, and the token texts of ``extra_ids`` read in the same query."""
+    rows = storage.get_examples(conn, s.id, unit)
+    seqs = storage.get_sequences(conn, m.id, {e.sequence_id for e in rows})
+    vocab = storage.token_texts(
+        conn, m.id, [*extra_ids, *(t for q in seqs.values() for t in q.tokens)]
+    )
+    return [_example(m.slug, e, seqs[e.sequence_id], vocab) for e in rows], vocab
+
+
 def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitPage:
     m = _require_model(conn, slug)
     s = _require_source(conn, m, name)
     unit = _require_unit(conn, s, index)
-    examples = storage.get_examples(conn, s.id, unit.idx)
-    seqs = storage.get_sequences(conn, m.id, {e.sequence_id for e in examples})
     logit_ids = [i for i, _ in unit.logits["top"] + unit.logits["bottom"]]
-    vocab = storage.token_texts(
-        conn, m.id, logit_ids + [t for q in seqs.values() for t in q.tokens]
-    )
+    examples, vocab = _examples(conn, m, s, unit.idx, logit_ids)
     i = unit.idx
     return UnitPage(
         model=slug,
@@ -324,7 +330,7 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
         logits_bottom=[
             LogitToken(token_id=t, token=vocab[t], value=v) for t, v in unit.logits["bottom"]
         ],
-        examples=[_example(slug, e, seqs[e.sequence_id], vocab) for e in examples],
+        examples=examples,
         links=UnitLinks(
             prev=unit_url(slug, name, i - 1) if i > 0 else None,
             next=unit_url(slug, name, i + 1) if i + 1 < s.n_units else None,
@@ -352,15 +358,18 @@ def _example(
 
 
 def expanded_example(conn: Connection, slug: str, name: str, index: str, rank: int):
-    page = unit_page(conn, slug, name, index)
-    ex = next((e for e in page.examples if e.rank == rank), None)
+    m = _require_model(conn, slug)
+    s = _require_source(conn, m, name)
+    unit = _require_unit(conn, s, index)
+    examples, _ = _examples(conn, m, s, unit.idx)
+    ex = next((e for e in examples if e.rank == rank), None)
     if ex is None:
-        raise NotFound(f"unit {index} of {name!r} has no example {rank}")
+        raise NotFound(f"unit {unit.idx} of {name!r} has no example {rank}")
     seq = sequence_page(conn, slug, ex.sequence_id)
     acts: list[float | None] = [None] * len(seq.tokens)
     acts[ex.window_start : ex.window_start + len(ex.acts)] = ex.acts
     return ExpandedExample(
-        model=slug, source=name, index=page.index, example=ex, tokens=seq.tokens, acts=acts
+        model=slug, source=name, index=unit.idx, example=ex, tokens=seq.tokens, acts=acts
     )
 
 

@@ -1,0 +1,281 @@
+"""The unit page in a real browser: Debian's Chromium driven by Playwright (sync API).
+
+The app is served for real by uvicorn on a loopback port over the shared ``tiny_index``.
+No browser is ever downloaded: the tests skip when /usr/bin/chromium is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.render import fmt, visible
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium's connections are refused on a closed network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+SOURCE = "0-mlp"
+
+
+# ---- fixtures ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_index) -> Iterator[str]:
+    """The app served by uvicorn on 127.0.0.1 in a background thread."""
+    import uvicorn
+
+    from app.main import create_app
+    from spyglass.settings import Settings
+
+    app = create_app(Settings(db=tiny_index.db))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="spyglass-uvicorn", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/.json", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            pytest.fail("uvicorn did not start answering on " + url)
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def dialogs() -> list[tuple[str, str, str]]:
+    """(type, message, default value) of every dialog the page opened; each is dismissed."""
+    return []
+
+
+@pytest.fixture
+def page(browser, base_url, dialogs):
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+
+    def on_dialog(d) -> None:
+        dialogs.append((d.type, d.message, d.default_value))
+        d.dismiss()
+
+    pg.on("dialog", on_dialog)
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def unit_with_examples(base_url) -> int:
+    """A unit of 0-mlp whose page has top examples (highest max activation first)."""
+    src = _get_json(f"{base_url}/tiny/{SOURCE}.json")
+    for row in src["units"]:
+        if _get_json(f"{base_url}/tiny/{SOURCE}/{row['index']}.json")["examples"]:
+            return row["index"]
+    pytest.fail("no unit of 0-mlp has examples")
+
+
+def _open_unit(page, n: int) -> str:
+    path = f"/tiny/{SOURCE}/{n}"
+    page.goto(path)
+    page.wait_for_selector("#examples")
+    return page.url
+
+
+# ---- tests -------------------------------------------------------------------------------
+
+
+def test_new_user_clicks_through_to_a_unit(page, base_url, dialogs):
+    page.goto("/")
+    page.get_by_role("link", name="tiny", exact=True).click()
+    page.wait_for_url(f"{base_url}/tiny")
+    page.locator("#sources").get_by_role("link", name=SOURCE, exact=True).click()
+    page.wait_for_url(f"{base_url}/tiny/{SOURCE}")
+    first = page.locator("#units tbody tr td:first-child a").first
+    n = int(first.inner_text())
+    first.click()
+    page.wait_for_url(f"{base_url}/tiny/{SOURCE}/{n}")
+    assert re.fullmatch(rf"{re.escape(base_url)}/tiny/{SOURCE}/\d+", page.url)
+    assert page.locator("h1").inner_text() == f"{SOURCE} · unit {n}"
+    assert dialogs == []
+
+
+def test_hovering_a_token_shows_its_value(page, unit_with_examples):
+    _open_unit(page, unit_with_examples)
+    tip = page.locator("#tip")
+    assert tip.is_hidden()
+    tok = page.locator(".example .tok[data-v]").first
+    value = tok.get_attribute("data-v")
+    tok.hover()
+    tip.wait_for(state="visible")
+    assert tip.inner_text().endswith("  " + value)
+    # Moving off the tokens hides it again.
+    page.locator("h1").hover()
+    tip.wait_for(state="hidden")
+
+
+def test_whole_sequence_expands_in_place(page, unit_with_examples):
+    url = _open_unit(page, unit_with_examples)
+    example = page.locator("#example-0")
+    before = example.locator(".tok").count()
+    assert "expanded" not in (example.get_attribute("class") or "")
+    example.get_by_role("button", name="whole sequence").click()
+    page.wait_for_selector("#example-0.expanded")
+    after = page.locator("#example-0 .tok").count()
+    assert after > before
+    assert page.locator("#example-0 .tok.focus").count() == 1
+    assert page.url == url
+    # The other examples were left alone.
+    assert page.locator(".example.expanded").count() == 1
+
+
+def test_prompt_activations_match_the_api(page, base_url):
+    n = 3
+    url = _open_unit(page, n)
+    prompt = "The quick brown fox jumps over the lazy dog."
+    page.fill("#prompt-text", prompt)  # the form's `input changed delay:600ms` trigger fires
+    api = page.request.post(
+        f"{base_url}/api/tiny/{SOURCE}/{n}/activations", data={"prompt": prompt}
+    )
+    assert api.ok, api.text()
+    expected = api.json()["tokens"]
+    toks = page.locator("#live-result .tok[data-v]")
+    page.wait_for_function(
+        "n => document.querySelectorAll('#live-result .tok[data-v]').length === n",
+        arg=len(expected),
+    )
+    assert toks.evaluate_all("els => els.map(e => e.dataset.v)") == [
+        fmt(t["value"], 4) for t in expected
+    ]
+    assert toks.all_text_contents() == [visible(t["token"]) for t in expected]
+    assert page.url == url
+
+
+def test_steering_form_shows_both_completions_and_errors(page, unit_with_examples, dialogs):
+    url = _open_unit(page, unit_with_examples)
+    form = page.locator("#steer-form")
+    prompt = form.locator("textarea[name=prompt]").input_value()
+    form.locator("input[name=temperature]").fill("0")
+    form.locator("input[name=max_new_tokens]").fill("5")
+    form.get_by_role("button", name="Steer").click()
+    result = page.locator("#steer-result")
+    result.locator(".completion.steered").wait_for()
+    for kind in ("default", "steered"):
+        assert result.locator(f".completion.{kind}").text_content().startswith(prompt)
+        assert result.locator(f".completion.{kind} .prompt").text_content() == prompt
+    assert "(greedy)" in result.locator(".meta").inner_text()
+    assert page.url == url
+
+    form.locator("input[name=coefficient]").fill("1e9")
+    form.get_by_role("button", name="Steer").click()
+    error = result.locator(".error")
+    error.wait_for()
+    assert error.inner_text().startswith("422")
+    assert "coefficient must be between" in error.inner_text()
+    assert result.locator(".completion").count() == 0
+    assert page.url == url
+    assert dialogs == []
+
+
+def test_script_in_the_corpus_shows_as_text(page, base_url, dialogs):
+    model = _get_json(f"{base_url}/tiny.json")["model"]
+    hostile = None
+    for sid in range(model["n_sequences"]):
+        seq = _get_json(f"{base_url}/tiny/sequences/{sid}.json")
+        text = "".join(seq["tokens"])
+        if "<script" in text:
+            hostile = (sid, text)
+            break
+    assert hostile is not None, "the tiny corpus has no sequence with <script"
+    sid, text = hostile
+    page.goto(f"/tiny/sequences/{sid}")
+    shown = page.locator(".example .tokens")
+    shown.wait_for()
+    assert shown.text_content() == visible(text)
+    assert "<script" in shown.inner_text()
+    # The markup came through as text: no element was made from it, no alert fired.
+    assert page.locator(".example script").count() == 0
+    page.wait_for_timeout(200)
+    assert dialogs == []
+
+
+def test_copy_link(page, base_url, dialogs):
+    n = 2
+    url = _open_unit(page, n)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+    share = f"{base_url}/tiny/{SOURCE}/{n}"
+    assert url == share
+    button = page.locator("#copy-link")
+    button.click()
+    deadline = time.monotonic() + 5
+    while button.text_content() != "Copied" and not dialogs and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    if dialogs:
+        kind, message, default = dialogs[0]
+        assert kind == "prompt"
+        assert message == "Share this link:"
+        assert default == share
+    else:
+        assert button.text_content() == "Copied"
+        assert page.evaluate("navigator.clipboard.readText()") == share
+
+
+def test_screenshot_of_the_unit_page(page, unit_with_examples, tmp_path):
+    _open_unit(page, unit_with_examples)
+    out = tmp_path / "unit.png"
+    page.screenshot(path=str(out), full_page=True)
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 1000
