@@ -106,7 +106,6 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
         raise ValueError(f"--tokens must be at least one sequence ({cfg.seq_len} tokens)")
     slug = cfg.name or default_slug(cfg.model)
     storage.check_slug(slug)
-    engine = storage.make_engine(cfg.db, create=True)
     model = model or load_model(cfg.model, cfg.device)
     if cfg.seq_len > model.n_ctx:
         raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {model.n_ctx}")
@@ -125,6 +124,8 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
         text_field=cfg.text_field,
         split=cfg.split,
     )
+    # Only once the model and corpus are known to load: a failed run leaves no empty database.
+    engine = storage.make_engine(cfg.db, create=True)
     report = IndexReport(slug=slug)
     started = time.perf_counter()
     stats = [LayerStats(layer, model.d_mlp, cfg, model.device) for layer in layers]

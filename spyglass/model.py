@@ -276,7 +276,7 @@ def _load_folder(folder: Path, device: str) -> HookedTransformer:
         hooked = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     state = torch.load(folder / "state_dict.pt", mmap=True, map_location="cpu", weights_only=True)
     hooked.load_state_dict(state, assign=True, strict=True)
-    return hooked.to(device)
+    return hooked.to(device, print_details=False)
 
 
 def _build_embedded() -> HookedTransformer:

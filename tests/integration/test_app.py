@@ -121,7 +121,9 @@ def test_unit_html_shades_tokens_and_marks_the_max(client):
 
 def test_prev_next_links_stop_at_the_ends(client):
     first = soup(client.get("/tiny/0-mlp/0"))
-    assert first.select_one("#prev") is None and first.select_one("#next")["href"] == "/tiny/0-mlp/1"
+    assert (
+        first.select_one("#prev") is None and first.select_one("#next")["href"] == "/tiny/0-mlp/1"
+    )
     last = soup(client.get("/tiny/0-mlp/63"))
     assert last.select_one("#next") is None and last.select_one("#prev")["href"] == "/tiny/0-mlp/62"
 

@@ -1,0 +1,133 @@
+"""Correctness checks of a stored index against an independent TransformerLens recompute.
+
+Shared by the tiny-model integration tests and the embedded-model slow tests. Importable
+as ``index_checks`` because pytest puts ``tests/`` (the conftest's folder, no __init__.py)
+on sys.path.
+
+Nothing here calls the indexer or ``spyglass.model.Model``: the reference activations come
+from ``HookedTransformer.run_with_cache`` and the reference top-k from a plain sort.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from spyglass import storage
+
+
+@dataclass(frozen=True)
+class StoredIndex:
+    """Everything one model's index holds, read through the app's query functions."""
+
+    model: storage.ModelRow
+    sources: list[storage.SourceRow]
+    sequences: list[storage.SequenceRow]
+    """All sequences, by id 0..n-1."""
+    units: dict[int, list[storage.UnitRow]]
+    """layer -> units 0..U-1."""
+    examples: dict[int, list[list[storage.ExampleRow]]]
+    """layer -> unit -> examples by rank."""
+
+    def tokens(self) -> torch.Tensor:
+        """[n_sequences, seq_len] token ids."""
+        return torch.tensor([s.tokens for s in self.sequences])
+
+
+def read_index(db: str, slug: str) -> StoredIndex:
+    engine = storage.make_engine(db)
+    try:
+        with engine.connect() as conn:
+            model = storage.get_model(conn, slug)
+            assert model is not None, f"no model {slug!r} in {db}"
+            sources = storage.list_sources(conn, model.id)
+            by_id = storage.get_sequences(conn, model.id, range(model.n_sequences))
+            assert sorted(by_id) == list(range(model.n_sequences)), "sequence ids have gaps"
+            units, examples = {}, {}
+            for src in sources:
+                units[src.layer] = [storage.get_unit(conn, src.id, u) for u in range(src.n_units)]
+                examples[src.layer] = [
+                    storage.get_examples(conn, src.id, u) for u in range(src.n_units)
+                ]
+    finally:
+        engine.dispose()
+    seqs = [by_id[i] for i in range(model.n_sequences)]
+    return StoredIndex(model, sources, seqs, units, examples)
+
+
+@torch.inference_mode()
+def fresh_mlp_acts(
+    hooked, tokens: torch.Tensor, layers: Sequence[int], batch_size: int = 16
+) -> dict[int, torch.Tensor]:
+    """``{layer: blocks.L.mlp.hook_post}`` [S, T, U] from plain ``run_with_cache`` calls."""
+    names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layers}
+    parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    device = next(hooked.parameters()).device
+    for lo in range(0, len(tokens), batch_size):
+        _, cache = hooked.run_with_cache(
+            tokens[lo : lo + batch_size].to(device), names_filter=lambda n: n in names
+        )
+        for name, layer in names.items():
+            parts[layer].append(cache[name].float().cpu())
+    return {layer: torch.cat(p) for layer, p in parts.items()}
+
+
+def check_example_windows(
+    examples: list[storage.ExampleRow],
+    unit_acts: torch.Tensor,
+    *,
+    before: int,
+    after: int,
+    skip_first: int,
+    atol: float,
+) -> None:
+    """Each example's value and window against ``unit_acts`` [S, T] of the same unit."""
+    seq_len = unit_acts.shape[1]
+    assert [e.rank for e in examples] == list(range(len(examples)))
+    for ex in examples:
+        row = unit_acts[ex.sequence_id]
+        assert skip_first <= ex.position < seq_len
+        # Windows are the requested span trimmed to the sequence.
+        assert ex.window_start == max(0, ex.position - before)
+        assert ex.window_start + len(ex.acts) == min(seq_len, ex.position + after + 1)
+        want = row[ex.window_start : ex.window_start + len(ex.acts)]
+        torch.testing.assert_close(torch.tensor(ex.acts), want, atol=atol, rtol=0)
+        assert abs(ex.value - row[ex.position].item()) <= atol
+        assert ex.value > 0, "only positive activations are examples"
+
+
+def check_layer_statistics(
+    stored: StoredIndex,
+    layer: int,
+    acts: torch.Tensor,
+    *,
+    skip_first: int,
+    atol: float,
+    zero_tol: float,
+) -> None:
+    """Top-k values, max_act and density of every unit of ``layer`` against brute force.
+
+    ``acts`` [S, T, U] is the fresh recompute. ``zero_tol`` absorbs activations so close to
+    0 that batched and unbatched float32 runs may disagree on their sign: such a token may
+    or may not count as positive (and as an example) without failing the check.
+    """
+    k = stored.model.top_k
+    eligible = acts[:, skip_first:, :].reshape(-1, acts.shape[-1])  # [S * (T - skip), U]
+    n_eligible = eligible.shape[0]
+    top = eligible.sort(dim=0, descending=True).values[:k]  # [k, U] brute-force top-k
+    sure = (eligible > zero_tol).sum(0)
+    maybe = (eligible > -zero_tol).sum(0)
+    for u, (unit, examples) in enumerate(
+        zip(stored.units[layer], stored.examples[layer], strict=True)
+    ):
+        brute = top[:, u]
+        values = torch.tensor([e.value for e in examples])
+        n_min = int((brute > zero_tol).sum())
+        n_max = int((brute > -zero_tol).sum())
+        assert n_min <= len(values) <= n_max, f"layer {layer} unit {u}: example count"
+        torch.testing.assert_close(values, brute[: len(values)], atol=atol, rtol=0)
+        assert abs(unit.max_act - brute[0].item()) <= atol, f"layer {layer} unit {u}: max_act"
+        positive = unit.density * n_eligible
+        assert sure[u] - 0.01 <= positive <= maybe[u] + 0.01, f"layer {layer} unit {u}: density"
