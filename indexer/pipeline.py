@@ -124,6 +124,13 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
         text_field=cfg.text_field,
         split=cfg.split,
     )
+    head = next(seqs, None)
+    if head is None:
+        raise ValueError(
+            f"the corpus {cfg.corpus!r} gave no sequence of {cfg.seq_len} tokens "
+            "(documents shorter than one sequence are skipped; try a smaller --seq-len)"
+        )
+    seqs = itertools.chain([head], seqs)
     # Only once the model and corpus are known to load: a failed run leaves no empty database.
     engine = storage.make_engine(cfg.db, create=True)
     report = IndexReport(slug=slug)
@@ -162,16 +169,11 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
                     st.update(acts[st.layer], first)
                 report.n_sequences += len(batch)
                 bar.update(tokens.numel())
-        if report.n_sequences == 0:
-            raise ValueError(
-                f"the corpus {cfg.corpus!r} gave no sequence of {cfg.seq_len} tokens "
-                "(documents shorter than one sequence are skipped; try a smaller --seq-len)"
-            )
         report.n_tokens = report.n_sequences * cfg.seq_len
         report.pass_seconds = time.perf_counter() - started
 
         storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
-        for st in stats:
+        for st in tqdm(stats, desc="writing", unit="layer", disable=not cfg.progress):
             name = f"{st.layer}-mlp"
             source_id = storage.add_source(
                 conn,
