@@ -78,6 +78,7 @@ class Model:
         self.spec = spec
         self._tl = hooked
         self._tl.eval()
+        _store_transposed(hooked)
         cfg = hooked.cfg
         self.n_layers: int = cfg.n_layers
         self.d_model: int = cfg.d_model
@@ -181,6 +182,21 @@ class Model:
                     break
                 inputs = torch.tensor([[next_id]], device=self.device)
         return new
+
+
+def _store_transposed(hooked: HookedTransformer) -> None:
+    """Lay out the weights TransformerLens multiplies as ``W.T.contiguous()`` column-major.
+
+    Its gated MLP and unembedding call ``.T.contiguous()`` on every forward, which copies
+    the weight each time: for one generated token that copy (113 MB for SmolLM2's W_U)
+    costs more than the arithmetic. With the transpose already contiguous the call is
+    free; the values are unchanged.
+    """
+    names = ("W_in", "W_gate", "W_out")
+    params = [getattr(b.mlp, n) for b in hooked.blocks for n in names if hasattr(b.mlp, n)]
+    for param in [*params, hooked.unembed.W_U]:
+        if param.dim() == 2 and param.is_contiguous():
+            param.data = param.data.t().contiguous().t()
 
 
 def _adder(neuron: int, coefficient: float) -> Callable:

@@ -10,8 +10,11 @@ from ``HookedTransformer.run_with_cache`` and the reference top-k from a plain s
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -131,3 +134,30 @@ def check_layer_statistics(
         assert abs(unit.max_act - brute[0].item()) <= atol, f"layer {layer} unit {u}: max_act"
         positive = unit.density * n_eligible
         assert sure[u] - 0.01 <= positive <= maybe[u] + 0.01, f"layer {layer} unit {u}: density"
+
+
+CONFIG_KEYS = (
+    "n_layers",
+    "d_model",
+    "d_head",
+    "n_heads",
+    "d_mlp",
+    "n_ctx",
+    "d_vocab",
+    "act_fn",
+    "normalization_type",
+)
+
+
+def fresh_hooked(model_dir: Path):
+    """A HookedTransformer rebuilt from the saved files, bypassing spyglass.model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        raw = json.loads((model_dir / "config.json").read_text())
+        cfg = HookedTransformerConfig(**{k: raw[k] for k in CONFIG_KEYS}, device="cpu")
+        hooked = HookedTransformer(cfg)
+    state = torch.load(model_dir / "state_dict.pt", map_location="cpu", weights_only=True)
+    hooked.load_state_dict(state, strict=True)
+    return hooked.eval()

@@ -7,18 +7,18 @@ sorting every eligible activation of the corpus.
 
 from __future__ import annotations
 
-import json
 import random
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from index_checks import (
+    CONFIG_KEYS,
     StoredIndex,
     check_example_windows,
     check_layer_statistics,
+    fresh_hooked,
     fresh_mlp_acts,
     read_index,
 )
@@ -33,31 +33,6 @@ ATOL = 1e-5
 # Batched and unbatched float32 runs agree to ~1e-7 on this model; a token closer to 0
 # than this may count as positive or not.
 ZERO_TOL = 1e-6
-CONFIG_KEYS = (
-    "n_layers",
-    "d_model",
-    "d_head",
-    "n_heads",
-    "d_mlp",
-    "n_ctx",
-    "d_vocab",
-    "act_fn",
-    "normalization_type",
-)
-
-
-def fresh_hooked(model_dir: Path):
-    """A HookedTransformer rebuilt from the saved files, bypassing spyglass.model."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        raw = json.loads((model_dir / "config.json").read_text())
-        cfg = HookedTransformerConfig(**{k: raw[k] for k in CONFIG_KEYS}, device="cpu")
-        hooked = HookedTransformer(cfg)
-    state = torch.load(model_dir / "state_dict.pt", map_location="cpu", weights_only=True)
-    hooked.load_state_dict(state, strict=True)
-    return hooked.eval()
 
 
 @pytest.fixture(scope="module")
