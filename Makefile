@@ -45,7 +45,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(VENV)/.installed
-	$(BIN)/python bench/index.py
+	$(BIN)/python bench/index.py --tokens 16384
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis
