@@ -71,6 +71,14 @@ def mlp_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def hook_layer(name: str) -> int:
+    """The block a hook point belongs to: ``blocks.12.hook_resid_post`` -> 12."""
+    parts = name.split(".")
+    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"not a per-block hook point: {name!r}")
+    return int(parts[1])
+
+
 class Model:
     """A loaded TransformerLens model with the operations Spyglass needs."""
 
@@ -114,28 +122,35 @@ class Model:
 
     # ---- forward passes -------------------------------------------------------
 
-    @torch.inference_mode()
-    def mlp_activations(
-        self, tokens: torch.Tensor, layers: Sequence[int]
-    ) -> dict[int, torch.Tensor]:
-        """Run ``tokens`` [batch, pos] and return ``{layer: mlp.hook_post [batch, pos, d_mlp]}``.
+    def has_hook(self, name: str) -> bool:
+        return name in self._tl.hook_dict
 
-        The forward stops after the last requested block, so no unembedding is paid for.
+    @torch.inference_mode()
+    def activations(self, tokens: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Run ``tokens`` [batch, pos] and return each named hook's activation.
+
+        The forward stops after the last block a hook belongs to, so nothing past it
+        (in particular no unembedding) is paid for.
         """
-        wanted = {mlp_hook(layer): layer for layer in layers}
-        out: dict[int, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
 
         def keep(act: torch.Tensor, hook) -> None:
-            out[wanted[hook.name]] = act
+            out[hook.name] = act
 
-        hooks = [(name, keep) for name in wanted]
         self._tl.run_with_hooks(
             tokens.to(self.device),
-            fwd_hooks=hooks,
-            stop_at_layer=max(layers) + 1,
+            fwd_hooks=[(name, keep) for name in hooks],
+            stop_at_layer=max(hook_layer(name) for name in hooks) + 1,
             return_type=None,
         )
         return out
+
+    def mlp_activations(
+        self, tokens: torch.Tensor, layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """``{layer: mlp.hook_post [batch, pos, d_mlp]}`` for ``tokens`` [batch, pos]."""
+        acts = self.activations(tokens, [mlp_hook(layer) for layer in layers])
+        return {layer: acts[mlp_hook(layer)] for layer in layers}
 
     @torch.inference_mode()
     def neuron_activations(self, tokens: Sequence[int], layer: int, neuron: int) -> list[float]:
