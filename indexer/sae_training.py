@@ -184,11 +184,16 @@ def _hook_width(model: Model, cfg: TrainConfig) -> int:
     return model.activations(probe, [cfg.hook])[cfg.hook].shape[-1]
 
 
+def _sparse_decode(indices: torch.Tensor, values: torch.Tensor, w_dec: torch.Tensor):
+    """sum_j values[:, j] * w_dec[indices[:, j]]: k rows per token instead of a dense
+    [batch, d_sae] @ [d_sae, d_in] product (k / d_sae of the work)."""
+    return torch.nn.functional.embedding_bag(indices, w_dec, per_sample_weights=values, mode="sum")
+
+
 def _step_loss(sae: TopKSae, x, last_fired, state: TrainState, cfg: TrainConfig):
     pre = sae.pre_acts(x)  # [batch, d_sae]
     top = pre.topk(sae.k, dim=-1)
-    f = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-    x_hat = sae.decode(f)
+    x_hat = _sparse_decode(top.indices, top.values.relu(), sae.W_dec) + sae.b_dec
     main = fvu(x, x_hat)
     loss = main
     dead = (state.tokens - last_fired) >= cfg.dead_after_tokens
@@ -196,9 +201,8 @@ def _step_loss(sae: TopKSae, x, last_fired, state: TrainState, cfg: TrainConfig)
         # AuxK: the dead latents' top activations reconstruct the residual error.
         k_aux = min(cfg.aux_k, int(dead.sum()))
         aux_top = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=-1)
-        f_aux = torch.zeros_like(pre).scatter(-1, aux_top.indices, aux_top.values.relu())
-        err = (x - x_hat).detach()
-        loss = loss + cfg.aux_coef * fvu(err, f_aux @ sae.W_dec)
+        err_hat = _sparse_decode(aux_top.indices, aux_top.values.relu(), sae.W_dec)
+        loss = loss + cfg.aux_coef * fvu((x - x_hat).detach(), err_hat)
     fired = top.indices[top.values > 0].unique()
     return loss, main.item(), fired
 
