@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from indexer.corpus import iter_sequences
 from spyglass.model import Model, load_model
+from spyglass.sae import Sae, SaeConfig, save_sae
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,25 @@ def fold_scale(sae: TopKSae, scale: float) -> dict[str, torch.Tensor]:
     }
 
 
-def write_metrics(out: Path, metrics: dict) -> None:
-    serialisable = {k: v for k, v in metrics.items() if k != "folded"}
-    (out / "metrics.json").write_text(json.dumps(serialisable, indent=1))
+def write_trained_sae(cfg: TrainConfig, metrics: dict, command: str) -> Sae:
+    """Save the trained SAE in SAELens format, with ``metrics.json`` saying how it was made."""
+    folded = metrics["folded"]
+    d_sae, d_in = folded["W_dec"].shape
+    sae = Sae(
+        SaeConfig(
+            architecture="topk",
+            d_in=d_in,
+            d_sae=d_sae,
+            hook_name=cfg.hook,
+            model_name=cfg.model,
+            apply_b_dec_to_input=True,
+            normalize_activations="none",
+            k=cfg.k,
+        ),
+        {name: t.detach().cpu() for name, t in folded.items()},
+    )
+    out = Path(cfg.out)
+    save_sae(sae, out, extra_cfg={"trained_by": "spyglass train-sae"})
+    record = {k: v for k, v in metrics.items() if k != "folded"} | {"command": command}
+    (out / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+    return sae

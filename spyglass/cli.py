@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     _serve_args(srv)
     srv.set_defaults(func=cmd_serve)
 
+    train = sub.add_parser(
+        "train-sae",
+        help="train a TopK sparse autoencoder on one hook of a model (resumable)",
+        description="Train a TopK SAE on activations streamed from the model over the corpus, "
+        "and write it in SAELens format (cfg.json + sae_weights.safetensors) with metrics.json. "
+        "Run the same command again to resume from the last checkpoint.",
+    )
+    _train_args(train)
+    train.set_defaults(func=cmd_train_sae)
+
     demo = sub.add_parser(
         "demo",
         help="index the embedded model and corpus (unless already done), then serve",
@@ -88,6 +98,31 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--text-field", default="text", help="text field of .jsonl / hf: corpora")
     p.add_argument("--split", default="train", help="split of an hf: dataset")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from indexer.sae_training import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--model", default=d.model, help="model spec, as for index")
+    p.add_argument("--corpus", default=d.corpus, help="corpus spec, as for index")
+    p.add_argument("--hook", default=d.hook, help=f"hook point (default {d.hook})")
+    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
+    p.add_argument("--d-sae", type=int, default=d.d_sae, help=f"latents (default {d.d_sae})")
+    p.add_argument("--k", type=int, default=d.k, help=f"active latents per token ({d.k})")
+    p.add_argument("--tokens", type=int, default=d.tokens, help=f"training tokens ({d.tokens})")
+    p.add_argument(
+        "--holdout-sequences",
+        type=int,
+        default=d.holdout_sequences,
+        help=f"first corpus sequences kept out for evaluation ({d.holdout_sequences})",
+    )
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per step")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr})")
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
 
 
@@ -149,10 +184,52 @@ def _run_index(cfg) -> None:
     )
 
 
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    from indexer.corpus import CorpusError
+    from indexer.sae_training import TrainConfig, train_sae, write_trained_sae
+    from spyglass.model import ModelLoadError
+
+    cfg = TrainConfig(
+        model=args.model,
+        corpus=args.corpus,
+        hook=args.hook,
+        out=args.out,
+        d_sae=args.d_sae,
+        k=args.k,
+        tokens=args.tokens,
+        holdout_sequences=args.holdout_sequences,
+        batch_tokens=args.batch_tokens,
+        lr=args.lr,
+        seq_len=args.seq_len,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+    )
+    if min(cfg.d_sae, cfg.k, cfg.tokens, cfg.batch_tokens, cfg.checkpoint_every) < 1:
+        raise CliError(
+            "--d-sae, --k, --tokens, --batch-tokens and --checkpoint-every must be positive"
+        )
+    if cfg.k > cfg.d_sae:
+        raise CliError(f"--k {cfg.k} exceeds --d-sae {cfg.d_sae}")
+    if cfg.tokens < cfg.batch_tokens:
+        raise CliError(f"--tokens must be at least one step ({cfg.batch_tokens} tokens)")
+    try:
+        metrics = train_sae(cfg)
+    except (ModelLoadError, CorpusError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    write_trained_sae(cfg, metrics, "spyglass " + " ".join(sys.argv[1:]))
+    print(
+        f"trained {cfg.hook} x{cfg.d_sae} (k={cfg.k}) on {metrics['tokens']} tokens in "
+        f"{metrics['seconds']:.0f} s: last-batch FVU {metrics['train_fvu_last_batch']:.3f}, "
+        f"dead {metrics['dead_fraction']:.1%} -> {cfg.out}"
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
-    from app.main import create_app
 
+    from app.main import create_app
     from spyglass.settings import Settings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

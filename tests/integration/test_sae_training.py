@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 import torch
 
 from indexer.corpus import iter_sequences
-from indexer.sae_training import ActivationStream, TopKSae, TrainConfig, fold_scale, train_sae
+from indexer.sae_training import (
+    ActivationStream,
+    TopKSae,
+    TrainConfig,
+    fold_scale,
+    train_sae,
+    write_trained_sae,
+)
+from spyglass import cli
 from spyglass.model import load_model
+from spyglass.sae import load_sae
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -101,3 +111,58 @@ def test_the_hold_out_and_position_zero_are_never_trained_on(model, tiny_corpus_
 def sort_rows(rows: torch.Tensor) -> torch.Tensor:
     order = sorted(range(rows.shape[0]), key=lambda i: rows[i].tolist())
     return rows[order]
+
+
+def test_the_trained_sae_is_saved_in_saelens_format(model, tiny_corpus_dir, tmp_path):
+    cfg = config(tiny_corpus_dir, tmp_path / "sae", tokens=64 * 5)
+    metrics = train_sae(cfg, model, False)
+    write_trained_sae(cfg, metrics, "spyglass train-sae ...")
+    loaded = load_sae(tmp_path / "sae")
+    assert (loaded.cfg.architecture, loaded.cfg.k, loaded.cfg.hook_name) == ("topk", 4, HOOK)
+    record = json.loads((tmp_path / "sae" / "metrics.json").read_text())
+    assert record["tokens"] == 64 * 5 and record["command"].startswith("spyglass train-sae")
+    # The saved SAE reads raw activations: it equals the trained one on scaled inputs.
+    x = model.activations(torch.tensor([[model.bos_id, 5, 6, 7, 8]]), [HOOK])[HOOK][0]
+    trained = TopKSae(16, 32, 4, torch.Generator())
+    trained.load_state_dict(
+        torch.load(tmp_path / "sae" / "checkpoint" / "state.pt", weights_only=False)["sae"]
+    )
+    with torch.no_grad():
+        expect = trained.encode(x * metrics["input_scale"])
+    assert torch.allclose(loaded.encode(x), expect, atol=1e-5)
+    sae_lens = pytest.importorskip("sae_lens")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))
+    assert torch.allclose(theirs.encode(x), expect, atol=1e-5)
+
+
+def test_the_train_sae_command_writes_a_loadable_sae(tiny_model_dir, tiny_corpus_dir, tmp_path):
+    out = tmp_path / "cli-sae"
+    args = ["train-sae", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_dir)]
+    args += ["--hook", HOOK, "--out", str(out), "--d-sae", "32", "--k", "4", "--tokens", "640"]
+    args += ["--batch-tokens", "64", "--seq-len", "16", "--holdout-sequences", "8"]
+    assert cli.main(args + ["--device", "cpu"]) == 0
+    assert load_sae(out).cfg.d_sae == 32
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 10
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(["--k", "40"], "exceeds --d-sae"), (["--hook", "blocks.9.hook_resid_post"], "no hook point")],
+)
+def test_train_sae_errors_are_one_line(
+    tiny_model_dir, tiny_corpus_dir, tmp_path, capsys, extra, needle
+):
+    args = ["train-sae", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_dir)]
+    args += [
+        "--out",
+        str(tmp_path / "e"),
+        "--d-sae",
+        "32",
+        "--tokens",
+        "640",
+        "--batch-tokens",
+        "64",
+    ]
+    assert cli.main(args + ["--hook", HOOK, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
