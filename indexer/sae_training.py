@@ -58,6 +58,11 @@ class TrainConfig:
     dead_after_tokens: int = 500_000
     """A latent that has not fired for this many tokens counts as dead for AuxK."""
     checkpoint_every: int = 100
+    max_norm_ratio: float = 10.0
+    """Rows whose norm exceeds this multiple of their forward pass's median norm are left
+    out. SmolLM2 has rare massive-activation tokens besides position 0 (norm ~25,000
+    against a median of ~140 at layer 12); two in 8,128 tokens carried 90% of the summed
+    squared norm, enough to set the input scale and the loss on their own."""
     seed: int = 0
     device: str | None = None
 
@@ -108,6 +113,8 @@ class TrainState:
     """Input scale s: the SAE sees s * x."""
     seconds: float = 0.0
     last_fvu: float = float("nan")
+    outliers: int = 0
+    """High-norm rows left out (see TrainConfig.max_norm_ratio)."""
 
 
 def train_sae(cfg: TrainConfig, model: Model | None = None, progress: bool = True) -> dict:
@@ -127,10 +134,10 @@ def train_sae(cfg: TrainConfig, model: Model | None = None, progress: bool = Tru
         state, last_fired, pending = _resume(ckpt, cfg, sae, opt, gen)
 
     n_steps = cfg.tokens // cfg.batch_tokens
-    stream = ActivationStream(model, cfg, gen, state.sequences, pending)
+    stream = ActivationStream(model, cfg, gen, state.sequences, pending, state.outliers)
 
     def checkpoint() -> None:
-        state.sequences = stream.sequences
+        state.sequences, state.outliers = stream.sequences, stream.outliers
         state.seconds = time.perf_counter() - started
         _checkpoint(ckpt, cfg, sae, opt, gen, state, last_fired, stream.pending)
 
@@ -175,6 +182,7 @@ def train_sae(cfg: TrainConfig, model: Model | None = None, progress: bool = Tru
         "train_fvu_last_batch": state.last_fvu,
         "dead_fraction": _dead(last_fired, state, cfg),
         "input_scale": state.scale,
+        "outliers_left_out": stream.outliers,
         "config": asdict(cfg),
     }
     return metrics | {"folded": fold_scale(sae, state.scale)}
@@ -231,10 +239,13 @@ class ActivationStream:
         gen: torch.Generator,
         sequences: int = 0,
         pending: torch.Tensor | None = None,
+        outliers: int = 0,
     ):
         self.model, self.cfg, self.gen = model, cfg, gen
         self.sequences = sequences
         """Training sequences read into buffers so far."""
+        self.outliers = outliers
+        """High-norm rows left out so far."""
         self.pending = pending
         """Rows read but not yet handed out, in the order they will be."""
         seqs = iter_sequences(cfg.corpus, model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id)
@@ -263,7 +274,11 @@ class ActivationStream:
             self.sequences += len(batch)
             tokens = torch.tensor([s.tokens for s in batch])
             acts = self.model.activations(tokens, [self.cfg.hook])[self.cfg.hook][:, 1:, :]
-            chunk.append(acts.reshape(-1, acts.shape[-1]).float())
+            rows = acts.reshape(-1, acts.shape[-1]).float()
+            norms = rows.norm(dim=-1)
+            keep = norms <= self.cfg.max_norm_ratio * norms.median()
+            self.outliers += int((~keep).sum())
+            chunk.append(rows[keep])
         return chunk
 
 

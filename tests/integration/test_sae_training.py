@@ -166,3 +166,17 @@ def test_train_sae_errors_are_one_line(
     assert cli.main(args + ["--hook", HOOK, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_high_norm_rows_are_left_out(model, tiny_corpus_dir):
+    cfg = config(tiny_corpus_dir, "unused", max_norm_ratio=1.0, buffer_batches=1, batch_tokens=16)
+    stream = ActivationStream(model, cfg, torch.Generator().manual_seed(0))
+    first = next(iter(stream))
+    kept = torch.cat([first, stream.pending])
+    seqs = list(iter_sequences(cfg.corpus, model.tokenize, seq_len=16, bos_id=model.bos_id))
+    tokens = torch.tensor([s.tokens for s in seqs[8 : 8 + cfg.model_batch]])
+    rows = model.activations(tokens, [HOOK])[HOOK][:, 1:].reshape(-1, 16)
+    norms = rows.norm(dim=-1)
+    expect = rows[norms <= norms.median()]
+    assert stream.outliers == rows.shape[0] - expect.shape[0] > 0
+    assert torch.allclose(sort_rows(kept), sort_rows(expect), atol=1e-6)
