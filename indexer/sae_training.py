@@ -124,7 +124,7 @@ def train_sae(cfg: TrainConfig, model: Model | None = None, progress: bool = Tru
     if not model.has_hook(cfg.hook):
         raise ValueError(f"model {cfg.model!r} has no hook point {cfg.hook!r}")
     gen = torch.Generator().manual_seed(cfg.seed)
-    d_in = _hook_width(model, cfg)
+    d_in = model.hook_width(cfg.hook)
     sae = TopKSae(d_in, cfg.d_sae, cfg.k, gen).to(model.device)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     last_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=model.device)
@@ -186,11 +186,6 @@ def train_sae(cfg: TrainConfig, model: Model | None = None, progress: bool = Tru
         "config": asdict(cfg),
     }
     return metrics | {"folded": fold_scale(sae, state.scale)}
-
-
-def _hook_width(model: Model, cfg: TrainConfig) -> int:
-    probe = torch.tensor([[model.bos_id or 0] * 2])
-    return model.activations(probe, [cfg.hook])[cfg.hook].shape[-1]
 
 
 def _sparse_decode(indices: torch.Tensor, values: torch.Tensor, w_dec: torch.Tensor):

@@ -54,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     _train_args(train)
     train.set_defaults(func=cmd_train_sae)
 
+    ev = sub.add_parser(
+        "eval-sae",
+        help="measure an SAE on held-out tokens: L0, FVU, loss recovered, dead/dense latents",
+        description="Evaluate an SAE (a SAELens-format folder) on the corpus's first "
+        "--sequences sequences, the ones train-sae holds out. Prints the metrics and stores "
+        "them under 'eval' in the folder's metrics.json.",
+    )
+    ev.add_argument("sae", help="folder with cfg.json + sae_weights.safetensors")
+    ev.add_argument("--model", help="model spec (default: the model the SAE names)")
+    ev.add_argument("--corpus", default="embedded", help="corpus spec (default: embedded)")
+    ev.add_argument("--sequences", type=int, default=256, help="held-out sequences (256)")
+    ev.add_argument("--seq-len", type=int, default=128)
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    ev.set_defaults(func=cmd_eval_sae)
+
     demo = sub.add_parser(
         "demo",
         help="index the embedded model and corpus (unless already done), then serve",
@@ -222,6 +238,54 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         f"trained {cfg.hook} x{cfg.d_sae} (k={cfg.k}) on {metrics['tokens']} tokens in "
         f"{metrics['seconds']:.0f} s: last-batch FVU {metrics['train_fvu_last_batch']:.3f}, "
         f"dead {metrics['dead_fraction']:.1%} -> {cfg.out}"
+    )
+    return 0
+
+
+def cmd_eval_sae(args: argparse.Namespace) -> int:
+    import json
+
+    from indexer.corpus import CorpusError
+    from indexer.sae_eval import EvalConfig, evaluate_sae
+    from spyglass.model import ModelLoadError, load_model
+    from spyglass.sae import SaeLoadError, check_sae_for_model, load_sae
+
+    if min(args.sequences, args.batch_size) < 1 or args.seq_len < 2:
+        raise CliError("--sequences and --batch-size must be positive, --seq-len at least 2")
+    cfg = EvalConfig(
+        corpus=args.corpus,
+        sequences=args.sequences,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+    )
+    try:
+        sae = load_sae(args.sae)
+        spec = args.model or sae.cfg.model_name
+        if not spec:
+            raise CliError("the SAE names no model; pass --model")
+        model = load_model(spec, args.device, sae.cfg.model_from_pretrained_kwargs)
+        sae.to(model.device)
+        check_sae_for_model(sae, model.d_model, model.n_layers)
+        hook = sae.cfg.hook_name
+        if not model.has_hook(hook):
+            raise CliError(f"model {spec!r} has no hook point {hook!r}")
+        if model.hook_width(hook) != sae.cfg.d_in:
+            raise CliError(
+                f"SAE d_in is {sae.cfg.d_in} but {hook!r} is {model.hook_width(hook)} wide"
+            )
+        metrics = evaluate_sae(sae, model, cfg)
+    except (SaeLoadError, ModelLoadError, CorpusError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    path = Path(args.sae) / "metrics.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record["eval"] = metrics | {"model": spec}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(
+        f"{args.sae}: L0 {metrics['l0']:.1f}, FVU {metrics['fvu']:.3f}, "
+        f"loss clean {metrics['loss_clean']:.3f} / spliced {metrics['loss_spliced']:.3f} / "
+        f"zero-ablated {metrics['loss_zero_ablated']:.3f} -> recovered "
+        f"{metrics['loss_recovered']:.1%}, dead {metrics['dead_fraction']:.1%}, "
+        f"dense {metrics['dense_fraction']:.1%} over {metrics['tokens']} tokens"
     )
     return 0
 

@@ -125,6 +125,11 @@ class Model:
     def has_hook(self, name: str) -> bool:
         return name in self._tl.hook_dict
 
+    def hook_width(self, name: str) -> int:
+        """Size of the last dimension at a hook point, read off a two-token forward."""
+        probe = torch.tensor([[self.bos_id or 0] * 2])
+        return self.activations(probe, [name])[name].shape[-1]
+
     @torch.inference_mode()
     def activations(self, tokens: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
         """Run ``tokens`` [batch, pos] and return each named hook's activation.
@@ -144,6 +149,20 @@ class Model:
             return_type=None,
         )
         return out
+
+    @torch.inference_mode()
+    def next_token_loss(
+        self,
+        tokens: torch.Tensor,
+        hook: str | None = None,
+        edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Cross-entropy of each next token, [batch, pos - 1]; with ``hook`` and ``edit``
+        the activation there is replaced by ``edit(activation)`` on the way."""
+        hooks = [(hook, lambda act, hook: edit(act))] if hook and edit else []
+        return self._tl.run_with_hooks(
+            tokens.to(self.device), fwd_hooks=hooks, return_type="loss", loss_per_token=True
+        )
 
     def mlp_activations(
         self, tokens: torch.Tensor, layers: Sequence[int]
@@ -232,9 +251,18 @@ def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int
 # ---- loading -------------------------------------------------------------------
 
 
-def load_model(spec: str, device: str | None = None) -> Model:
-    """Load a model by spec; any failure becomes a one-line :class:`ModelLoadError`."""
+def load_model(spec: str, device: str | None = None, options: dict | None = None) -> Model:
+    """Load a model by spec; any failure becomes a one-line :class:`ModelLoadError`.
+
+    ``options`` are TransformerLens ``from_pretrained`` keyword arguments (an SAE's
+    ``model_from_pretrained_kwargs``); they apply to pretrained names only.
+    """
     device = device or default_device()
+    if options and (spec == EMBEDDED or Path(spec).exists()):
+        raise ModelLoadError(
+            f"model options {sorted(options)} apply to TransformerLens pretrained names, "
+            f"not to {spec!r}"
+        )
     try:
         if spec == EMBEDDED:
             folder = embedded_cache_folder()
@@ -245,7 +273,7 @@ def load_model(spec: str, device: str | None = None) -> Model:
             return Model(spec, _load_folder(Path(spec), device))
         if Path(spec).exists():
             raise ModelLoadError(f"{spec!r} is a path but not a Spyglass model folder")
-        return Model(spec, _from_pretrained(spec, device))
+        return Model(spec, _from_pretrained(spec, device, options or {}))
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported in one line
@@ -253,9 +281,9 @@ def load_model(spec: str, device: str | None = None) -> Model:
         raise ModelLoadError(f"cannot load model {spec!r}: {first}") from exc
 
 
-def _from_pretrained(name: str, device: str) -> HookedTransformer:
+def _from_pretrained(name: str, device: str, options: dict) -> HookedTransformer:
     try:
-        return HookedTransformer.from_pretrained(name, device=device)
+        return HookedTransformer.from_pretrained(name, device=device, **options)
     except ValueError as exc:
         if "not found" in str(exc) or "Valid official model names" in str(exc):
             raise ModelLoadError(

@@ -1,0 +1,121 @@
+"""Evaluate an SAE on held-out corpus tokens: sparsity, reconstruction, and what splicing
+it into the model costs in next-token loss.
+
+Held-out tokens are the corpus's first ``sequences`` sequences, the ones ``train-sae``
+keeps out of training. Position 0 (the attention sink) is never encoded or replaced,
+as in training. Rows whose norm exceeds ``max_norm_ratio`` x their batch's median are
+left out of the reconstruction statistics, as in training, and their count is reported;
+the spliced loss replaces every position >= 1, outliers included.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from indexer.corpus import iter_sequences
+from spyglass.model import Model
+from spyglass.sae import Sae
+
+DENSE_ABOVE = 0.1
+"""A latent firing on more than this fraction of tokens counts as dense."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    corpus: str = "embedded"
+    sequences: int = 256
+    """Held-out sequences: the corpus's first ones (train-sae's --holdout-sequences)."""
+    seq_len: int = 128
+    batch_size: int = 16
+    max_norm_ratio: float = 10.0
+
+
+@dataclass
+class _Sums:
+    tokens: int = 0
+    outliers: int = 0
+    l0: float = 0.0
+    err: float = 0.0
+    sq: float = 0.0
+    total: torch.Tensor | None = None
+    fires: torch.Tensor | None = None
+    loss_clean: float = 0.0
+    loss_spliced: float = 0.0
+    loss_zero: float = 0.0
+    loss_tokens: int = 0
+
+
+def evaluate_sae(sae: Sae, model: Model, cfg: EvalConfig) -> dict:
+    hook = sae.cfg.hook_name
+    seqs = iter_sequences(cfg.corpus, model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id)
+    seqs = itertools.islice(seqs, cfg.sequences)
+    sums = _Sums(fires=torch.zeros(sae.cfg.d_sae, dtype=torch.long))
+    while batch := list(itertools.islice(seqs, cfg.batch_size)):
+        tokens = torch.tensor([s.tokens for s in batch])
+        _add_reconstruction(sums, sae, model, tokens, hook, cfg)
+        _add_losses(sums, sae, model, tokens, hook)
+    if sums.tokens == 0:
+        raise ValueError(f"the corpus {cfg.corpus!r} gave no held-out sequence")
+    mean = sums.total / sums.tokens
+    variance = sums.sq - sums.tokens * float(mean.pow(2).sum())
+    clean = sums.loss_clean / sums.loss_tokens
+    spliced = sums.loss_spliced / sums.loss_tokens
+    zero = sums.loss_zero / sums.loss_tokens
+    density = sums.fires.double() / sums.tokens
+    return {
+        "tokens": sums.tokens,
+        "outliers_left_out": sums.outliers,
+        "l0": sums.l0 / sums.tokens,
+        "fvu": sums.err / variance,
+        "loss_clean": clean,
+        "loss_spliced": spliced,
+        "loss_zero_ablated": zero,
+        "loss_recovered": (zero - spliced) / (zero - clean),
+        "dead_fraction": float((density == 0).double().mean()),
+        "dense_fraction": float((density > DENSE_ABOVE).double().mean()),
+        "held_out_sequences": cfg.sequences,
+        "corpus": cfg.corpus,
+    }
+
+
+def _add_reconstruction(sums: _Sums, sae: Sae, model: Model, tokens, hook: str, cfg) -> None:
+    acts = model.activations(tokens, [hook])[hook][:, 1:, :]
+    x = acts.reshape(-1, acts.shape[-1]).float()  # [rows, d_in]
+    norms = x.norm(dim=-1)
+    keep = norms <= cfg.max_norm_ratio * norms.median()
+    sums.outliers += int((~keep).sum())
+    x = x[keep]
+    with torch.inference_mode():
+        f = sae.encode(x)  # [rows, d_sae]
+        x_hat = sae.decode(f, x)
+    active = f != 0
+    sums.tokens += x.shape[0]
+    sums.l0 += float(active.sum())
+    sums.fires += active.sum(0).cpu()
+    sums.err += float((x - x_hat).pow(2).sum())
+    sums.sq += float(x.pow(2).sum())
+    row_sum = x.sum(0).double().cpu()
+    sums.total = row_sum if sums.total is None else sums.total + row_sum
+
+
+def _add_losses(sums: _Sums, sae: Sae, model: Model, tokens, hook: str) -> None:
+    def spliced(act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_in]
+        out = act.clone()
+        x = act[:, 1:, :].reshape(-1, act.shape[-1]).float()
+        out[:, 1:, :] = sae.decode(sae.encode(x), x).reshape(out[:, 1:, :].shape).to(act.dtype)
+        return out
+
+    def zeroed(act: torch.Tensor) -> torch.Tensor:
+        out = act.clone()
+        out[:, 1:, :] = 0
+        return out
+
+    # Predictions made from position 0 are the same in all three runs: count from 1 on.
+    clean = model.next_token_loss(tokens)[:, 1:]
+    sums.loss_clean += float(clean.sum())
+    sums.loss_spliced += float(model.next_token_loss(tokens, hook, spliced)[:, 1:].sum())
+    sums.loss_zero += float(model.next_token_loss(tokens, hook, zeroed)[:, 1:].sum())
+    sums.loss_tokens += clean.numel()
