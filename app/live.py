@@ -14,8 +14,9 @@ from sqlalchemy import Connection
 from app import views
 from app.model_service import ModelService
 from spyglass import storage
-from spyglass.model import Model, NeuronSteer
+from spyglass.model import Model
 from spyglass.settings import Settings
+from spyglass.sources import Source
 
 DEFAULT_NEW_TOKENS = 32
 
@@ -83,6 +84,15 @@ def find_target(conn: Connection, slug: str, source: str, index: str) -> Target:
     return Target(*views.model_spec(conn, slug, source, index))
 
 
+def _source(service: ModelService, target: Target, model: Model) -> Source:
+    """The indexed source behind ``target``, with its SAE loaded for latents."""
+    s = target.source
+    sae = service.sae(s.sae, model.device) if s.kind == "sae" and s.sae else None
+    if s.kind == "sae" and sae is None:
+        raise LimitError(f"source {s.name!r} records no SAE folder to load")
+    return Source(s.name, s.kind, s.layer, s.hook, s.n_units, sae, s.sae)
+
+
 def _check_text(prompt: str, settings: Settings) -> None:
     """Cheap checks, before any model work."""
     if not prompt.strip():
@@ -109,11 +119,12 @@ async def unit_activations(
     service: ModelService, settings: Settings, target: Target, req: ActivationRequest
 ) -> ActivationResult:
     _check_text(req.prompt, settings)
-    layer, unit = target.source.layer, target.unit
+    unit = target.unit
 
     def work(model: Model) -> ActivationResult:
         ids = _check_tokens(model, req.prompt, settings)
-        values = model.neuron_activations(ids, layer, unit.idx)
+        src = _source(service, target, model)
+        values = src.activations_on(model, ids, target.model.skip_first, unit.idx)
         texts = model.token_strings(ids)
         return ActivationResult(
             model=target.model.slug,
@@ -140,10 +151,10 @@ async def steer(
     _check_range("temperature", req.temperature, 0, settings.max_temperature)
     _check_range("seed", req.seed, 0, 2**31 - 1)
     _check_text(req.prompt, settings)
-    push = NeuronSteer(target.source.layer, unit.idx, coefficient)
 
     def work(model: Model) -> SteerResult:
         ids = _check_tokens(model, req.prompt, settings)
+        push = _source(service, target, model).steer(unit.idx, coefficient)
         if len(ids) + n_new > model.n_ctx:
             raise LimitError(f"prompt plus new tokens exceed the model's context of {model.n_ctx}")
         run = dict(max_new_tokens=n_new, temperature=req.temperature, seed=req.seed)

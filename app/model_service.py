@@ -15,6 +15,7 @@ from typing import TypeVar
 import anyio
 
 from spyglass.model import Model, ModelLoadError, load_model
+from spyglass.sae import Sae, SaeLoadError, load_sae
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,6 +29,7 @@ class ModelService:
     def __init__(self, device: str | None = None) -> None:
         self._device = device
         self._models: dict[str, Model] = {}
+        self._saes: dict[str, Sae] = {}
         self._load_lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -40,6 +42,16 @@ class ModelService:
                 except ModelLoadError as exc:
                     raise ModelUnavailable(str(exc)) from exc
             return self._models[spec]
+
+    def sae(self, spec: str, device) -> Sae:
+        """The SAE loaded from folder ``spec`` onto ``device``, loading it on first use."""
+        with self._load_lock:
+            if spec not in self._saes:
+                try:
+                    self._saes[spec] = load_sae(spec).to(device)
+                except SaeLoadError as exc:
+                    raise ModelUnavailable(f"cannot load the SAE at {spec}: {exc}") from exc
+            return self._saes[spec]
 
     def preload(self, specs: list[str]) -> threading.Thread:
         """Load models in the background so the first live request does not wait."""

@@ -53,6 +53,10 @@ class SourceSummary(View):
     """Units that were never positive on the corpus."""
     max_act: float
     url: str
+    sae: str | None = None
+    """For SAE latents: the folder the SAE was loaded from."""
+    info: dict | None = None
+    """For SAE latents: its config, training metrics and held-out evaluation."""
 
 
 class LogitToken(View):
@@ -85,6 +89,8 @@ class UnitLinks(View):
 class UnitPage(View):
     model: str
     source: str
+    kind: str
+    """``mlp`` (a neuron) or ``sae`` (a latent)."""
     hook: str
     index: int
     n_units: int
@@ -233,6 +239,8 @@ def _source_summary(slug: str, s: storage.SourceRow, stats: storage.SourceSummar
         dead=stats.dead if stats else 0,
         max_act=stats.max_act if stats else 0.0,
         url=source_url(slug, s.name),
+        sae=s.sae,
+        info=s.info,
     )
 
 
@@ -320,6 +328,7 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
     return UnitPage(
         model=slug,
         source=name,
+        kind=s.kind,
         hook=s.hook,
         index=i,
         n_units=s.n_units,

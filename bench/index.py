@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from indexer.corpus import iter_sequences
-from indexer.pipeline import IndexConfig, LayerStats, _write_layer
+from indexer.pipeline import IndexConfig, SourceStats, _write_source
 from spyglass import storage
 from spyglass.model import load_model
+from spyglass.sources import mlp_sources
 
 
 def main() -> None:
@@ -54,13 +55,13 @@ def main() -> None:
         model.mlp_activations(b, layers)
     bare = time.perf_counter() - t0
 
-    stats = [LayerStats(layer, model.d_mlp, cfg, model.device) for layer in layers]
+    stats = [SourceStats(src, cfg, model.device) for src in mlp_sources(model, layers)]
     t0 = time.perf_counter()
     first = 0
     for b in batches:
         acts = model.mlp_activations(b, layers)
-        for st in stats:
-            st.update(acts[st.layer], first)
+        for st, layer in zip(stats, layers, strict=True):
+            st.update(acts[layer], first)
         first += b.shape[0]
     full = time.perf_counter() - t0
 
@@ -81,16 +82,17 @@ def main() -> None:
                 top_k=cfg.top_k,
             )
             for st in stats:
+                src = st.source
                 sid = storage.add_source(
                     conn,
                     mid,
-                    name=f"{st.layer}-mlp",
-                    kind="mlp",
-                    layer=st.layer,
-                    hook="",
-                    n_units=model.d_mlp,
+                    name=src.name,
+                    kind=src.kind,
+                    layer=src.layer,
+                    hook=src.hook,
+                    n_units=src.n_units,
                 )
-                _write_layer(conn, sid, st, model, args.seq_len)
+                _write_source(conn, sid, st, model, args.seq_len)
         write = time.perf_counter() - t0
         size = (Path(tmp) / "bench.db").stat().st_size
 

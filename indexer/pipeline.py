@@ -19,7 +19,9 @@ from tqdm import tqdm
 from indexer.core import StreamingDensity, StreamingTopK, TopKResult
 from indexer.corpus import Sequence, iter_sequences
 from spyglass import storage
-from spyglass.model import Model, load_model, mlp_hook
+from spyglass.model import Model, load_model
+from spyglass.sae import SaeLoadError
+from spyglass.sources import Source, mlp_sources, sae_source
 
 LOGIT_TOKENS = 10
 
@@ -47,7 +49,9 @@ class IndexConfig:
     include_first_token: bool = False
     """Let position 0 (the attention sink) into the statistics."""
     layers: tuple[int, ...] | None = None
-    """MLP layers to index; all when None."""
+    """MLP layers to index; all when None; () for none (SAE latents only)."""
+    saes: tuple[str, ...] = ()
+    """SAE folders (SAELens format) whose latents are indexed in the same pass."""
     text_field: str = "text"
     split: str = "train"
     device: str | None = None
@@ -77,23 +81,24 @@ def default_slug(spec: str) -> str:
     return slug or "model"
 
 
-class LayerStats:
-    """The streaming statistics of one MLP layer's neurons."""
+class SourceStats:
+    """The streaming statistics of one source's units."""
 
-    def __init__(self, layer: int, n_units: int, cfg: IndexConfig, device: torch.device):
+    def __init__(self, source: Source, cfg: IndexConfig, device: torch.device):
         skip = 0 if cfg.include_first_token else 1
-        self.layer = layer
+        self.source, self.skip = source, skip
         self.topk = StreamingTopK(
-            n_units,
+            source.n_units,
             cfg.top_k,
             before=cfg.window_before,
             after=cfg.window_after,
             skip_first=skip,
             device=device,
         )
-        self.density = StreamingDensity(n_units, skip_first=skip, device=device)
+        self.density = StreamingDensity(source.n_units, skip_first=skip, device=device)
 
-    def update(self, acts: torch.Tensor, first_sequence: int) -> None:  # [B, T, d_mlp]
+    def update(self, hook_act: torch.Tensor, first_sequence: int) -> None:  # [B, T, d]
+        acts = self.source.units(hook_act, self.skip)  # [B, T, units]
         self.topk.update(acts, first_sequence)
         self.density.update(acts)
 
@@ -111,8 +116,17 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
         raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {model.n_ctx}")
     layers = list(cfg.layers) if cfg.layers is not None else list(range(model.n_layers))
     bad = [layer for layer in layers if not 0 <= layer < model.n_layers]
-    if bad or not layers:
-        raise ValueError(f"layers must be in 0..{model.n_layers - 1}, got {bad or 'none'}")
+    if bad:
+        raise ValueError(f"layers must be in 0..{model.n_layers - 1}, got {bad}")
+    try:
+        sources = mlp_sources(model, layers) + [sae_source(spec, model) for spec in cfg.saes]
+    except SaeLoadError as exc:
+        raise ValueError(str(exc)) from exc
+    if not sources:
+        raise ValueError("nothing to index: no MLP layer and no SAE")
+    names = [src.name for src in sources]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two sources share a name: {sorted(names)}")
 
     max_sequences = cfg.tokens // cfg.seq_len if cfg.tokens else None
     seqs = iter_sequences(
@@ -135,7 +149,8 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
     engine = storage.make_engine(cfg.db, create=True)
     report = IndexReport(slug=slug)
     started = time.perf_counter()
-    stats = [LayerStats(layer, model.d_mlp, cfg, model.device) for layer in layers]
+    stats = [SourceStats(src, cfg, model.device) for src in sources]
+    hooks = sorted({src.hook for src in sources})
     with engine.begin() as conn:
         model_id = storage.replace_model(
             conn,
@@ -164,28 +179,30 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
                     [(first + i, s.document, s.offset, s.tokens) for i, s in enumerate(batch)],
                 )
                 tokens = torch.tensor([s.tokens for s in batch])
-                acts = model.mlp_activations(tokens, layers)
+                acts = model.activations(tokens, hooks)
                 for st in stats:
-                    st.update(acts[st.layer], first)
+                    st.update(acts[st.source.hook], first)
                 report.n_sequences += len(batch)
                 bar.update(tokens.numel())
         report.n_tokens = report.n_sequences * cfg.seq_len
         report.pass_seconds = time.perf_counter() - started
 
         storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
-        for st in tqdm(stats, desc="writing", unit="layer", disable=not cfg.progress):
-            name = f"{st.layer}-mlp"
+        for st in tqdm(stats, desc="writing", unit="source", disable=not cfg.progress):
+            src = st.source
             source_id = storage.add_source(
                 conn,
                 model_id,
-                name=name,
-                kind="mlp",
-                layer=st.layer,
-                hook=mlp_hook(st.layer),
-                n_units=model.d_mlp,
+                name=src.name,
+                kind=src.kind,
+                layer=src.layer,
+                hook=src.hook,
+                n_units=src.n_units,
+                sae=src.sae_spec,
+                info=src.info(),
             )
-            _write_layer(conn, source_id, st, model, cfg.seq_len)
-            report.sources.append(name)
+            _write_source(conn, source_id, st, model, cfg.seq_len)
+            report.sources.append(src.name)
         report.seconds = time.perf_counter() - started
         storage.finish_model(conn, model_id, n_sequences=report.n_sequences, seconds=report.seconds)
     engine.dispose()
@@ -199,11 +216,11 @@ def _batches(seqs: Iterator[Sequence], size: int) -> Iterator[tuple[int, list[Se
         first += len(batch)
 
 
-def _write_layer(conn, source_id: int, st: LayerStats, model: Model, seq_len: int) -> None:
+def _write_source(conn, source_id: int, st: SourceStats, model: Model, seq_len: int) -> None:
     top = st.topk.result()
     values = top.values.cpu().numpy()  # [k, U]
     max_act = np.where(np.isfinite(values[0]), values[0], 0.0)
-    logits = _logit_tables(model.neuron_logit_effects(st.layer))
+    logits = _logit_tables(model.logit_effects(st.source.directions(model)))
     storage.add_units(conn, source_id, max_act, st.density.result().cpu().numpy(), logits)
     storage.add_examples(conn, source_id, _example_columns(top, st.topk.before, seq_len))
 

@@ -106,7 +106,16 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
     p.add_argument("--top-k", type=int, default=20, help="top examples per unit (default 20)")
-    p.add_argument("--layers", help="comma-separated MLP layers to index (default: all)")
+    p.add_argument(
+        "--layers", help="comma-separated MLP layers to index (default: all; 'none' for none)"
+    )
+    p.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="an SAE in SAELens format whose latents are indexed in the same pass (repeatable)",
+    )
     p.add_argument(
         "--include-first-token",
         action="store_true",
@@ -155,7 +164,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     from indexer.pipeline import IndexConfig
 
     layers = None
-    if args.layers:
+    if args.layers == "none":
+        layers = ()
+    elif args.layers:
         try:
             layers = tuple(int(x) for x in args.layers.split(","))
         except ValueError:
@@ -171,6 +182,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         top_k=args.top_k,
         layers=layers,
+        saes=tuple(args.sae),
         include_first_token=args.include_first_token,
         text_field=args.text_field,
         split=args.split,

@@ -57,6 +57,28 @@ class NeuronSteer:
     coefficient: float
     """Amount added to the neuron's activation."""
 
+    @property
+    def hook(self) -> str:
+        return mlp_hook(self.layer)
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_mlp]
+        act[..., self.neuron] += self.coefficient
+        return act
+
+
+@dataclass(frozen=True)
+class DirectionSteer:
+    """Add ``coefficient * direction`` at a hook point at every position (an SAE latent's
+    decoder row, say)."""
+
+    hook: str
+    direction: torch.Tensor
+    """[d] the vector added, scaled by ``coefficient``."""
+    coefficient: float
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d]
+        return act + self.coefficient * self.direction.to(act.device, act.dtype)
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -171,18 +193,16 @@ class Model:
         acts = self.activations(tokens, [mlp_hook(layer) for layer in layers])
         return {layer: acts[mlp_hook(layer)] for layer in layers}
 
-    @torch.inference_mode()
-    def neuron_activations(self, tokens: Sequence[int], layer: int, neuron: int) -> list[float]:
-        """One neuron's activation on each token of one sequence."""
-        acts = self.mlp_activations(torch.tensor([list(tokens)]), [layer])[layer]
-        return acts[0, :, neuron].float().cpu().tolist()
-
     # ---- weights --------------------------------------------------------------
 
+    def neuron_directions(self, layer: int) -> torch.Tensor:
+        """``W_out[layer]``: what each neuron writes to the residual stream [d_mlp, d_model]."""
+        return self._tl.W_out[layer]
+
     @torch.inference_mode()
-    def neuron_logit_effects(self, layer: int) -> torch.Tensor:
-        """``W_out[layer] @ W_U``: each neuron's direct effect on the logits [d_mlp, d_vocab]."""
-        return self._tl.W_out[layer] @ self._tl.W_U
+    def logit_effects(self, directions: torch.Tensor) -> torch.Tensor:
+        """``directions @ W_U``: direct effect on the logits [n, d_vocab] of [n, d_model]."""
+        return directions.to(self.device) @ self._tl.W_U
 
     # ---- generation -----------------------------------------------------------
 
@@ -194,7 +214,7 @@ class Model:
         max_new_tokens: int,
         temperature: float,
         seed: int,
-        steer: Sequence[NeuronSteer] = (),
+        steer: Sequence[NeuronSteer | DirectionSteer] = (),
     ) -> list[int]:
         """Continue ``prompt`` token by token with a KV cache; returns the new ids only.
 
@@ -203,7 +223,7 @@ class Model:
         and differ only through ``steer``.
         """
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        hooks = [(mlp_hook(s.layer), _adder(s.neuron, s.coefficient)) for s in steer]
+        hooks = [(s.hook, lambda act, hook, s=s: s.apply(act)) for s in steer]
         cache = TransformerLensKeyValueCache.init_cache(self._tl.cfg, self.device, 1)
         new: list[int] = []
         inputs = torch.tensor([list(prompt)], device=self.device)
@@ -231,14 +251,6 @@ def _store_transposed(hooked: HookedTransformer) -> None:
     for param in [*params, hooked.unembed.W_U]:
         if param.dim() == 2 and param.is_contiguous():
             param.data = param.data.t().contiguous().t()
-
-
-def _adder(neuron: int, coefficient: float) -> Callable:
-    def hook(act: torch.Tensor, hook) -> torch.Tensor:  # [batch, pos, d_mlp]
-        act[..., neuron] += coefficient
-        return act
-
-    return hook
 
 
 def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int:

@@ -66,6 +66,8 @@ sources = Table(
     Column("layer", Integer, nullable=False),
     Column("hook", String(200), nullable=False),
     Column("n_units", Integer, nullable=False),
+    Column("sae", Text),
+    Column("info", Text),
 )
 
 sequences = Table(
@@ -204,6 +206,10 @@ class SourceRow:
     hook: str
     """TransformerLens hook point the units are read from."""
     n_units: int
+    sae: str | None = None
+    """For SAE latents: the folder the SAE was loaded from."""
+    info: dict | None = None
+    """For SAE latents: the SAE's config and metrics (training and eval)."""
 
 
 @dataclass(frozen=True)
@@ -314,8 +320,10 @@ def add_vocab(conn: Connection, model_id: int, texts: Sequence[str]) -> None:
     )
 
 
-def add_source(conn: Connection, model_id: int, **fields) -> int:
-    return conn.execute(insert(sources).values(model_id=model_id, **fields)).inserted_primary_key[0]
+def add_source(conn: Connection, model_id: int, *, info: dict | None = None, **fields) -> int:
+    info_json = json.dumps(info) if info is not None else None
+    q = insert(sources).values(model_id=model_id, info=info_json, **fields)
+    return conn.execute(q).inserted_primary_key[0]
 
 
 def add_units(
@@ -388,13 +396,19 @@ def list_sources(conn: Connection, model_id: int) -> list[SourceRow]:
         .where(sources.c.model_id == model_id)
         .order_by(sources.c.layer, sources.c.id)
     )
-    return [SourceRow(**r._mapping) for r in conn.execute(q)]
+    return [_source(r) for r in conn.execute(q)]
 
 
 def get_source(conn: Connection, model_id: int, name: str) -> SourceRow | None:
     q = select(sources).where(sources.c.model_id == model_id, sources.c.name == name)
     row = conn.execute(q).first()
-    return SourceRow(**row._mapping) if row else None
+    return _source(row) if row else None
+
+
+def _source(row) -> SourceRow:
+    m = dict(row._mapping)
+    m["info"] = json.loads(m["info"]) if m["info"] else None
+    return SourceRow(**m)
 
 
 @dataclass(frozen=True)

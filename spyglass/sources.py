@@ -1,0 +1,122 @@
+"""Sources: the sets of units the indexer reads at one hook point each.
+
+A source is either one layer's MLP neurons (``5-mlp``, read at ``blocks.5.mlp.hook_post``)
+or one SAE's latents (``12-res-topk-4608``, the SAE's encoding of its hook). Both give
+[batch, pos, units] activations to the same streaming statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spyglass.model import DirectionSteer, Model, NeuronSteer, mlp_hook
+from spyglass.sae import Sae, check_sae_for_model, load_sae
+
+MAX_NORM_RATIO = 10.0
+"""Rows whose norm exceeds this multiple of their batch's median are not encoded by an SAE
+(their latents read 0): massive-activation tokens, which SAEs are not trained on."""
+
+_HOOK_SHORT = {
+    "hook_resid_post": "res",
+    "hook_resid_pre": "res-pre",
+    "hook_resid_mid": "res-mid",
+    "hook_mlp_out": "mlp-out",
+    "hook_attn_out": "attn-out",
+    "hook_post": "mlp-post",
+    "hook_z": "attn-z",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One set of units read at one hook point."""
+
+    name: str
+    """URL name: ``5-mlp`` or ``12-res-topk-4608``."""
+    kind: str
+    """``mlp`` or ``sae``."""
+    layer: int
+    hook: str
+    n_units: int
+    sae: Sae | None = None
+    sae_spec: str | None = None
+    """Where the SAE was loaded from (a folder), for live requests."""
+
+    def units(self, act: torch.Tensor, skip_first: int) -> torch.Tensor:
+        """Unit activations [batch, pos, units] from the hook's activation [batch, pos, d]."""
+        if self.sae is None:
+            return act
+        rows = act.reshape(-1, act.shape[-1])
+        norms = rows.norm(dim=-1)
+        ok = norms <= MAX_NORM_RATIO * norms.median()
+        ok &= (torch.arange(rows.shape[0], device=rows.device) % act.shape[1]) >= skip_first
+        out = torch.zeros(rows.shape[0], self.n_units, device=rows.device)
+        out[ok] = self.sae.encode(rows[ok]).float()
+        return out.reshape(*act.shape[:2], self.n_units)
+
+    def activations_on(
+        self, model: Model, ids: list[int], skip_first: int, index: int
+    ) -> list[float]:
+        """Unit ``index``'s activation on each token of one sequence, as the indexer sees it."""
+        act = model.activations(torch.tensor([ids]), [self.hook])[self.hook]
+        return self.units(act, skip_first)[0, :, index].tolist()
+
+    def steer(self, index: int, coefficient: float) -> NeuronSteer | DirectionSteer:
+        """Push unit ``index``: add to a neuron's activation, or add ``coefficient`` times
+        a latent's decoder row at the SAE's hook."""
+        if self.sae is None:
+            return NeuronSteer(self.layer, index, coefficient)
+        return DirectionSteer(self.hook, self.sae.W_dec[index], coefficient)
+
+    def directions(self, model: Model) -> torch.Tensor:
+        """What each unit writes to the residual stream [units, d_model]."""
+        if self.sae is None:
+            return model.neuron_directions(self.layer)
+        return self.sae.W_dec
+
+    def info(self) -> dict | None:
+        """For an SAE: its config and the metrics.json beside it (training and eval)."""
+        if self.sae is None:
+            return None
+        cfg = self.sae.cfg
+        info = {
+            "sae": self.sae_spec,
+            "architecture": cfg.architecture,
+            "d_sae": cfg.d_sae,
+            "k": cfg.k,
+            "hook": cfg.hook_name,
+        }
+        metrics = Path(self.sae_spec or "") / "metrics.json"
+        if metrics.is_file():
+            info["metrics"] = json.loads(metrics.read_text())
+        return info
+
+
+def mlp_sources(model: Model, layers: list[int]) -> list[Source]:
+    return [Source(f"{i}-mlp", "mlp", i, mlp_hook(i), model.d_mlp) for i in layers]
+
+
+def sae_source(spec: str, model: Model) -> Source:
+    """Load the SAE at ``spec`` (a SAELens-format folder) and check it fits ``model``."""
+    sae = load_sae(spec).to(model.device)
+    check_sae_for_model(sae, model.d_model, model.n_layers)
+    hook = sae.cfg.hook_name
+    if not model.has_hook(hook):
+        raise ValueError(f"the SAE at {spec} reads {hook!r}, which the model does not have")
+    if model.hook_width(hook) != sae.cfg.d_in:
+        raise ValueError(
+            f"the SAE at {spec} has d_in {sae.cfg.d_in} but {hook!r} is "
+            f"{model.hook_width(hook)} wide"
+        )
+    return Source(sae_source_name(sae), "sae", sae.layer or 0, hook, sae.cfg.d_sae, sae, spec)
+
+
+def sae_source_name(sae: Sae) -> str:
+    """``12-res-topk-4608``: layer, hook kind, architecture, width."""
+    last = sae.cfg.hook_name.rsplit(".", 1)[-1]
+    kind = _HOOK_SHORT.get(last, last.removeprefix("hook_").replace("_", "-"))
+    return f"{sae.layer}-{kind}-{sae.cfg.architecture}-{sae.cfg.d_sae}"

@@ -1,0 +1,126 @@
+"""SAE latents indexed in the same pass as neurons, checked against brute force, and served."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from index_checks import check_example_windows, check_layer_statistics, fresh_hooked, read_index
+from safetensors.torch import load_file
+
+from app.main import create_app
+from indexer.pipeline import build_index
+from indexer.sae_training import TrainConfig, train_sae, write_trained_sae
+from spyglass import cli
+from spyglass.model import load_model
+from spyglass.settings import Settings
+
+HOOK = "blocks.0.hook_resid_post"
+SOURCE = "0-res-topk-32"
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tiny_model_dir, tiny_corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sae") / "tiny-sae"
+    cfg = TrainConfig(
+        model=str(tiny_model_dir), corpus=str(tiny_corpus_dir), hook=HOOK, out=str(out),
+        d_sae=32, k=4, tokens=64 * 30, holdout_sequences=8, seq_len=16, model_batch=4,
+        buffer_batches=2, batch_tokens=64, lr=3e-3, aux_k=8, dead_after_tokens=640,
+        device="cpu",
+    )  # fmt: skip
+    model = load_model(str(tiny_model_dir), "cpu")
+    write_trained_sae(cfg, train_sae(cfg, model, progress=False), "test")
+    args = ["eval-sae", str(out), "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_dir)]
+    assert cli.main(args + ["--seq-len", "16", "--sequences", "8", "--device", "cpu"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def sae_index(tiny_index, sae_dir, tmp_path_factory):
+    db = tmp_path_factory.mktemp("sae-index") / "index.db"
+    cfg = replace(tiny_index.config, db=str(db), name="tinysae", layers=(1,), saes=(str(sae_dir),))
+    report = build_index(cfg)
+    assert report.sources == ["1-mlp", SOURCE]
+    return cfg
+
+
+def brute_force_latents(sae_dir, hooked, stored, batch_size: int) -> torch.Tensor:
+    """Latent activations [S, T, 32] computed here: a fresh TL run, the saved weights, and
+    the indexer's stated rule (position 0 and rows over 10x their batch's median norm read 0)."""
+    w = load_file(sae_dir / "sae_weights.safetensors")
+    tokens = torch.tensor([s.tokens for s in stored.sequences])
+    out = []
+    for lo in range(0, len(tokens), batch_size):
+        _, cache = hooked.run_with_cache(tokens[lo : lo + batch_size], names_filter=HOOK)
+        x = cache[HOOK]  # [b, T, d]
+        pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+        top = pre.topk(4, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        norms = x.norm(dim=-1)
+        f[norms > 10 * norms.flatten().median()] = 0
+        f[:, 0] = 0
+        out.append(f)
+    return torch.cat(out)
+
+
+def test_latent_statistics_equal_brute_force(sae_index, sae_dir, tiny_model_dir):
+    stored = read_index(sae_index.db, "tinysae")
+    latents = brute_force_latents(sae_dir, fresh_hooked(tiny_model_dir), stored, 3)
+    check_layer_statistics(stored, 0, latents, skip_first=1, atol=1e-5, zero_tol=1e-6)
+    for unit in random.Random(42).sample(range(32), 8):
+        check_example_windows(
+            stored.examples[0][unit], latents[:, :, unit], before=4, after=2, skip_first=1,
+            atol=1e-5,
+        )  # fmt: skip
+    assert sum(len(e) for e in stored.examples[0]) > 32  # latents do fire
+
+
+@pytest.fixture(scope="module")
+def client(sae_index):
+    with TestClient(create_app(Settings(db=sae_index.db))) as c:
+        yield c
+
+
+def test_latent_pages_and_logit_effect(client, sae_dir, tiny_model_dir):
+    data = client.get(f"/tinysae/{SOURCE}/5.json").json()
+    assert data["kind"] == "sae" and data["hook"] == HOOK
+    w_dec = load_file(sae_dir / "sae_weights.safetensors")["W_dec"]
+    w_u = torch.load(tiny_model_dir / "state_dict.pt", weights_only=True)["unembed.W_U"]
+    effect = w_dec[5] @ w_u
+    assert [t["token_id"] for t in data["logits_top"]] == effect.topk(10).indices.tolist()
+    html = client.get(f"/tinysae/{SOURCE}/5").text
+    assert "W_dec row @ W_U" in html and "latent 5" in html
+
+
+def test_the_sae_source_page_shows_its_metrics(client):
+    data = client.get(f"/tinysae/{SOURCE}.json").json()
+    ev = data["source"]["info"]["metrics"]["eval"]
+    assert 0 < ev["l0"] <= 4 and ev["tokens"] > 0
+    html = client.get(f"/tinysae/{SOURCE}").text
+    assert 'id="sae-metrics"' in html and f"{ev['loss_recovered'] * 100:.1f}%" in html
+    assert [s["name"] for s in client.get("/tinysae.json").json()["sources"]] == [
+        "0-res-topk-32",
+        "1-mlp",
+    ]
+
+
+def test_live_latent_activations_and_steering(client, sae_dir, tiny_model_dir):
+    model = load_model(str(tiny_model_dir), "cpu")
+    prompt = "the quick brown fox"
+    ids = model.encode_prompt(prompt)
+    x = model.activations(torch.tensor([ids]), [HOOK])[HOOK][0]
+    w = load_file(sae_dir / "sae_weights.safetensors")
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    top = pre.topk(4, dim=-1)
+    expect = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())[:, 7]
+    expect[0] = 0  # position 0 reads 0, as in the index
+    got = client.post(f"/api/tinysae/{SOURCE}/7/activations", json={"prompt": prompt}).json()
+    assert [t["value"] for t in got["tokens"]] == pytest.approx(expect.tolist(), abs=1e-5)
+    base = {"prompt": prompt, "max_new_tokens": 6, "temperature": 0}
+    zero = client.post(f"/api/tinysae/{SOURCE}/7/steer", json=base | {"coefficient": 0}).json()
+    assert zero["steered"] == zero["default"]
+    pushed = client.post(f"/api/tinysae/{SOURCE}/7/steer", json=base | {"coefficient": 300}).json()
+    assert pushed["steered"] != pushed["default"]
