@@ -10,6 +10,8 @@ from pathlib import Path
 
 DEMO_TOKENS = 131_072
 """Demo corpus size: about 6 minutes of indexing on 2 CPU cores (see README)."""
+SHIPPED_SAE = Path(__file__).resolve().parent.parent / "saes" / "embedded-12-res-topk-4608"
+"""The SAE trained for the embedded model with `spyglass train-sae`, committed in the repo."""
 
 
 class CliError(Exception):
@@ -321,26 +323,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from indexer.pipeline import IndexConfig
 
-    if args.reindex or not _has_model(args.db, "embedded"):
-        _run_index(IndexConfig(db=args.db, tokens=args.tokens))
+    saes = (str(SHIPPED_SAE),) if (SHIPPED_SAE / "cfg.json").is_file() else ()
+    wanted = {str(SHIPPED_SAE)} if saes else set()
+    if args.reindex or _indexed_saes(args.db, "embedded") != wanted:
+        _run_index(IndexConfig(db=args.db, tokens=args.tokens, saes=saes))
     else:
         print(f"reusing the embedded index in {args.db} (pass --reindex to rebuild it)")
     args.preload = True
     return cmd_serve(args)
 
 
-def _has_model(db: str, slug: str) -> bool:
+def _indexed_saes(db: str, slug: str) -> set[str] | None:
+    """The SAE folders indexed for ``slug`` in ``db``; None when there is no such index."""
     from spyglass import storage
 
     try:
         engine = storage.make_engine(db)
     except FileNotFoundError:
-        return False
+        return None
     try:
         with engine.connect() as conn:
-            return storage.get_model(conn, slug) is not None
+            model = storage.get_model(conn, slug)
+            if model is None:
+                return None
+            return {s.sae for s in storage.list_sources(conn, model.id) if s.sae}
     except Exception:  # noqa: BLE001 - an unreadable or foreign file simply has no index
-        return False
+        return None
     finally:
         engine.dispose()
 
