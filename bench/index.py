@@ -4,8 +4,9 @@
 
 (a) bare: the forward pass through the hooked MLP layers, nothing else;
 (b) indexer: the same forward plus every streaming statistic of every neuron;
+(b') with --sae FOLDER: (b) plus the SAE's latents (encode + statistics);
 (c) write: turning the statistics into rows and writing them (once per run).
-Prints tokens/s for (a) and (b) and the ratio b/a.
+Prints tokens/s for each and the ratios to (a).
 """
 
 from __future__ import annotations
@@ -22,7 +23,21 @@ from indexer.corpus import iter_sequences
 from indexer.pipeline import IndexConfig, SourceStats, _write_source
 from spyglass import storage
 from spyglass.model import load_model
-from spyglass.sources import mlp_sources
+from spyglass.sources import mlp_sources, sae_source
+
+
+def timed_index(model, cfg, sources, batches) -> tuple[list[SourceStats], float]:
+    """Forward + statistics of ``sources`` over ``batches``; returns the stats and seconds."""
+    stats = [SourceStats(src, cfg, model.device) for src in sources]
+    hooks = sorted({src.hook for src in sources})
+    t0 = time.perf_counter()
+    first = 0
+    for b in batches:
+        acts = model.activations(b, hooks)
+        for st in stats:
+            st.update(acts[st.source.hook], first)
+        first += b.shape[0]
+    return stats, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -32,6 +47,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--sae", help="also time the indexer with this SAE's latents")
     args = ap.parse_args()
 
     model = load_model(args.model)
@@ -55,15 +71,11 @@ def main() -> None:
         model.mlp_activations(b, layers)
     bare = time.perf_counter() - t0
 
-    stats = [SourceStats(src, cfg, model.device) for src in mlp_sources(model, layers)]
-    t0 = time.perf_counter()
-    first = 0
-    for b in batches:
-        acts = model.mlp_activations(b, layers)
-        for st, layer in zip(stats, layers, strict=True):
-            st.update(acts[layer], first)
-        first += b.shape[0]
-    full = time.perf_counter() - t0
+    stats, full = timed_index(model, cfg, mlp_sources(model, layers), batches)
+    with_sae = None
+    if args.sae:
+        sources = mlp_sources(model, layers) + [sae_source(args.sae, model)]
+        with_sae = timed_index(model, cfg, sources, batches)[1]
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = storage.make_engine(str(Path(tmp) / "bench.db"), create=True)
@@ -104,6 +116,9 @@ def main() -> None:
     print(f"(a) bare forward:   {a:8.1f} tok/s")
     print(f"(b) full indexer:   {b:8.1f} tok/s")
     print(f"ratio b/a:          {b / a:8.3f}")
+    if with_sae is not None:
+        c = n_tokens / with_sae
+        print(f"(b') with the SAE:  {c:8.1f} tok/s  ratio b'/a {c / a:.3f} ({args.sae})")
     print(f"(c) write phase:    {write:8.1f} s ({size / 1e6:.0f} MB, not in b)")
 
 
