@@ -124,3 +124,41 @@ def test_live_latent_activations_and_steering(client, sae_dir, tiny_model_dir):
     assert zero["steered"] == zero["default"]
     pushed = client.post(f"/api/tinysae/{SOURCE}/7/steer", json=base | {"coefficient": 300}).json()
     assert pushed["steered"] != pushed["default"]
+
+
+def test_an_sae_saved_by_sae_lens_itself_indexes(tiny_index, tiny_model_dir, tmp_path):
+    sae_lens = pytest.importorskip("sae_lens")
+    from sae_lens.saes.sae import SAEMetadata
+
+    cfg = sae_lens.JumpReLUSAEConfig(
+        d_in=16,
+        d_sae=24,
+        metadata=SAEMetadata(hook_name=HOOK, model_name="tiny", prepend_bos=True),
+    )
+    theirs = sae_lens.JumpReLUSAE(cfg)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        theirs.W_enc.copy_(torch.randn(16, 24, generator=gen))
+        theirs.W_dec.copy_(torch.randn(24, 16, generator=gen) / 4)
+        theirs.threshold.copy_(torch.rand(24, generator=gen))
+    theirs.save_model(tmp_path / "jumprelu")
+
+    db = tmp_path / "jr.db"
+    saes = (str(tmp_path / "jumprelu"),)
+    report = build_index(replace(tiny_index.config, db=str(db), name="jr", layers=(), saes=saes))
+    assert report.sources == ["0-res-jumprelu-24"]
+    stored = read_index(str(db), "jr")
+    tokens = torch.tensor([s.tokens for s in stored.sequences])
+    parts = []
+    for lo in range(0, len(tokens), 3):  # the index's batches, for the median-norm rule
+        _, cache = fresh_hooked(tiny_model_dir).run_with_cache(
+            tokens[lo : lo + 3], names_filter=HOOK
+        )
+        x = cache[HOOK]
+        with torch.no_grad():
+            f = theirs.encode(x)  # sae-lens's own encode
+        norms = x.norm(dim=-1)
+        f[norms > 10 * norms.flatten().median()] = 0
+        f[:, 0] = 0
+        parts.append(f)
+    check_layer_statistics(stored, 0, torch.cat(parts), skip_first=1, atol=1e-5, zero_tol=1e-6)
