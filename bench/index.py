@@ -94,17 +94,7 @@ def main() -> None:
                 top_k=cfg.top_k,
             )
             for st in stats:
-                src = st.source
-                sid = storage.add_source(
-                    conn,
-                    mid,
-                    name=src.name,
-                    kind=src.kind,
-                    layer=src.layer,
-                    hook=src.hook,
-                    n_units=src.n_units,
-                )
-                _write_source(conn, sid, st, model, args.seq_len)
+                _write_source(conn, mid, st, model, args.seq_len)
         write = time.perf_counter() - t0
         size = (Path(tmp) / "bench.db").stat().st_size
 

@@ -189,20 +189,8 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
 
         storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
         for st in tqdm(stats, desc="writing", unit="source", disable=not cfg.progress):
-            src = st.source
-            source_id = storage.add_source(
-                conn,
-                model_id,
-                name=src.name,
-                kind=src.kind,
-                layer=src.layer,
-                hook=src.hook,
-                n_units=src.n_units,
-                sae=src.sae_spec,
-                info=src.info(),
-            )
-            _write_source(conn, source_id, st, model, cfg.seq_len)
-            report.sources.append(src.name)
+            _write_source(conn, model_id, st, model, cfg.seq_len)
+            report.sources.append(st.source.name)
         report.seconds = time.perf_counter() - started
         storage.finish_model(conn, model_id, n_sequences=report.n_sequences, seconds=report.seconds)
     engine.dispose()
@@ -216,7 +204,20 @@ def _batches(seqs: Iterator[Sequence], size: int) -> Iterator[tuple[int, list[Se
         first += len(batch)
 
 
-def _write_source(conn, source_id: int, st: SourceStats, model: Model, seq_len: int) -> None:
+def _write_source(conn, model_id: int, st: SourceStats, model: Model, seq_len: int) -> None:
+    """The source's row, one row per unit, and its examples."""
+    src = st.source
+    source_id = storage.add_source(
+        conn,
+        model_id,
+        name=src.name,
+        kind=src.kind,
+        layer=src.layer,
+        hook=src.hook,
+        n_units=src.n_units,
+        sae=src.sae_spec,
+        info=src.info(),
+    )
     top = st.topk.result()
     values = top.values.cpu().numpy()  # [k, U]
     max_act = np.where(np.isfinite(values[0]), values[0], 0.0)

@@ -262,7 +262,8 @@ def cmd_eval_sae(args: argparse.Namespace) -> int:
     from indexer.corpus import CorpusError
     from indexer.sae_eval import EvalConfig, evaluate_sae
     from spyglass.model import ModelLoadError, load_model
-    from spyglass.sae import SaeLoadError, check_sae_for_model, load_sae
+    from spyglass.sae import SaeLoadError, load_sae
+    from spyglass.sources import sae_source
 
     if min(args.sequences, args.batch_size) < 1 or args.seq_len < 2:
         raise CliError("--sequences and --batch-size must be positive, --seq-len at least 2")
@@ -278,16 +279,7 @@ def cmd_eval_sae(args: argparse.Namespace) -> int:
         if not spec:
             raise CliError("the SAE names no model; pass --model")
         model = load_model(spec, args.device, sae.cfg.model_from_pretrained_kwargs)
-        sae.to(model.device)
-        check_sae_for_model(sae, model.d_model, model.n_layers)
-        hook = sae.cfg.hook_name
-        if not model.has_hook(hook):
-            raise CliError(f"model {spec!r} has no hook point {hook!r}")
-        if model.hook_width(hook) != sae.cfg.d_in:
-            raise CliError(
-                f"SAE d_in is {sae.cfg.d_in} but {hook!r} is {model.hook_width(hook)} wide"
-            )
-        metrics = evaluate_sae(sae, model, cfg)
+        metrics = evaluate_sae(sae_source(args.sae, model).sae, model, cfg)
     except (SaeLoadError, ModelLoadError, CorpusError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     path = Path(args.sae) / "metrics.json"

@@ -114,4 +114,4 @@ def test_eval_sae_rejects_a_mismatched_sae_in_one_line(
     args = ["eval-sae", str(folder), "--model", str(tiny_model_dir), "--corpus"]
     assert cli.main(args + [str(tiny_corpus_dir), "--seq-len", "16", "--sequences", "4"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "d_in is 32" in err and "64 wide" in err and len(err.splitlines()) == 1
+    assert "d_in 32" in err and "64 wide" in err and len(err.splitlines()) == 1
