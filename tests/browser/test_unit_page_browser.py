@@ -148,7 +148,7 @@ def test_new_user_clicks_through_to_a_unit(page, base_url, dialogs):
     first.click()
     page.wait_for_url(f"{base_url}/tiny/{SOURCE}/{n}")
     assert re.fullmatch(rf"{re.escape(base_url)}/tiny/{SOURCE}/\d+", page.url)
-    assert page.locator("h1").inner_text() == f"{SOURCE} · unit {n}"
+    assert page.locator("h1").inner_text() == f"{SOURCE} · neuron {n}"
     assert dialogs == []
 
 
