@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="spyglass", description="Index and browse the neurons of a language model."
+        prog="spyglass",
+        description="Index and browse the neurons and SAE latents of a language model.",
     )
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    idx = sub.add_parser("index", help="index a model's MLP neurons over a corpus")
+    idx = sub.add_parser("index", help="index a model's MLP neurons and SAE latents over a corpus")
     _index_args(idx)
     idx.set_defaults(func=cmd_index)
 
