@@ -18,6 +18,7 @@ import torch
 from indexer.corpus import iter_sequences
 from spyglass.model import Model
 from spyglass.sae import Sae
+from spyglass.sources import MAX_NORM_RATIO, typical_rows
 
 DENSE_ABOVE = 0.1
 """A latent firing on more than this fraction of tokens counts as dense."""
@@ -30,7 +31,7 @@ class EvalConfig:
     """Held-out sequences: the corpus's first ones (train-sae's --holdout-sequences)."""
     seq_len: int = 128
     batch_size: int = 16
-    max_norm_ratio: float = 10.0
+    max_norm_ratio: float = MAX_NORM_RATIO
 
 
 @dataclass
@@ -84,8 +85,7 @@ def evaluate_sae(sae: Sae, model: Model, cfg: EvalConfig) -> dict:
 def _add_reconstruction(sums: _Sums, sae: Sae, model: Model, tokens, hook: str, cfg) -> None:
     acts = model.activations(tokens, [hook])[hook][:, 1:, :]
     x = acts.reshape(-1, acts.shape[-1]).float()  # [rows, d_in]
-    norms = x.norm(dim=-1)
-    keep = norms <= cfg.max_norm_ratio * norms.median()
+    keep = typical_rows(x, cfg.max_norm_ratio)
     sums.outliers += int((~keep).sum())
     x = x[keep]
     with torch.inference_mode():

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from indexer.corpus import iter_sequences
 from spyglass.model import Model, load_model
 from spyglass.sae import Sae, SaeConfig, save_sae
+from spyglass.sources import MAX_NORM_RATIO, typical_rows
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,10 @@ class TrainConfig:
     dead_after_tokens: int = 500_000
     """A latent that has not fired for this many tokens counts as dead for AuxK."""
     checkpoint_every: int = 100
-    max_norm_ratio: float = 10.0
-    """Rows whose norm exceeds this multiple of their forward pass's median norm are left
-    out. SmolLM2 has rare massive-activation tokens besides position 0 (norm ~25,000
-    against a median of ~140 at layer 12); two in 8,128 tokens carried 90% of the summed
-    squared norm, enough to set the input scale and the loss on their own."""
+    max_norm_ratio: float = MAX_NORM_RATIO
+    """Rows over this multiple of their forward pass's median norm are left out (see
+    spyglass.sources.typical_rows): at layer 12 two such tokens in 8,128 carried 90% of the
+    summed squared norm, enough to set the input scale and the loss on their own."""
     seed: int = 0
     device: str | None = None
 
@@ -270,8 +270,7 @@ class ActivationStream:
             tokens = torch.tensor([s.tokens for s in batch])
             acts = self.model.activations(tokens, [self.cfg.hook])[self.cfg.hook][:, 1:, :]
             rows = acts.reshape(-1, acts.shape[-1]).float()
-            norms = rows.norm(dim=-1)
-            keep = norms <= self.cfg.max_norm_ratio * norms.median()
+            keep = typical_rows(rows, self.cfg.max_norm_ratio)
             self.outliers += int((~keep).sum())
             chunk.append(rows[keep])
         return chunk

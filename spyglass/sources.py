@@ -17,8 +17,20 @@ from spyglass.model import DirectionSteer, Model, NeuronSteer, mlp_hook
 from spyglass.sae import Sae, check_sae_for_model, load_sae
 
 MAX_NORM_RATIO = 10.0
-"""Rows whose norm exceeds this multiple of their batch's median are not encoded by an SAE
-(their latents read 0): massive-activation tokens, which SAEs are not trained on."""
+"""Rows whose norm exceeds this multiple of their batch's median are massive-activation
+tokens: SAEs are neither trained nor evaluated on them, and their latents read 0."""
+
+
+def typical_rows(rows: torch.Tensor, ratio: float = MAX_NORM_RATIO) -> torch.Tensor:
+    """[rows] mask of rows [rows, d] whose norm is at most ``ratio`` x the batch's median.
+
+    SmolLM2 has rare massive-activation tokens besides position 0 (norm ~25,000 against a
+    median of ~140 at layer 12); the one rule for them, shared by training, evaluation
+    and indexing.
+    """
+    norms = rows.norm(dim=-1)
+    return norms <= ratio * norms.median()
+
 
 _HOOK_SHORT = {
     "hook_resid_post": "res",
@@ -51,8 +63,7 @@ class Source:
         if self.sae is None:
             return act
         rows = act.reshape(-1, act.shape[-1])
-        norms = rows.norm(dim=-1)
-        ok = norms <= MAX_NORM_RATIO * norms.median()
+        ok = typical_rows(rows)
         ok &= (torch.arange(rows.shape[0], device=rows.device) % act.shape[1]) >= skip_first
         out = torch.zeros(rows.shape[0], self.n_units, device=rows.device)
         out[ok] = self.sae.encode(rows[ok]).float()
