@@ -309,13 +309,14 @@ def log_density_histogram(densities: list[float], bins: int = LOG_DENSITY_BINS) 
 
 
 def _examples(conn: Connection, m: storage.ModelRow, s: storage.SourceRow, unit: int, extra_ids=()):
-    """The unit's top examples, and the token texts of ``extra_ids`` read in the same query."""
+    """The unit's top examples, their sequences, and the token texts of those sequences and
+    of ``extra_ids``, read in one query."""
     rows = storage.get_examples(conn, s.id, unit)
     seqs = storage.get_sequences(conn, m.id, {e.sequence_id for e in rows})
     vocab = storage.token_texts(
         conn, m.id, [*extra_ids, *(t for q in seqs.values() for t in q.tokens)]
     )
-    return [_example(m.slug, e, seqs[e.sequence_id], vocab) for e in rows], vocab
+    return [_example(m.slug, e, seqs[e.sequence_id], vocab) for e in rows], seqs, vocab
 
 
 def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitPage:
@@ -323,7 +324,7 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
     s = _require_source(conn, m, name)
     unit = _require_unit(conn, s, index)
     logit_ids = [i for i, _ in unit.logits["top"] + unit.logits["bottom"]]
-    examples, vocab = _examples(conn, m, s, unit.idx, logit_ids)
+    examples, _, vocab = _examples(conn, m, s, unit.idx, logit_ids)
     i = unit.idx
     return UnitPage(
         model=slug,
@@ -370,15 +371,15 @@ def expanded_example(conn: Connection, slug: str, name: str, index: str, rank: i
     m = _require_model(conn, slug)
     s = _require_source(conn, m, name)
     unit = _require_unit(conn, s, index)
-    examples, _ = _examples(conn, m, s, unit.idx)
+    examples, seqs, vocab = _examples(conn, m, s, unit.idx)
     ex = next((e for e in examples if e.rank == rank), None)
     if ex is None:
         raise NotFound(f"unit {unit.idx} of {name!r} has no example {rank}")
-    seq = sequence_page(conn, slug, ex.sequence_id)
-    acts: list[float | None] = [None] * len(seq.tokens)
+    tokens = [vocab[t] for t in seqs[ex.sequence_id].tokens]
+    acts: list[float | None] = [None] * len(tokens)
     acts[ex.window_start : ex.window_start + len(ex.acts)] = ex.acts
     return ExpandedExample(
-        model=slug, source=name, index=unit.idx, example=ex, tokens=seq.tokens, acts=acts
+        model=slug, source=name, index=unit.idx, example=ex, tokens=tokens, acts=acts
     )
 
 
