@@ -3,8 +3,9 @@
 A spec is one of:
 
 - ``"embedded"``: a built-in offline corpus of four families (Shakespeare, the Python language
-  reference, standard-library docstrings, standard-library source), interleaved so that any
-  prefix of the sequence stream mixes literature, technical prose and code;
+  reference, standard-library docstrings, standard-library source), interleaved in
+  proportion to their sizes, so that any prefix of the sequence stream (a demo index, a
+  training run, the held-out set) is a sample of the whole corpus's mix;
 - a ``.txt`` file, or a directory searched recursively for ``*.txt`` files;
 - a ``.jsonl`` file with one JSON object per line;
 - ``"hf:NAME"``: a Hugging Face dataset (hub id or local dataset folder), streamed.
@@ -117,7 +118,8 @@ def iter_sequences(
     text_field: str = "text",
     split: str = "train",
 ) -> Iterator[Sequence]:
-    """Yield fixed-length sequences from the corpus, round-robin across its document streams.
+    """Yield fixed-length sequences from the corpus, interleaving its document streams in
+    proportion to their sizes (the embedded families) or in turn (user corpora: one stream).
 
     Argument and spec errors are raised immediately rather than on the first ``next()``.
     """
@@ -129,11 +131,12 @@ def iter_sequences(
     # The embedded families are shuffled and read EMBEDDED_OPEN_DOCUMENTS at a time, so a
     # capped demo sees many plays and modules, not the first few; user corpora keep their order.
     width = EMBEDDED_OPEN_DOCUMENTS if spec == "embedded" else 1
+    weights = embedded_family_tokens(tokenize) if spec == "embedded" else [1.0] * len(streams)
     per_stream = [
         _round_robin((_sequences_from_documents([d], tokenize, seq_len, bos_id) for d in s), width)
         for s in streams
     ]
-    return itertools.islice(_round_robin(iter(per_stream), len(per_stream)), max_sequences)
+    return itertools.islice(_proportional(per_stream, weights), max_sequences)
 
 
 def _sequences_from_documents(
@@ -152,6 +155,29 @@ def _sequences_from_documents(
         # every sequence is exactly seq_len long and comes from a single document.
         for start in range(0, len(ids) - body_len + 1, body_len):
             yield Sequence(prefix + list(ids[start : start + body_len]), doc.name, start)
+
+
+def _proportional(streams: list[Iterator[Sequence]], weights: list[float]) -> Iterator[Sequence]:
+    """Merge ``streams`` so that each one's share of any prefix follows its weight.
+
+    Stride scheduling: the next item comes from the stream with the fewest items per unit
+    of weight so far (ties to the earlier stream), so the first round takes one item from
+    each stream and a stream of weight w then follows every 1/w-th turn. With weights
+    proportional to stream sizes, all streams run out at about the same time, instead of
+    small ones early, which would leave the tail of a long run to the largest stream.
+    """
+    if any(w <= 0 for w in weights):
+        raise ValueError(f"stream weights must be positive, got {weights}")
+    taken = [0] * len(streams)
+    live = list(range(len(streams)))
+    while live:
+        i = min(live, key=lambda j: (taken[j] / weights[j], j))
+        item = next(streams[i], None)
+        if item is None:
+            live.remove(i)
+            continue
+        taken[i] += 1
+        yield item
 
 
 def _round_robin(sources: Iterator[Iterator[Sequence]], width: int) -> Iterator[Sequence]:
@@ -302,6 +328,31 @@ def _embedded_streams() -> list[Iterator[Document]]:
     texts_dir = _shakespeare_dir()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     return [iter(family) for family in _embedded_families(texts_dir, stdlib)]
+
+
+_TOKEN_RATE_SAMPLE_CHARS = 100_000
+
+
+def embedded_family_tokens(tokenize: Callable[[str], list[int]]) -> list[float]:
+    """Each embedded family's size in tokens, estimated from its characters and the tokens
+    per character of its first ~100k characters: the weights of the interleaving.
+
+    Token rates differ by family (SmolLM2: 3.2 characters a token for Shakespeare, 4.3 for
+    the docstrings), so characters alone would let the prose families run out first.
+    """
+    families = _embedded_families(_shakespeare_dir(), Path(sysconfig.get_paths()["stdlib"]))
+    sizes = []
+    for family in families:
+        chars = sum(len(doc.text) for doc in family)
+        sample, sample_tokens = 0, 0
+        for doc in family:
+            if sample >= _TOKEN_RATE_SAMPLE_CHARS:
+                break
+            text = doc.text[: _TOKEN_RATE_SAMPLE_CHARS - sample]
+            sample += len(text)
+            sample_tokens += len(tokenize(text))
+        sizes.append(chars * sample_tokens / max(sample, 1))
+    return sizes
 
 
 @functools.cache

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from indexer.corpus import (
+    _TOKEN_RATE_SAMPLE_CHARS,
     EMBEDDED_OPEN_DOCUMENTS,
     CorpusError,
     Document,
     Sequence,
+    _proportional,
     document_streams,
+    embedded_family_tokens,
     iter_sequences,
 )
 
@@ -206,10 +209,32 @@ def test_bad_spec_lists_accepted_specs(tmp_path: Path, make_spec) -> None:
 
 
 def test_embedded_mixes_all_four_families_from_the_start() -> None:
-    seqs = list(iter_sequences("embedded", char_tokenize, seq_len=64, max_sequences=8))
-    assert len(seqs) == 8
-    for seq, prefix in zip(seqs, EMBEDDED_PREFIXES * 2, strict=True):
+    seqs = list(iter_sequences("embedded", char_tokenize, seq_len=64, max_sequences=4))
+    assert len(seqs) == 4
+    for seq, prefix in zip(seqs, EMBEDDED_PREFIXES, strict=True):
         assert seq.document.startswith(prefix)
+
+
+def test_embedded_prefix_shares_follow_family_sizes() -> None:
+    """Every prefix is a sample of the whole corpus's mix, so a small family is not used up
+    early in a long run while the held-out prefix still holds it."""
+    n = 600
+    seqs = list(iter_sequences("embedded", char_tokenize, seq_len=64, max_sequences=n))
+    # One token per character: the estimated sizes are the families' character counts.
+    sizes = embedded_family_tokens(char_tokenize)
+    chars = [sum(len(d.text) for d in s) for s in document_streams("embedded")]
+    assert sizes == pytest.approx(chars)
+    for prefix, weight in zip(EMBEDDED_PREFIXES, sizes, strict=True):
+        for upto in (n // 3, n):
+            count = sum(s.document.startswith(prefix) for s in seqs[:upto])
+            assert abs(count - upto * weight / sum(sizes)) <= 1.5, (prefix, upto, count)
+
+
+def test_proportional_merge_drops_exhausted_streams_and_keeps_order() -> None:
+    a, b = iter(["a1", "a2", "a3", "a4", "a5", "a6"]), iter(["b1"])
+    assert list(_proportional([a, b], [3, 1])) == ["a1", "b1", "a2", "a3", "a4", "a5", "a6"]
+    with pytest.raises(ValueError, match="positive"):
+        list(_proportional([iter([])], [0]))
 
 
 def test_embedded_is_deterministic() -> None:
@@ -220,18 +245,20 @@ def test_embedded_is_deterministic() -> None:
 
 
 def test_embedded_streams_are_lazy_and_tokens_match() -> None:
-    calls = 0
+    tokenized = 0
 
     def counting_tokenize(text: str) -> list[int]:
-        nonlocal calls
-        calls += 1
+        nonlocal tokenized
+        tokenized += len(text)
         return char_tokenize(text)
 
     seqs = list(iter_sequences("embedded", counting_tokenize, seq_len=16, max_sequences=20))
-    # Only the documents open in each family are tokenized, not the whole stdlib.
-    assert calls <= 4 * EMBEDDED_OPEN_DOCUMENTS
     streams = document_streams("embedded")
     docs = [doc for s in streams for doc in itertools.islice(s, EMBEDDED_OPEN_DOCUMENTS)]
+    # Only the documents open in each family are tokenized, besides each family's sample
+    # for its token rate: not the whole corpus.
+    assert tokenized <= 4 * _TOKEN_RATE_SAMPLE_CHARS + sum(len(d.text) for d in docs)
+    assert tokenized < sum(len(d.text) for s in document_streams("embedded") for d in s) / 5
     assert_sequences_match_documents(seqs, docs, seq_len=16, bos_id=None)
 
 
@@ -298,7 +325,7 @@ def test_gutenberg_boilerplate_is_stripped() -> None:
 
 
 def test_a_capped_embedded_corpus_mixes_many_documents() -> None:
-    seqs = list(iter_sequences("embedded", char_tokenize, seq_len=64, max_sequences=128))
+    seqs = list(iter_sequences("embedded", char_tokenize, seq_len=64, max_sequences=400))
     docs = {s.document for s in seqs}
     for family in ("shakespeare/", "python-reference/", "stdlib-docstrings/", "stdlib-source/"):
         assert sum(d.startswith(family) for d in docs) >= EMBEDDED_OPEN_DOCUMENTS
