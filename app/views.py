@@ -79,6 +79,25 @@ class Example(View):
     sequence_url: str
 
 
+class Neighbour(View):
+    label: str
+    url: str
+    value: float
+    """Pearson r (correlated units) or cosine similarity (decoder rows, neurons)."""
+
+
+class Interval(View):
+    lo: float
+    hi: float
+    """The interval is (lo, hi]."""
+    count: int
+    """Positive activations in it over the corpus (exact)."""
+    share: float
+    """Its share of the unit's positive activations."""
+    samples: list[Example]
+    """Up to 5, drawn uniformly from the whole corpus's tokens in the interval."""
+
+
 class UnitLinks(View):
     prev: str | None
     next: str | None
@@ -102,12 +121,26 @@ class UnitPage(View):
     logits_bottom: list[LogitToken]
     examples: list[Example]
     links: UnitLinks
+    histogram: Histogram | None = None
+    """Positive activations over (0, max], exact counts."""
+    logit_histogram: Histogram | None = None
+    """Effect on every vocabulary logit."""
+    intervals: list[Interval] = []
+    correlated: list[Neighbour] = []
+    correlation_tokens: int = 0
+    """Tokens (a uniform sample of the corpus) the correlations are computed on."""
+    decoder_neighbours: list[Neighbour] = []
+    """Latents only: highest decoder cosine similarity."""
+    aligned_neurons: list[Neighbour] = []
+    """Latents only: MLP neurons (up to the hook's layer) whose W_out row best aligns."""
 
 
 class UnitRow(View):
     index: int
     max_act: float
     density: float
+    l0_share: float | None = None
+    """SAE latents: the unit's share of the SAE's mean L0 (its density / sum of densities)."""
     top_logits: list[str]
     url: str
 
@@ -118,6 +151,7 @@ class Histogram(View):
     x: list[float]
     y: list[int]
     x_title: str
+    y_title: str = "units"
 
 
 class SourcePage(View):
@@ -271,17 +305,19 @@ def source_page(
         limit=page_size,
     )
     vocab = storage.token_texts(conn, m.id, {i for r in rows for i, _ in r.logits["top"][:3]})
+    densities = storage.unit_densities(conn, s.id)
+    density_sum = sum(densities) if s.kind == "sae" else 0.0
     units = [
         UnitRow(
             index=r.idx,
             max_act=r.max_act,
             density=r.density,
+            l0_share=r.density / density_sum if density_sum > 0 else None,
             top_logits=[vocab.get(i, "?") for i, _ in r.logits["top"][:3]],
             url=unit_url(slug, name, r.idx),
         )
         for r in rows
     ]
-    densities = storage.unit_densities(conn, s.id)
     return SourcePage(
         model=slug,
         source=_source_summary(slug, s, storage.source_summaries(conn, m.id).get(s.id)),
@@ -308,11 +344,18 @@ def log_density_histogram(densities: list[float], bins: int = LOG_DENSITY_BINS) 
     return Histogram(x=centres, y=counts, x_title="log10 density")
 
 
-def _examples(conn: Connection, m: storage.ModelRow, s: storage.SourceRow, unit: int, extra_ids=()):
-    """The unit's top examples, their sequences, and the token texts of those sequences and
-    of ``extra_ids``, read in one query."""
+def _examples(
+    conn: Connection,
+    m: storage.ModelRow,
+    s: storage.SourceRow,
+    unit: int,
+    extra_ids=(),
+    extra_sequences=(),
+):
+    """The unit's top examples, their sequences (and ``extra_sequences``), and the token
+    texts of those sequences and of ``extra_ids``, read in one query."""
     rows = storage.get_examples(conn, s.id, unit)
-    seqs = storage.get_sequences(conn, m.id, {e.sequence_id for e in rows})
+    seqs = storage.get_sequences(conn, m.id, {e.sequence_id for e in rows} | set(extra_sequences))
     vocab = storage.token_texts(
         conn, m.id, [*extra_ids, *(t for q in seqs.values() for t in q.tokens)]
     )
@@ -324,9 +367,11 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
     s = _require_source(conn, m, name)
     unit = _require_unit(conn, s, index)
     logit_ids = [i for i, _ in unit.logits["top"] + unit.logits["bottom"]]
-    examples, _, vocab = _examples(conn, m, s, unit.idx, logit_ids)
+    sampled = storage.get_samples(conn, s.id, unit.idx)
+    sample_seq_ids = {e.sequence_id for rows in sampled.values() for e in rows}
+    examples, seqs, vocab = _examples(conn, m, s, unit.idx, logit_ids, sample_seq_ids)
     i = unit.idx
-    return UnitPage(
+    page = UnitPage(
         model=slug,
         source=name,
         kind=s.kind,
@@ -348,6 +393,56 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
             share=unit_url(slug, name, i),
         ),
     )
+    stats = unit.stats or {}
+    if not stats:
+        return page
+    return page.model_copy(update=_unit_stats(slug, s, stats, sampled, seqs, vocab))
+
+
+def _unit_stats(slug: str, s: storage.SourceRow, stats: dict, sampled, seqs, vocab) -> dict:
+    """The unit page's histograms, intervals and neighbours from its stored stats."""
+    out: dict = {"correlation_tokens": stats.get("correlation_tokens", 0)}
+    if hist := stats.get("hist"):
+        w = hist["width"]
+        out["histogram"] = Histogram(
+            x=[round((k + 0.5) * w, 6) for k in range(len(hist["counts"]))],
+            y=hist["counts"],
+            x_title="activation",
+            y_title="tokens",
+        )
+    if lh := stats.get("logit_hist"):
+        w = (lh["hi"] - lh["lo"]) / len(lh["counts"])
+        out["logit_histogram"] = Histogram(
+            x=[round(lh["lo"] + (k + 0.5) * w, 6) for k in range(len(lh["counts"]))],
+            y=lh["counts"],
+            x_title="effect on logit",
+            y_title="tokens in vocabulary",
+        )
+    table = stats.get("intervals") or []
+    total = sum(c for *_, c in table) or 1
+    out["intervals"] = [
+        Interval(
+            lo=lo,
+            hi=hi,
+            count=c,
+            share=c / total,
+            samples=[_example(slug, e, seqs[e.sequence_id], vocab) for e in sampled.get(k, [])],
+        )
+        for k, (lo, hi, c) in enumerate(table)
+    ]
+    out["correlated"] = [
+        Neighbour(label=f"{s.name}/{j}", url=unit_url(slug, s.name, j), value=r)
+        for j, r in stats.get("correlated", [])
+    ]
+    out["decoder_neighbours"] = [
+        Neighbour(label=f"{s.name}/{j}", url=unit_url(slug, s.name, j), value=c)
+        for j, c in stats.get("decoder") or []
+    ]
+    out["aligned_neurons"] = [
+        Neighbour(label=f"{layer}-mlp/{j}", url=unit_url(slug, f"{layer}-mlp", j), value=c)
+        for layer, j, c in stats.get("neurons") or []
+    ]
+    return out
 
 
 def _example(

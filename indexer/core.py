@@ -112,3 +112,56 @@ class StreamingDensity:
     def result(self) -> torch.Tensor:
         """[U] fraction of counted tokens with a positive activation."""
         return (self._positive.double() / max(self.n_tokens, 1)).float()
+
+
+class StreamingCorrelation:
+    """Pearson correlation between the units of one source, over the tokens whose key
+    (see indexer.intervals.token_keys) falls below ``rate``: a uniform sample of the
+    corpus, the same tokens for every source, whatever the batching.
+
+    Memory is one [U, U] float32 matrix; the cost per batch one [n, U]^T @ [n, U] product
+    over the ~rate·B·T sampled rows.
+    """
+
+    def __init__(
+        self, n_units: int, *, rate: float, skip_first: int = 0, device: torch.device | str = "cpu"
+    ):
+        if not 0 < rate <= 1:
+            raise ValueError("rate must be in (0, 1]")
+        self.rate, self.skip_first = rate, skip_first
+        self._sum = torch.zeros(n_units, dtype=torch.float64, device=device)
+        self._cross = torch.zeros(n_units, n_units, device=device)
+        self.n_tokens = 0
+
+    def update(self, acts: torch.Tensor, first_sequence: int) -> None:
+        from indexer.intervals import token_keys
+
+        n_seq, seq_len, n_units = acts.shape
+        positions = torch.arange(self.skip_first, seq_len, device=acts.device)
+        if not positions.numel():
+            return
+        seqs = torch.arange(n_seq, device=acts.device) + first_sequence
+        tokens = (seqs.unsqueeze(1) * seq_len + positions).reshape(-1)
+        picked = (token_keys(tokens).double() < self.rate * 2.0**63).nonzero().squeeze(1)
+        if not picked.numel():
+            return
+        rows = acts[:, self.skip_first :, :].reshape(-1, n_units)[picked].float()
+        self._sum += rows.sum(0).double()
+        self._cross.addmm_(rows.t(), rows)
+        self.n_tokens += rows.shape[0]
+
+    def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each unit's ``k`` most correlated other units: ([U, k] indices, [U, k] r).
+        r is NaN where fewer remain (units constant on the sample have no correlation)."""
+        n = max(self.n_tokens, 1)
+        mean = self._sum / n
+        cov = self._cross.double() / n - torch.outer(mean, mean)
+        std = cov.diagonal().clamp(min=0).sqrt()
+        corr = cov / torch.outer(std, std)
+        usable = (std > 1e-12 * std.max().clamp(min=1e-30)) if std.numel() else std > 0
+        corr = corr.masked_fill(~(usable.unsqueeze(0) & usable.unsqueeze(1)), -torch.inf)
+        corr.fill_diagonal_(-torch.inf)
+        k = min(k, max(corr.shape[0] - 1, 0))
+        values, indices = corr.topk(k, dim=1)
+        values = values.clamp(-1, 1).masked_fill(values == -torch.inf, torch.nan)
+        return indices, values.float()

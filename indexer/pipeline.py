@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.core import StreamingDensity, StreamingTopK, TopKResult
+from indexer import summaries
+from indexer.core import StreamingCorrelation, StreamingDensity, StreamingTopK, TopKResult
 from indexer.corpus import Sequence, iter_sequences
+from indexer.intervals import StreamingIntervals, choose_intervals
 from spyglass import storage
 from spyglass.model import Model, load_model
 from spyglass.sae import SaeLoadError
@@ -52,6 +54,10 @@ class IndexConfig:
     """MLP layers to index; all when None; () for none (SAE latents only)."""
     saes: tuple[str, ...] = ()
     """SAE folders (SAELens format) whose latents are indexed in the same pass."""
+    interval_samples: int = 5
+    """Samples per interval (10 equal intervals of (0, max]), drawn over the whole corpus."""
+    correlation_rate: float = 1 / 32
+    """Share of tokens (a uniform sample, by token hash) the unit correlations use."""
     text_field: str = "text"
     split: str = "train"
     device: str | None = None
@@ -96,11 +102,20 @@ class SourceStats:
             device=device,
         )
         self.density = StreamingDensity(source.n_units, skip_first=skip, device=device)
+        self.intervals = StreamingIntervals(
+            source.n_units, per_bin=cfg.interval_samples, skip_first=skip, device=device
+        )
+        self.correlation = StreamingCorrelation(
+            source.n_units, rate=cfg.correlation_rate, skip_first=skip, device=device
+        )
+        self.interval_samples = cfg.interval_samples
 
     def update(self, hook_act: torch.Tensor, first_sequence: int) -> None:  # [B, T, d]
         acts = self.source.units(hook_act, self.skip)  # [B, T, units]
         self.topk.update(acts, first_sequence)
         self.density.update(acts)
+        self.intervals.update(acts, first_sequence)
+        self.correlation.update(acts, first_sequence)
 
 
 def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
@@ -221,9 +236,78 @@ def _write_source(conn, model_id: int, st: SourceStats, model: Model, seq_len: i
     top = st.topk.result()
     values = top.values.cpu().numpy()  # [k, U]
     max_act = np.where(np.isfinite(values[0]), values[0], 0.0)
-    logits = _logit_tables(model.logit_effects(st.source.directions(model)))
-    storage.add_units(conn, source_id, max_act, st.density.result().cpu().numpy(), logits)
+    directions = st.source.directions(model)
+    effects = model.logit_effects(directions)
+    logits = _logit_tables(effects)
+    state = st.intervals.state()
+    iv = choose_intervals(
+        state, torch.from_numpy(max_act).to(state.counts.device), per_interval=st.interval_samples
+    )
+    stats = _unit_stats(st, model, state, iv, effects, directions, torch.from_numpy(max_act))
+    storage.add_units(conn, source_id, max_act, st.density.result().cpu().numpy(), logits, stats)
     storage.add_examples(conn, source_id, _example_columns(top, st.topk.before, seq_len))
+    ex, interval = _sample_columns(iv, st.intervals.before, seq_len)
+    storage.add_examples(conn, source_id, ex, interval=interval)
+
+
+def _unit_stats(st: SourceStats, model: Model, state, iv, effects, directions, max_act):
+    """Each unit's histograms, intervals and neighbours, for its page."""
+    src = st.source
+    hist = summaries.activation_histograms(state, max_act.to(state.ceiling.device))
+    intervals = summaries.interval_tables(iv)
+    logit_hist = summaries.logit_histograms(effects)
+    corr = summaries.pairs(*st.correlation.top(summaries.NEIGHBOURS))
+    decoder = neurons = None
+    if src.sae is not None:
+        decoder = summaries.pairs(
+            *summaries.cosine_top(directions, directions, summaries.NEIGHBOURS, exclude_self=True)
+        )
+        # Neurons of the MLP layers up to the hook's layer: those writing to its residual.
+        layers = list(range(min(src.layer, model.n_layers - 1) + 1))
+        out = torch.cat([model.neuron_directions(layer) for layer in layers]).to(directions)
+        idx, cos = summaries.cosine_top(directions, out, summaries.NEIGHBOURS, exclude_self=False)
+        neurons = [
+            [
+                [layers[i // model.d_mlp], i % model.d_mlp, round(c, 4)]
+                for i, c in zip(ir, cr, strict=True)
+            ]
+            for ir, cr in zip(idx.tolist(), cos.tolist(), strict=True)
+        ]
+    out_stats = []
+    for u in range(src.n_units):
+        entry = {
+            "hist": hist[u],
+            "intervals": intervals[u],
+            "logit_hist": logit_hist[u],
+            "correlated": corr[u],
+            "correlation_tokens": st.correlation.n_tokens,
+        }
+        if decoder is not None:
+            entry["decoder"] = decoder[u]
+            entry["neurons"] = neurons[u]
+        out_stats.append(entry)
+    return out_stats
+
+
+def _sample_columns(iv, before: int, seq_len: int) -> tuple[storage.ExampleColumns, np.ndarray]:
+    """Every interval sample as a row, windows trimmed to their sequence."""
+    tokens = iv.tokens.cpu().numpy()  # [U, n, s]
+    unit, interval, rank = np.nonzero(tokens >= 0)
+    seq, pos = np.divmod(tokens[unit, interval, rank], seq_len)
+    windows = iv.windows.cpu().numpy()[unit, interval, rank]
+    inside = ~np.isnan(windows)
+    first = inside.argmax(axis=1)
+    last = windows.shape[1] - inside[:, ::-1].argmax(axis=1)
+    columns = storage.ExampleColumns(
+        unit=unit,
+        rank=rank,
+        sequence_id=seq,
+        position=pos,
+        value=iv.values.cpu().numpy()[unit, interval, rank],
+        window_start=pos - before + first,
+        acts=[w[a:b] for w, a, b in zip(windows, first, last, strict=True)],
+    )
+    return columns, interval
 
 
 def _logit_tables(effects: torch.Tensor) -> list[dict]:  # [U, d_vocab]

@@ -308,6 +308,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(Settings(db=args.db, preload=args.preload))
     except FileNotFoundError as exc:
         raise CliError(f"{exc}; build one with `spyglass index` or `spyglass demo`") from exc
+    except ValueError as exc:  # an index written by an older Spyglass
+        raise CliError(str(exc)) from exc
     print(f"serving {args.db} at http://{args.host}:{args.port}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -318,12 +320,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     saes = (str(SHIPPED_SAE),) if (SHIPPED_SAE / "cfg.json").is_file() else ()
     wanted = {str(SHIPPED_SAE)} if saes else set()
+    _remove_outdated_demo_index(args.db)
     if args.reindex or _indexed_saes(args.db, "embedded") != wanted:
         _run_index(IndexConfig(db=args.db, tokens=args.tokens, saes=saes))
     else:
         print(f"reusing the embedded index in {args.db} (pass --reindex to rebuild it)")
     args.preload = True
     return cmd_serve(args)
+
+
+def _remove_outdated_demo_index(db: str) -> None:
+    """The demo's own database, written by an older Spyglass, is rebuilt, not patched."""
+    from spyglass import storage
+
+    try:
+        storage.make_engine(db).dispose()
+    except FileNotFoundError:
+        return
+    except storage.OutdatedIndexError as exc:
+        print(f"{exc}: rebuilding the demo index")
+        for suffix in ("", "-wal", "-shm"):
+            Path(db + suffix).unlink(missing_ok=True)
 
 
 def _indexed_saes(db: str, slug: str) -> set[str] | None:

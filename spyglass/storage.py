@@ -33,6 +33,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
 )
 
@@ -96,6 +97,7 @@ units = Table(
     Column("max_act", Float, nullable=False),
     Column("density", Float, nullable=False),
     Column("logits", Text, nullable=False),
+    Column("stats", Text),
     Index("units_by_max", "source_id", "max_act"),
     Index("units_by_density", "source_id", "density"),
 )
@@ -113,7 +115,21 @@ examples = Table(
     Column("acts", LargeBinary, nullable=False),
 )
 
-_CHILDREN = (examples, units)  # keyed by source_id
+samples = Table(
+    "samples",
+    metadata,
+    Column("source_id", ForeignKey("sources.id"), primary_key=True),
+    Column("unit", Integer, primary_key=True, autoincrement=False),
+    Column("interval", Integer, primary_key=True, autoincrement=False),
+    Column("rank", Integer, primary_key=True, autoincrement=False),
+    Column("sequence_id", Integer, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("window_start", Integer, nullable=False),
+    Column("acts", LargeBinary, nullable=False),
+)
+
+_CHILDREN = (examples, samples, units)  # keyed by source_id
 _MODEL_CHILDREN = (vocab, sequences)  # keyed by model_id
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RESERVED = {"api", "static", "docs", "redoc", "openapi.json", "sequences"}
@@ -139,9 +155,29 @@ def make_engine(target: str, *, create: bool = False) -> Engine:
     engine = create_engine(url, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    if problem := outdated(engine):
+        engine.dispose()
+        raise OutdatedIndexError(f"the index at {url} {problem}; index again into a new file")
     if create:
         metadata.create_all(engine)
     return engine
+
+
+class OutdatedIndexError(ValueError):
+    """The database was written by an older Spyglass whose tables lack columns we read."""
+
+
+def outdated(engine: Engine) -> str | None:
+    """What an existing database lacks of the current schema; None if it has it all (or
+    has no tables yet)."""
+    tables = inspect(engine)
+    for table in metadata.sorted_tables:
+        if not tables.has_table(table.name):
+            continue
+        have = {c["name"] for c in tables.get_columns(table.name)}
+        if missing := [c.name for c in table.columns if c.name not in have]:
+            return f"was built by an older Spyglass (table {table.name} lacks {', '.join(missing)})"
+    return None
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -220,6 +256,8 @@ class UnitRow:
     density: float
     logits: dict
     """``{"top": [[token_id, value], ...], "bottom": [...]}`` of direction @ W_U."""
+    stats: dict | None = None
+    """Histograms, intervals and neighbours (see indexer.pipeline.unit_stats)."""
 
 
 @dataclass(frozen=True)
@@ -332,15 +370,17 @@ def add_units(
     max_act: np.ndarray,
     density: np.ndarray,
     logits: Sequence[dict],
+    stats: Sequence[dict | None] | None = None,
 ) -> None:
     """One row per unit 0..U-1; ``logits[u]`` is ``{"top": [[id, value], ...], "bottom": ...}``."""
+    stats = stats if stats is not None else [None] * len(logits)
     _bulk_insert(
         conn,
         units,
-        ("source_id", "idx", "max_act", "density", "logits"),
+        ("source_id", "idx", "max_act", "density", "logits", "stats"),
         [
-            (source_id, u, float(m), float(d), json.dumps(lg))
-            for u, (m, d, lg) in enumerate(zip(max_act, density, logits, strict=True))
+            (source_id, u, float(m), float(d), json.dumps(lg), json.dumps(st) if st else None)
+            for u, (m, d, lg, st) in enumerate(zip(max_act, density, logits, stats, strict=True))
         ],
     )
 
@@ -359,7 +399,10 @@ class ExampleColumns:
     """float32 values from ``window_start`` on."""
 
 
-def add_examples(conn: Connection, source_id: int, ex: ExampleColumns) -> None:
+def add_examples(
+    conn: Connection, source_id: int, ex: ExampleColumns, interval: np.ndarray | None = None
+) -> None:
+    """Top examples; or, with ``interval`` (one entry per example), interval samples."""
     rows = zip(
         ex.unit.tolist(),
         ex.rank.tolist(),
@@ -370,11 +413,15 @@ def add_examples(conn: Connection, source_id: int, ex: ExampleColumns) -> None:
         (to_blob(a, "f4") for a in ex.acts),
         strict=True,
     )
+    columns = ("unit", "rank", "sequence_id", "position", "value", "window_start", "acts")
+    if interval is None:
+        _bulk_insert(conn, examples, ("source_id", *columns), [(source_id, *r) for r in rows])
+        return
     _bulk_insert(
         conn,
-        examples,
-        ("source_id", "unit", "rank", "sequence_id", "position", "value", "window_start", "acts"),
-        [(source_id, *r) for r in rows],
+        samples,
+        ("source_id", "interval", *columns),
+        [(source_id, i, *r) for i, r in zip(interval.tolist(), rows, strict=True)],
     )
 
 
@@ -436,7 +483,14 @@ def source_summaries(conn: Connection, model_id: int) -> dict[int, SourceSummary
     }
 
 
-SORTS = {"index": units.c.idx, "max_act": units.c.max_act, "density": units.c.density}
+SORTS = {
+    "index": units.c.idx,
+    "max_act": units.c.max_act,
+    "density": units.c.density,
+    # A latent's share of the SAE's L0 is its density over the sum of densities: the same
+    # order as density, shown as a share.
+    "l0": units.c.density,
+}
 
 
 def list_units(
@@ -457,6 +511,7 @@ def get_unit(conn: Connection, source_id: int, idx: int) -> UnitRow | None:
 def _unit(row) -> UnitRow:
     m = dict(row._mapping)
     m["logits"] = json.loads(m["logits"])
+    m["stats"] = json.loads(m["stats"]) if m["stats"] else None
     return UnitRow(**m)
 
 
@@ -477,6 +532,28 @@ def get_examples(conn: Connection, source_id: int, unit: int) -> list[ExampleRow
         )
         for r in conn.execute(q)
     ]
+
+
+def get_samples(conn: Connection, source_id: int, unit: int) -> dict[int, list[ExampleRow]]:
+    """Interval samples by interval, in sampling order."""
+    q = (
+        select(samples)
+        .where(samples.c.source_id == source_id, samples.c.unit == unit)
+        .order_by(samples.c.interval, samples.c.rank)
+    )
+    out: dict[int, list[ExampleRow]] = {}
+    for r in conn.execute(q):
+        out.setdefault(r.interval, []).append(
+            ExampleRow(
+                rank=r.rank,
+                sequence_id=r.sequence_id,
+                position=r.position,
+                value=r.value,
+                window_start=r.window_start,
+                acts=from_float_blob(r.acts),
+            )
+        )
+    return out
 
 
 def get_sequences(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int, SequenceRow]:

@@ -25,7 +25,7 @@
       const h = JSON.parse(el.dataset.plot);
       Plotly.newPlot(el, [{ type: "bar", x: h.x, y: h.y, marker: { color: "#b45309" } }], {
         title: { text: el.dataset.title || "" }, margin: { t: 40, r: 10, b: 40, l: 50 },
-        xaxis: { title: { text: h.x_title } }, yaxis: { title: { text: "units" } }, bargap: 0.05,
+        xaxis: { title: { text: h.x_title } }, yaxis: { title: { text: h.y_title || "units" } }, bargap: 0.05,
       }, { displayModeBar: false, responsive: true });
     });
   }

@@ -43,7 +43,7 @@ def source_page(
     source: str,
     conn: ConnDep,
     settings: SettingsDep,
-    sort: Literal["max_act", "density", "index"] = "max_act",
+    sort: Literal["max_act", "density", "l0", "index"] = "max_act",
     order: Literal["desc", "asc"] = "desc",
     page: Annotated[int, Query(ge=1)] = 1,
 ):

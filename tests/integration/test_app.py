@@ -119,6 +119,35 @@ def test_unit_html_shades_tokens_and_marks_the_max(client):
     assert page.select_one("#random")["href"] == "/tiny/0-mlp/random"
 
 
+def test_unit_page_shows_intervals_histograms_and_neighbours(client):
+    data = unit_with_examples(client)
+    url = f"/tiny/0-mlp/{data['index']}"
+    assert len(data["intervals"]) == 10
+    assert sum(iv["count"] for iv in data["intervals"]) == sum(data["histogram"]["y"])
+    assert sum(iv["share"] for iv in data["intervals"]) == pytest.approx(1.0)
+    for iv in data["intervals"]:
+        for e in iv["samples"]:
+            assert iv["lo"] < e["value"] <= iv["hi"]
+            seq = client.get(f"/tiny/sequences/{e['sequence_id']}.json").json()
+            start = e["window_start"]
+            assert seq["tokens"][start : start + len(e["tokens"])] == e["tokens"]
+    assert len(data["correlated"]) == 10 and data["correlation_tokens"] > 0
+    page = soup(client.get(url))
+    boxes = page.select("#intervals .interval")
+    assert len(boxes) == 10
+    top = data["intervals"][-1]
+    assert f"{top['share'] * 100:.3g}" in boxes[0].h3.text or "%" in boxes[0].h3.text
+    assert len(boxes[0].select(".example")) == len(top["samples"])
+    assert page.select_one("#activation-plot")["data-plot"]
+    assert "density" in page.select_one("#activation-plot")["data-title"]
+    assert page.select_one("#logit-plot")["data-plot"]
+    links = [a["href"] for a in page.select("#correlated a")]
+    assert links == [f"/tiny/0-mlp/{j}" for j in (n["url"].rsplit("/", 1)[1] for n in
+                                                   data["correlated"])]
+    for link in links[:3]:
+        assert client.get(link).status_code == 200
+
+
 def test_prev_next_links_stop_at_the_ends(client):
     first = soup(client.get("/tiny/0-mlp/0"))
     assert (

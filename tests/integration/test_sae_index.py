@@ -95,6 +95,36 @@ def test_latent_pages_and_logit_effect(client, sae_dir, tiny_model_dir):
     assert "W_dec row @ W_U" in html and "latent 5" in html
 
 
+def test_latent_neighbours_equal_brute_force_cosines(client, sae_dir, tiny_model_dir):
+    w_dec = load_file(sae_dir / "sae_weights.safetensors")["W_dec"]
+    state = torch.load(tiny_model_dir / "state_dict.pt", weights_only=True)
+    unit = torch.nn.functional.normalize(w_dec, dim=1)
+    data = client.get(f"/tinysae/{SOURCE}/7.json").json()
+    sims = unit @ unit[7]
+    sims[7] = -2
+    expect = sims.topk(10)
+    got = data["decoder_neighbours"]
+    assert [n["url"] for n in got] == [f"/tinysae/{SOURCE}/{j}" for j in expect.indices.tolist()]
+    assert [n["value"] for n in got] == pytest.approx(expect.values.tolist(), abs=1e-4)
+    # The hook reads layer 0's residual: the neurons of layer 0 write to it.
+    w_out = torch.nn.functional.normalize(state["blocks.0.mlp.W_out"], dim=1)
+    cos = w_out @ unit[7]
+    best = cos.topk(10)
+    aligned = data["aligned_neurons"]
+    assert [n["url"] for n in aligned] == [f"/tinysae/0-mlp/{j}" for j in best.indices.tolist()]
+    assert [n["value"] for n in aligned] == pytest.approx(best.values.tolist(), abs=1e-4)
+    html = client.get(f"/tinysae/{SOURCE}/7").text
+    assert 'id="decoder-neighbours"' in html and 'id="aligned-neurons"' in html
+
+
+def test_sae_units_sort_by_share_of_l0(client):
+    data = client.get(f"/tinysae/{SOURCE}.json?sort=l0&order=desc").json()
+    shares = [u["l0_share"] for u in data["units"]]
+    assert shares == sorted(shares, reverse=True) and shares[0] > 0
+    html = client.get(f"/tinysae/{SOURCE}?sort=l0").text
+    assert "share of L0" in html
+
+
 def test_the_sae_source_page_shows_its_metrics(client):
     data = client.get(f"/tinysae/{SOURCE}.json").json()
     ev = data["source"]["info"]["metrics"]["eval"]

@@ -1,0 +1,418 @@
+"""Activation histograms and interval samples, streamed: a pure tensor core.
+
+Counts. Each unit's positive activations are counted on ``COUNT_BINS`` equal bins over
+(0, C], where the ceiling C is the smallest power of two at or above the unit's running
+max. When a batch raises the max past C, C doubles d times and each new bin is the exact
+sum of 2^d old ones, so the counts stay exact without a second pass. Scaling by a power
+of two is exact in floating point, so a value's bin is exact too.
+
+Samples. Every token gets a key, a hash of its global index shared by all units and
+independent of the activations. Per unit and per sample bin (``SAMPLE_BINS`` coarser
+bins, each a run of count bins) the ``per_bin`` entries with the smallest keys are kept
+with their context windows. A bin holds every one of its entries whose key is below its
+threshold (its largest kept key once full), and doubling merges bins exactly: the
+smallest keys of a union are among the smallest keys of its parts. The state is the same
+whatever the batching, and a merge of shards would be exact too.
+
+Intervals. At the end, with the max M known, (0, M] is cut into ``n`` intervals whose
+edges are the count-grid points nearest to k·M/n (the grid step C/COUNT_BINS is at most
+M/256, so widths are equal to within that step). Counts per interval are exact. An
+interval's samples come from the sample bins it overlaps: every entry of the interval
+with a key below θ, the smallest threshold among those bins, is known, and these form a
+uniform random sample of the interval. The ``per_interval`` with the smallest keys are
+returned, so the result is always the first j tokens of the interval in key order: the
+same sample a brute-force pass over every token would draw, cut at j <= per_interval.
+j falls short of per_interval only when a bin the interval shares with a much denser
+neighbour has used its slots there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+COUNT_BINS = 512
+SAMPLE_BINS = 64
+EMPTY = torch.iinfo(torch.int64).max
+"""Key of an empty sample slot: sorts after every real key."""
+
+
+def token_keys(tokens: torch.Tensor) -> torch.Tensor:
+    """Keys in [0, 2^63 - 1) for global token indices: splitmix64, the same on every
+    machine, so sampling is reproducible and shards agree."""
+    x = tokens.detach().cpu().numpy().astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    keys = (x >> np.uint64(1)).astype(np.int64)
+    return torch.from_numpy(np.minimum(keys, EMPTY - 1)).to(tokens.device)
+
+
+def ceiling_exponent(x: torch.Tensor) -> torch.Tensor:
+    """e with 2^(e-1) < x <= 2^e, for x > 0 (exact, via frexp)."""
+    mantissa, exponent = torch.frexp(x)
+    return (exponent - (mantissa == 0.5).to(exponent.dtype)).long()
+
+
+def read_windows(
+    acts: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor, unit: torch.Tensor, offsets
+) -> torch.Tensor:
+    """[n, W] values of ``unit`` at ``pos + offsets`` in sequence ``seq`` of ``acts``
+    [B, T, U]; NaN off the sequence."""
+    at = pos.unsqueeze(1) + offsets
+    inside = (at >= 0) & (at < acts.shape[1])
+    vals = acts[seq.unsqueeze(1), at.clamp(0, acts.shape[1] - 1), unit.unsqueeze(1)]
+    return torch.where(inside, vals.float(), torch.nan)
+
+
+@dataclass(frozen=True)
+class IntervalState:
+    """The streamed state at the end of the corpus."""
+
+    ceiling: torch.Tensor
+    """[U] C: a power of two >= every value counted; 0 where no value was positive."""
+    counts: torch.Tensor
+    """[U, COUNT_BINS] positive activations in ((i-1)·C/COUNT_BINS, i·C/COUNT_BINS]."""
+    keys: torch.Tensor
+    """[U, SAMPLE_BINS, per_bin] kept keys per sample bin, ascending; EMPTY where unused."""
+    tokens: torch.Tensor
+    values: torch.Tensor
+    windows: torch.Tensor
+    """[U, SAMPLE_BINS, per_bin, W] float16 windows; NaN off the sequence."""
+
+
+class StreamingIntervals:
+    """Exact fine-grained counts and per-bin bottom-key samples of each unit's positive
+    activations, in memory that does not grow with the stream."""
+
+    def __init__(
+        self,
+        n_units: int,
+        *,
+        per_bin: int = 5,
+        before: int = 10,
+        after: int = 3,
+        skip_first: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.per_bin, self.before, self.after, self.skip_first = per_bin, before, after, skip_first
+        self.n_units = n_units
+        bins = SAMPLE_BINS + 1  # bin 0 takes nothing (values <= 0)
+        self._exp = torch.zeros(n_units, dtype=torch.long, device=device)
+        self._started = torch.zeros(n_units, dtype=torch.bool, device=device)
+        self._counts = torch.zeros(n_units, COUNT_BINS + 1, dtype=torch.long, device=device)
+        self._keys = torch.full((n_units, bins, per_bin), EMPTY, dtype=torch.long, device=device)
+        self._keys[:, 0, :] = torch.iinfo(torch.int64).min  # threshold no key is below
+        self._tokens = torch.full((n_units, bins, per_bin), -1, dtype=torch.long, device=device)
+        self._values = torch.zeros(n_units, bins, per_bin, device=device)
+        width = before + 1 + after
+        self._windows = torch.full(
+            (n_units, bins, per_bin, width), torch.nan, dtype=torch.float16, device=device
+        )
+        self._offsets = torch.arange(-before, after + 1, device=device)
+
+    # ---- streaming
+
+    def update(
+        self, acts: torch.Tensor, first_sequence: int, batch_max: torch.Tensor | None = None
+    ) -> None:
+        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``.
+
+        ``batch_max`` [U], each unit's max over the eligible positions, may be passed in
+        when the caller has it already (the top-k does); it is computed otherwise.
+        """
+        n_seq, seq_len, n_units = acts.shape
+        skip = self.skip_first
+        if seq_len <= skip:
+            return
+        rows = acts[:, skip:, :].reshape(-1, n_units)  # [N, U]
+        if batch_max is None:
+            batch_max = rows.amax(0)
+        self._grow(batch_max.float())
+        ones = torch.ones(n_units, device=acts.device)
+        scale = torch.ldexp(ones, COUNT_BINS_LOG2 - self._exp)  # exact: a power of two
+        fine = (rows.float() * scale).ceil_().clamp_(0, COUNT_BINS).long()  # 0: not positive
+        fine += torch.arange(n_units, device=acts.device) * (COUNT_BINS + 1)
+        self._counts += torch.bincount(fine.view(-1), minlength=self._counts.numel()).view_as(
+            self._counts
+        )
+        del fine
+
+        # Sample candidates: entries whose key is below their sample bin's threshold. A cheap
+        # first cut per unit: values above a level (whose bins take nearly everything) pass,
+        # and below it only keys under the largest threshold there; then the exact test.
+        positions = torch.arange(skip, seq_len, device=acts.device)
+        seqs = torch.arange(n_seq, device=acts.device) + first_sequence
+        global_tokens = (seqs.unsqueeze(1) * seq_len + positions).reshape(-1)  # [N]
+        keys = token_keys(global_tokens)
+        level, key_below = self._cheap_cut()
+        maybe = (rows > level) | (keys.unsqueeze(1) < key_below)
+        row, unit = maybe.nonzero(as_tuple=True)
+        values = rows[row, unit].float()
+        sample_scale = torch.ldexp(ones, SAMPLE_BINS_LOG2 - self._exp)
+        sbin = (values * sample_scale[unit]).ceil_().clamp_(0, SAMPLE_BINS).long()
+        exact = keys[row] < self._keys[unit, sbin, -1]
+        row, unit, sbin, values = row[exact], unit[exact], sbin[exact], values[exact]
+        if not row.numel():
+            return
+        seq_in_batch, pos = row // (seq_len - skip), row % (seq_len - skip) + skip
+
+        def batch_windows(i: torch.Tensor) -> torch.Tensor:
+            return read_windows(acts, seq_in_batch[i], pos[i], unit[i], self._offsets)
+
+        self._rewrite(
+            groups=unit * (SAMPLE_BINS + 1) + sbin,
+            keys=keys[row],
+            tokens=global_tokens[row],
+            values=values,
+            new_windows=batch_windows,
+        )
+
+    def _cheap_cut(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per unit, a value level and a key bound such that every sample candidate has a
+        value above the level or a key below the bound: the split L (in sample bins) that
+        lets the fewest entries through, judged by the counts so far."""
+        thresholds = self._keys[:, 1:, -1]  # [U, S]; EMPTY where a bin is not full
+        low = torch.iinfo(torch.int64).min
+        below = torch.cat(
+            [torch.full_like(thresholds[:, :1], low), thresholds.cummax(1).values], dim=1
+        )  # [U, S+1]: largest threshold in bins 1..L
+        per = COUNT_BINS // SAMPLE_BINS
+        counts = self._counts[:, 1:].reshape(-1, SAMPLE_BINS, per).sum(2).double()  # [U, S]
+        total = counts.sum(1, keepdim=True).clamp(min=1)
+        cum = torch.nn.functional.pad(counts.cumsum(1), (1, 0))  # [U, S+1]
+        share_above = 1 - cum / total
+        share_passed = below.double().clamp(min=0) / float(EMPTY)
+        cost = share_above + share_passed * (cum / total)
+        split = cost.argmin(1)  # [U]
+        level = torch.ldexp(split.float(), self._exp - SAMPLE_BINS_LOG2)
+        return level, below.gather(1, split.unsqueeze(1)).squeeze(1)
+
+    def _grow(self, batch_max: torch.Tensor) -> None:
+        """Raise ceilings to cover ``batch_max`` [U], merging bins 2^d to 1."""
+        positive = batch_max > 0
+        target = ceiling_exponent(batch_max.clamp(min=torch.finfo(torch.float32).tiny))
+        first = positive & ~self._started
+        self._exp[first] = target[first]
+        self._started |= first
+        grow = positive & self._started & (target > self._exp)
+        if not grow.any():
+            return
+        units = grow.nonzero().squeeze(1)
+        d = (target[units] - self._exp[units]).clamp(max=COUNT_BINS_LOG2 + 1)  # [G]
+        self._exp[units] = target[units]
+        # Counts: old bin i (1-based) lands in new bin ceil(i / 2^d).
+        old = torch.arange(1, COUNT_BINS + 1, device=d.device)
+        new_bin = ((old + (1 << d).unsqueeze(1) - 1) >> d.unsqueeze(1)).clamp(max=COUNT_BINS)
+        counts = torch.zeros_like(self._counts[units])
+        counts.scatter_add_(1, new_bin, self._counts[units, 1:])
+        self._counts[units] = counts
+        # Samples: every kept entry of these units moves to bin ceil(b / 2^d); re-select.
+        d_samples = d.clamp(max=SAMPLE_BINS_LOG2 + 1)
+        sample_bins = torch.arange(1, SAMPLE_BINS + 1, device=d.device)
+        moved = (sample_bins + (1 << d_samples).unsqueeze(1) - 1) >> d_samples.unsqueeze(1)
+        moved = moved.clamp(max=SAMPLE_BINS)  # [G, S]
+        r = self.per_bin
+        keys = self._keys[units, 1:].reshape(-1)
+        self._rewrite(
+            groups=(units.unsqueeze(1) * (SAMPLE_BINS + 1) + moved)
+            .unsqueeze(2)
+            .expand(-1, -1, r)
+            .reshape(-1),
+            keys=keys,
+            tokens=self._tokens[units, 1:].reshape(-1),
+            values=self._values[units, 1:].reshape(-1),
+            old_windows=self._windows[units, 1:].reshape(keys.shape[0], -1),
+            clear=(units.unsqueeze(1) * (SAMPLE_BINS + 1) + sample_bins).reshape(-1),
+        )
+
+    def _rewrite(
+        self,
+        *,
+        groups: torch.Tensor,
+        keys: torch.Tensor,
+        tokens: torch.Tensor,
+        values: torch.Tensor,
+        new_windows=None,
+        old_windows: torch.Tensor | None = None,
+        clear: torch.Tensor | None = None,
+    ) -> None:
+        """Keep, in each touched sample bin, the ``per_bin`` smallest keys among its current
+        entries and the given ones. ``groups`` are flat bin ids (unit * bins + bin).
+        Either ``new_windows(i)`` reads windows of given entries ``i`` from the batch, or
+        ``old_windows`` holds them (a regrouping of stored entries, whose bins ``clear``
+        lists: they are emptied first, and their entries are all among those given)."""
+        r = self.per_bin
+        flat_keys = self._keys.view(-1, r)
+        flat_tokens = self._tokens.view(-1, r)
+        flat_values = self._values.view(-1, r)
+        flat_windows = self._windows.view(-1, r, self._windows.shape[-1])
+        if clear is None:  # merge with what the touched bins hold
+            touched = groups.unique()
+            n_new = groups.shape[0]
+            groups = torch.cat([groups, touched.repeat_interleave(r)])
+            keys = torch.cat([keys, flat_keys[touched].reshape(-1)])
+            tokens = torch.cat([tokens, flat_tokens[touched].reshape(-1)])
+            values = torch.cat([values, flat_values[touched].reshape(-1)])
+            stored_windows = flat_windows[touched].reshape(-1, flat_windows.shape[-1])
+            clear = touched
+        else:
+            n_new = 0
+            stored_windows = old_windows
+        by_key = keys.argsort(stable=True)
+        order = by_key[groups[by_key].argsort(stable=True)]
+        sorted_groups = groups[order]
+        rank = torch.arange(order.shape[0], device=order.device) - torch.searchsorted(
+            sorted_groups, sorted_groups
+        )
+        keep = (rank < r) & (keys[order] != EMPTY)
+        pick, slot, group = order[keep], rank[keep], sorted_groups[keep]
+        windows = torch.full((pick.shape[0], flat_windows.shape[-1]), torch.nan, device=keys.device)
+        from_batch = pick < n_new
+        if from_batch.any():
+            windows[from_batch] = new_windows(pick[from_batch])
+        stored = ~from_batch
+        if stored.any():
+            windows[stored] = stored_windows[pick[stored] - n_new].float()
+        flat_keys[clear] = EMPTY
+        flat_tokens[clear] = -1
+        flat_values[clear] = 0.0
+        flat_windows[clear] = torch.nan
+        flat_keys[group, slot] = keys[pick]
+        flat_tokens[group, slot] = tokens[pick]
+        flat_values[group, slot] = values[pick]
+        flat_windows[group, slot] = windows.to(flat_windows.dtype)
+
+    def state(self) -> IntervalState:
+        ceiling = torch.where(
+            self._started,
+            torch.ldexp(torch.ones_like(self._exp, dtype=torch.float64), self._exp),
+            torch.zeros((), dtype=torch.float64, device=self._exp.device),
+        )
+        return IntervalState(
+            ceiling=ceiling,
+            counts=self._counts[:, 1:].clone(),
+            keys=self._keys[:, 1:].clone(),
+            tokens=self._tokens[:, 1:].clone(),
+            values=self._values[:, 1:].clone(),
+            windows=self._windows[:, 1:].clone(),
+        )
+
+
+COUNT_BINS_LOG2 = COUNT_BINS.bit_length() - 1
+SAMPLE_BINS_LOG2 = SAMPLE_BINS.bit_length() - 1
+assert 1 << COUNT_BINS_LOG2 == COUNT_BINS and 1 << SAMPLE_BINS_LOG2 == SAMPLE_BINS
+
+
+# ---- the intervals, once the max is known
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """``n`` intervals of (0, max] per unit, each with its count and samples."""
+
+    edges: torch.Tensor
+    """[U, n + 1] float64: interval k is (edges[k], edges[k+1]]; edges[n] = max."""
+    counts: torch.Tensor
+    """[U, n] positive activations in each interval (exact)."""
+    tokens: torch.Tensor
+    """[U, n, per_interval] global token index; -1 where there is no sample."""
+    values: torch.Tensor
+    """[U, n, per_interval]"""
+    windows: torch.Tensor
+    """[U, n, per_interval, W] float32, NaN off the sequence or where there is no sample."""
+    keys: torch.Tensor
+    """[U, n, per_interval] the samples' keys (ascending); EMPTY where there is none."""
+
+
+def choose_intervals(
+    st: IntervalState, max_act: torch.Tensor, n: int = 10, per_interval: int = 5
+) -> Intervals:
+    """Cut (0, max_act] into ``n`` grid-aligned intervals and draw each one's samples.
+
+    ``max_act`` [U] is each unit's max over the same stream (from the top-k); units that
+    were never positive get no interval (all counts 0, no samples).
+    """
+    if not 1 <= per_interval <= st.keys.shape[2]:
+        raise ValueError(
+            f"per_interval must be in 1..{st.keys.shape[2]} (the samples kept per bin)"
+        )
+    n_units = st.counts.shape[0]
+    device = st.counts.device
+    step = st.ceiling / COUNT_BINS  # [U]
+    safe_step = torch.where(step > 0, step, 1.0)
+    live = (st.ceiling > 0) & (max_act > 0)
+    mx = torch.where(live, max_act.double(), 0.0)
+    k = torch.arange(n, device=device, dtype=torch.float64)
+    inner = torch.round(k.unsqueeze(0) * (mx / n).unsqueeze(1) / safe_step.unsqueeze(1))
+    top = torch.ceil(mx / safe_step).unsqueeze(1)
+    grid = torch.cat([inner, top], dim=1).long().clamp(0, COUNT_BINS)  # [U, n+1] bin edges
+    edges = grid.double() * step.unsqueeze(1)
+    edges[:, n] = mx
+    cum = torch.nn.functional.pad(st.counts.cumsum(1), (1, 0))  # [U, COUNT_BINS + 1]
+    counts = cum.gather(1, grid[:, 1:]) - cum.gather(1, grid[:, :-1])
+
+    # Each interval's bound θ: the smallest threshold among the sample bins it cuts through,
+    # leaving out those whose part in the interval is known entry for entry (as the exact
+    # counts show). Below θ every entry of a cut bin is known; a bin wholly inside the
+    # interval needs no bound, since its kept entries are its smallest keys and per_bin >=
+    # per_interval: an unkept one has per_bin known entries with smaller keys before it.
+    per = COUNT_BINS // SAMPLE_BINS
+    thresholds = st.keys[:, :, -1]  # [U, S]
+    bin_lo = torch.arange(SAMPLE_BINS, device=device) * per  # count-grid range (lo, hi]
+    bin_hi = bin_lo + per
+    kept_fine = torch.ceil(st.values.double() / safe_step.view(-1, 1, 1)).long()  # [U, S, r]
+    kept_fine = torch.where(st.keys != EMPTY, kept_fine, -1)
+    theta = []
+    for j in range(n):
+        lo = torch.maximum(grid[:, j : j + 1], bin_lo)  # [U, S]
+        hi = torch.minimum(grid[:, j + 1 : j + 2], bin_hi)
+        overlap = hi > lo
+        in_part = cum.gather(1, hi.clamp(min=0)) - cum.gather(1, lo.clamp(max=COUNT_BINS))
+        known = ((kept_fine > lo.unsqueeze(2)) & (kept_fine <= hi.unsqueeze(2))).sum(2)
+        partial = (lo > bin_lo) | (hi < bin_hi)
+        binding = overlap & partial & (known < in_part)
+        theta.append(torch.where(binding, thresholds, EMPTY).amin(1))
+    theta = torch.stack(theta, dim=1)  # [U, n]
+
+    # Every kept entry: its interval, and whether its key is below that interval's θ.
+    keys = st.keys.reshape(n_units, -1)
+    values = st.values.reshape(n_units, -1).double()
+    fine = torch.ceil(values / safe_step.unsqueeze(1)).long()
+    interval = torch.searchsorted(grid[:, 1:n].contiguous(), fine.contiguous(), side="left")
+    interval = interval.clamp(max=n - 1)
+    ok = (keys != EMPTY) & (keys < theta.gather(1, interval)) & live.unsqueeze(1)
+    ok &= (fine > 0) & (fine <= grid[:, n : n + 1])
+    # Smallest keys first within each (unit, interval).
+    group = torch.arange(n_units, device=device).unsqueeze(1) * n + interval
+    group = torch.where(ok, group, n_units * n)  # rejected entries sort last
+    flat_group, flat_keys = group.reshape(-1), keys.reshape(-1)
+    by_key = flat_keys.argsort(stable=True)
+    order = by_key[flat_group[by_key].argsort(stable=True)]
+    sorted_group = flat_group[order]
+    rank = torch.arange(order.shape[0], device=device) - torch.searchsorted(
+        sorted_group, sorted_group
+    )
+    keep = (sorted_group < n_units * n) & (rank < per_interval)
+    pick, slot, grp = order[keep], rank[keep], sorted_group[keep]
+    out_tokens = torch.full((n_units * n, per_interval), -1, dtype=torch.long, device=device)
+    out_values = torch.zeros(n_units * n, per_interval, device=device)
+    out_keys = torch.full((n_units * n, per_interval), EMPTY, dtype=torch.long, device=device)
+    width = st.windows.shape[-1]
+    out_windows = torch.full((n_units * n, per_interval, width), torch.nan, device=device)
+    out_tokens[grp, slot] = st.tokens.reshape(-1)[pick]
+    out_values[grp, slot] = st.values.reshape(-1)[pick]
+    out_keys[grp, slot] = flat_keys[pick]
+    out_windows[grp, slot] = st.windows.reshape(-1, width)[pick].float()
+    return Intervals(
+        edges=edges,
+        counts=counts,
+        tokens=out_tokens.view(n_units, n, per_interval),
+        values=out_values.view(n_units, n, per_interval),
+        windows=out_windows.view(n_units, n, per_interval, width),
+        keys=out_keys.view(n_units, n, per_interval),
+    )

@@ -1,0 +1,151 @@
+"""Streamed histograms and interval samples against brute force over the whole stream."""
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from indexer.intervals import (
+    COUNT_BINS,
+    EMPTY,
+    StreamingIntervals,
+    ceiling_exponent,
+    choose_intervals,
+    token_keys,
+)
+
+
+@st.composite
+def streams(draw):
+    """Activations [S, T, U] cut into batches; later batches may be scaled up, so ceilings
+    grow mid-stream (the merge path), and integer values sit exactly on bin edges."""
+    n_seq = draw(st.integers(1, 8))
+    seq_len = draw(st.integers(1, 9))
+    n_units = draw(st.integers(1, 4))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    kind = draw(st.sampled_from(["ints", "normal", "heavy"]))
+    if kind == "ints":
+        acts = torch.randint(-3, 9, (n_seq, seq_len, n_units), generator=gen).float()
+    elif kind == "normal":
+        acts = torch.randn(n_seq, seq_len, n_units, generator=gen)
+    else:  # a long tail: most mass near 0, a few large values
+        acts = torch.randn(n_seq, seq_len, n_units, generator=gen).exp() - 1.2
+    growth = torch.tensor(
+        draw(st.lists(st.sampled_from([1.0, 3.0, 100.0]), min_size=n_seq, max_size=n_seq))
+    )
+    acts = acts * growth.cumprod(0).view(-1, 1, 1) ** 0.5
+    cuts = sorted(draw(st.sets(st.integers(1, max(n_seq - 1, 1)), max_size=n_seq)))
+    bounds = [0, *[c for c in cuts if c < n_seq], n_seq]
+    return acts, bounds
+
+
+def run(acts, bounds, skip_first, per_bin=5, before=2, after=1):
+    n_units = acts.shape[2]
+    si = StreamingIntervals(
+        n_units, per_bin=per_bin, before=before, after=after, skip_first=skip_first
+    )
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        si.update(acts[lo:hi], first_sequence=lo)
+    return si.state()
+
+
+def entries(acts, skip_first, u):
+    """Every eligible positive (value, token, key) of unit u, brute force."""
+    n_seq, seq_len, _ = acts.shape
+    tokens = [s * seq_len + p for s in range(n_seq) for p in range(skip_first, seq_len)]
+    keys = token_keys(torch.tensor(tokens, dtype=torch.long)).tolist() if tokens else []
+    out = []
+    for t, k in zip(tokens, keys, strict=True):
+        v = acts[t // seq_len, t % seq_len, u].item()
+        if v > 0:
+            out.append((v, t, k))
+    return out
+
+
+@settings(max_examples=250, deadline=None)
+@given(streams(), st.integers(0, 2), st.integers(1, 5))
+def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval):
+    acts, bounds = stream
+    n_seq, seq_len, n_units = acts.shape
+    state = run(acts, bounds, skip_first)
+    found = [entries(acts, skip_first, u) for u in range(n_units)]
+    max_act = torch.tensor([max((v for v, _, _ in e), default=0.0) for e in found])
+    iv = choose_intervals(state, max_act, n=10, per_interval=per_interval)
+    for u, unit_entries in enumerate(found):
+        if not unit_entries:
+            assert state.ceiling[u] == 0 and iv.counts[u].sum() == 0
+            assert (iv.tokens[u] == -1).all()
+            continue
+        mx = max_act[u].item()
+        ceiling = state.ceiling[u].item()
+        # The ceiling is the smallest power of two at or above the max.
+        assert ceiling >= mx and ceiling / 2 < mx and math.log2(ceiling).is_integer()
+        # Counts on the fine grid are exact.
+        expect = [0] * COUNT_BINS
+        for v, _, _ in unit_entries:
+            expect[math.ceil(v * COUNT_BINS / ceiling) - 1] += 1
+        assert state.counts[u].tolist() == expect
+        edges = iv.edges[u].tolist()
+        assert edges[0] == 0 and edges[-1] == mx
+        step = ceiling / COUNT_BINS
+        for k in range(10):
+            lo, hi = edges[k], edges[k + 1]
+            # Equal widths up to one grid step at each edge.
+            assert abs((hi - lo) - mx / 10) <= 2 * step + 1e-9
+            inside = sorted((key, t, v) for v, t, key in unit_entries if lo < v <= hi)
+            assert iv.counts[u, k].item() == len(inside)
+            got_tokens = [t for t in iv.tokens[u, k].tolist() if t >= 0]
+            j = len(got_tokens)
+            # The samples are the interval's first j tokens in key order, j <= per_interval.
+            assert got_tokens == [t for _, t, _ in inside[:j]]
+            assert iv.values[u, k, :j].tolist() == [v for _, _, v in inside[:j]]
+            assert (iv.keys[u, k, j:] == EMPTY).all() and (iv.tokens[u, k, j:] == -1).all()
+            if (state.keys[u, :, -1] == EMPTY).all():  # no sample bin is full: all kept
+                assert j == min(len(inside), per_interval)
+            for slot, t in enumerate(got_tokens):
+                s, p = divmod(t, seq_len)
+                window = iv.windows[u, k, slot].tolist()
+                for w, at in zip(window, range(p - 2, p + 2), strict=True):
+                    if 0 <= at < seq_len:
+                        assert w == torch.tensor(acts[s, at, u].item()).half().float().item()
+                    else:
+                        assert math.isnan(w)
+
+
+def test_every_interval_of_a_smooth_distribution_gets_its_five():
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.rand(64, 64, 3, generator=gen) * torch.tensor([1.0, 10.0, 1e-3])
+    state = run(acts, list(range(0, 65, 8)), skip_first=1)
+    iv = choose_intervals(state, acts[:, 1:].amax((0, 1)))
+    assert (iv.tokens >= 0).all()
+    assert (iv.values > iv.edges[:, :-1, None]).all()
+    assert (iv.values <= iv.edges[:, 1:, None]).all()
+    assert iv.counts.sum().item() == 64 * 63 * 3
+
+
+def test_samples_reach_the_rare_top_of_a_long_tail():
+    """Most mass near 0, a handful of large values: the top intervals still get samples,
+    drawn from the whole stream rather than from the top examples."""
+    gen = torch.Generator().manual_seed(1)
+    acts = torch.rand(200, 32, 1, generator=gen) ** 8
+    acts[5, 3, 0], acts[150, 7, 0], acts[199, 30, 0] = 2.0, 1.5, 1.9
+    state = run(acts, list(range(0, 201, 16)) + [200], skip_first=0)
+    iv = choose_intervals(state, torch.tensor([2.0]))
+    assert iv.counts[0, 9].item() == 2  # (1.8, 2.0]: 1.9 and 2.0 and nothing else
+    assert sorted(iv.tokens[0, 9][iv.tokens[0, 9] >= 0].tolist()) == [5 * 32 + 3, 199 * 32 + 30]
+    assert iv.counts[0, 0].item() > 5000 and (iv.tokens[0, 0] >= 0).all()
+
+
+def test_ceiling_exponent_is_exact_at_powers_of_two():
+    x = torch.tensor([1.0, 2.0, 3.0, 0.5, 0.75, 1e-20, 2.0**100])
+    assert ceiling_exponent(x).tolist() == [0, 1, 2, -1, 0, -66, 100]
+
+
+def test_token_keys_are_stable_and_spread():
+    keys = token_keys(torch.arange(100_000))
+    assert keys.unique().numel() == 100_000
+    assert token_keys(torch.tensor([7, 7])).tolist()[0] == token_keys(torch.tensor([7])).item()
+    # Roughly uniform on [0, 2^63): each decile of the range holds about a tenth.
+    deciles = torch.bincount((keys.double() / 2.0**63 * 10).long(), minlength=10)
+    assert (deciles - 10_000).abs().max() < 500
