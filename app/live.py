@@ -135,7 +135,7 @@ async def unit_activations(
             prompt_max=max(values),
         )
 
-    return await service.run(target.model.spec, work)
+    return await service.run(target.model.spec, work, target.model.options)
 
 
 async def steer(
@@ -171,4 +171,4 @@ async def steer(
             steered=model.decode(model.generate(ids, **run, steer=[push])),
         )
 
-    return await service.run(target.model.spec, work)
+    return await service.run(target.model.spec, work, target.model.options)

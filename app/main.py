@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if settings.preload:
             with engine.connect() as conn:
-                service.preload(sorted({m.spec for m in storage.list_models(conn)}))
+                service.preload([(m.spec, m.options) for m in storage.list_models(conn)])
         yield
         engine.dispose()
 

@@ -7,6 +7,7 @@ views (which need no model) are served from.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -33,15 +34,17 @@ class ModelService:
         self._load_lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
 
-    def get(self, spec: str) -> Model:
-        """The loaded model for ``spec``, loading it on first use (blocking)."""
+    def get(self, spec: str, options: dict | None = None) -> Model:
+        """The loaded model for ``spec`` (with TransformerLens loading ``options``), loaded
+        on first use (blocking)."""
+        key = spec + (json.dumps(options, sort_keys=True) if options else "")
         with self._load_lock:
-            if spec not in self._models:
+            if key not in self._models:
                 try:
-                    self._models[spec] = load_model(spec, self._device)
+                    self._models[key] = load_model(spec, self._device, options)
                 except ModelLoadError as exc:
                     raise ModelUnavailable(str(exc)) from exc
-            return self._models[spec]
+            return self._models[key]
 
     def sae(self, spec: str, device) -> Sae:
         """The SAE loaded from folder ``spec`` onto ``device``, loading it on first use."""
@@ -53,13 +56,14 @@ class ModelService:
                     raise ModelUnavailable(f"cannot load the SAE at {spec}: {exc}") from exc
             return self._saes[spec]
 
-    def preload(self, specs: list[str]) -> threading.Thread:
-        """Load models in the background so the first live request does not wait."""
+    def preload(self, specs: list[tuple[str, dict | None]]) -> threading.Thread:
+        """Load ``(spec, options)`` models in the background so the first live request
+        does not wait."""
 
         def work() -> None:
-            for spec in specs:
+            for spec, options in specs:
                 try:
-                    self.get(spec)
+                    self.get(spec, options)
                     log.info("model %s loaded", spec)
                 except ModelUnavailable as exc:
                     log.warning("%s", exc)
@@ -68,8 +72,10 @@ class ModelService:
         thread.start()
         return thread
 
-    async def run(self, spec: str, fn: Callable[[Model], T]) -> T:
+    async def run(self, spec: str, fn: Callable[[Model], T], options: dict | None = None) -> T:
         """Run ``fn(model)`` on a worker thread, one model job at a time."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(lambda: fn(self.get(spec)), limiter=self._limiter)
+        return await anyio.to_thread.run_sync(
+            lambda: fn(self.get(spec, options)), limiter=self._limiter
+        )

@@ -8,6 +8,7 @@ state, and readers see the previous index until the new one is complete.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from indexer.corpus import Sequence, iter_sequences
 from indexer.intervals import StreamingIntervals, choose_intervals
 from spyglass import storage
 from spyglass.model import Model, load_model
-from spyglass.sae import SaeLoadError
+from spyglass.sae import SaeLoadError, load_sae
 from spyglass.sources import Source, mlp_sources, sae_source
 
 LOGIT_TOKENS = 10
@@ -126,7 +127,8 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
         raise ValueError(f"--tokens must be at least one sequence ({cfg.seq_len} tokens)")
     slug = cfg.name or default_slug(cfg.model)
     storage.check_slug(slug)
-    model = model or load_model(cfg.model, cfg.device)
+    options = sae_model_options(cfg.saes)
+    model = model or load_model(cfg.model, cfg.device, options or None)
     if cfg.seq_len > model.n_ctx:
         raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {model.n_ctx}")
     layers = list(cfg.layers) if cfg.layers is not None else list(range(model.n_layers))
@@ -178,6 +180,7 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
             seq_len=cfg.seq_len,
             skip_first=0 if cfg.include_first_token else 1,
             top_k=cfg.top_k,
+            options=json.dumps(options) if options else None,
         )
         bar = tqdm(
             total=max_sequences * cfg.seq_len if max_sequences else None,
@@ -210,6 +213,24 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
         storage.finish_model(conn, model_id, n_sequences=report.n_sequences, seconds=report.seconds)
     engine.dispose()
     return report
+
+
+def sae_model_options(specs: tuple[str, ...]) -> dict:
+    """The TransformerLens loading options the SAEs were trained with (their
+    ``model_from_pretrained_kwargs``): one set for the pass, so they must agree."""
+    found = {}
+    for spec in specs:
+        try:
+            found[spec] = load_sae(spec).cfg.model_from_pretrained_kwargs
+        except SaeLoadError as exc:
+            raise ValueError(str(exc)) from exc
+    distinct = {json.dumps(o, sort_keys=True) for o in found.values()}
+    if len(distinct) > 1:
+        raise ValueError(
+            "the SAEs were trained on differently loaded models "
+            f"(model_from_pretrained_kwargs {sorted(distinct)}); index them in separate runs"
+        )
+    return next(iter(found.values()), {})
 
 
 def _batches(seqs: Iterator[Sequence], size: int) -> Iterator[tuple[int, list[Sequence]]]:

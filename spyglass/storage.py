@@ -53,6 +53,7 @@ models = Table(
     Column("n_sequences", Integer, nullable=False),
     Column("skip_first", Integer, nullable=False),
     Column("top_k", Integer, nullable=False),
+    Column("options", Text),
     Column("seconds", Float, nullable=False),
     Column("created", String(40), nullable=False),
 )
@@ -225,6 +226,8 @@ class ModelRow:
     seconds: float
     """Wall time of the indexing run."""
     created: str
+    options: dict | None = None
+    """TransformerLens loading options of the indexed model (its SAEs' training options)."""
 
     @property
     def n_tokens(self) -> int:
@@ -429,12 +432,18 @@ def add_examples(
 
 
 def list_models(conn: Connection) -> list[ModelRow]:
-    return [ModelRow(**r._mapping) for r in conn.execute(select(models).order_by(models.c.slug))]
+    return [_model(r) for r in conn.execute(select(models).order_by(models.c.slug))]
 
 
 def get_model(conn: Connection, slug: str) -> ModelRow | None:
     row = conn.execute(select(models).where(models.c.slug == slug)).first()
-    return ModelRow(**row._mapping) if row else None
+    return _model(row) if row else None
+
+
+def _model(row) -> ModelRow:
+    m = dict(row._mapping)
+    m["options"] = json.loads(m["options"]) if m["options"] else None
+    return ModelRow(**m)
 
 
 def list_sources(conn: Connection, model_id: int) -> list[SourceRow]:

@@ -142,8 +142,9 @@ def test_unit_page_shows_intervals_histograms_and_neighbours(client):
     assert "density" in page.select_one("#activation-plot")["data-title"]
     assert page.select_one("#logit-plot")["data-plot"]
     links = [a["href"] for a in page.select("#correlated a")]
-    assert links == [f"/tiny/0-mlp/{j}" for j in (n["url"].rsplit("/", 1)[1] for n in
-                                                   data["correlated"])]
+    assert links == [
+        f"/tiny/0-mlp/{j}" for j in (n["url"].rsplit("/", 1)[1] for n in data["correlated"])
+    ]
     for link in links[:3]:
         assert client.get(link).status_code == 200
 

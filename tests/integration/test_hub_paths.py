@@ -259,3 +259,82 @@ def test_folder_that_is_not_a_model_is_one_line_error(tmp_path: Path):
         load_model(str(tmp_path), device="cpu")
     assert "not a Spyglass model folder" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_an_sae_loads_the_model_the_way_it_was_trained(
+    gpt2_in_hub_cache, tiny_corpus_dir: Path, tmp_path: Path
+):
+    """An SAE's model_from_pretrained_kwargs reach the indexing model and the stored index,
+    and its latents are those of that model's activations, not of a default-loaded one."""
+    from sae_weights import random_sae_tensors
+    from transformer_lens import HookedTransformer
+
+    from indexer.pipeline import IndexConfig
+    from spyglass.sae import Sae, SaeConfig, save_sae
+
+    hook, options = "blocks.0.hook_resid_post", {"center_writing_weights": False}
+    sae = Sae(
+        SaeConfig(
+            architecture="standard",
+            d_in=16,
+            d_sae=24,
+            hook_name=hook,
+            model_name="gpt2",
+            model_from_pretrained_kwargs=options,
+        ),
+        random_sae_tensors("standard", 0, 16, 24),
+    )
+    save_sae(sae, tmp_path / "sae")
+    cfg = IndexConfig(
+        model="gpt2",
+        corpus=str(tiny_corpus_dir),
+        db=str(tmp_path / "gpt2.db"),
+        tokens=32 * 20,
+        seq_len=32,
+        batch_size=8,
+        top_k=3,
+        layers=(),
+        saes=(str(tmp_path / "sae"),),
+        device="cpu",
+        progress=False,
+    )
+    build_index(cfg)
+    stored = read_index(cfg.db, "gpt2")
+    assert stored.model.options == options
+    tokens = stored.tokens()
+    maxima = {}
+    for name, kwargs in (("trained", options), ("default", {})):
+        tl = HookedTransformer.from_pretrained("gpt2", device="cpu", **kwargs)
+        _, cache = tl.run_with_cache(tokens, names_filter=hook)
+        acts = sae.encode(cache[hook][:, 1:, :].reshape(-1, 16))
+        maxima[name] = acts.amax(0)
+    got = torch.tensor([u.max_act for u in stored.units[0]])
+    torch.testing.assert_close(got, maxima["trained"], atol=1e-4, rtol=1e-4)
+    assert (got - maxima["default"]).abs().max() > 1e-2  # the options matter here
+
+
+def test_saes_trained_on_differently_loaded_models_are_refused(tmp_path: Path):
+    from sae_weights import random_sae_tensors
+
+    from indexer.pipeline import IndexConfig
+    from spyglass.sae import Sae, SaeConfig, save_sae
+
+    for name, options in (("a", {}), ("b", {"fold_ln": False})):
+        cfg = SaeConfig(
+            architecture="standard",
+            d_in=16,
+            d_sae=8,
+            hook_name="blocks.0.hook_resid_post",
+            model_from_pretrained_kwargs=options,
+        )
+        save_sae(Sae(cfg, random_sae_tensors("standard", 0, 16, 8)), tmp_path / name)
+    cfg = IndexConfig(
+        model="gpt2",
+        db=str(tmp_path / "x.db"),
+        saes=(str(tmp_path / "a"), str(tmp_path / "b")),
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="separate runs") as err:
+        build_index(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "x.db").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sae_weights import random_sae_tensors
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -71,28 +72,8 @@ CASES = [
 ]
 
 
-def random_tensors(arch: str, seed: int, d_in: int = D_IN, d_sae: int = D_SAE) -> dict:
-    """Weights where many latents fire and many do not, so the comparison means something."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen)
-
-    tensors = {
-        "W_enc": randn(d_in, d_sae) / d_in**0.5,
-        "W_dec": randn(d_sae, d_in) / d_sae**0.5,
-        "b_dec": 0.3 * randn(d_in),
-    }
-    if arch == "gated":
-        tensors["b_gate"] = 0.2 * randn(d_sae)
-        tensors["r_mag"] = 0.3 * randn(d_sae)
-        tensors["b_mag"] = 0.05 + 0.1 * randn(d_sae)
-    else:
-        tensors["b_enc"] = 0.02 + 0.05 * torch.rand(d_sae, generator=gen)
-    if arch == "jumprelu":
-        # Pre-activations are O(1) for these inputs: thresholds mid-range cut many positives.
-        tensors["threshold"] = 0.2 + 0.6 * torch.rand(d_sae, generator=gen)
-    return tensors
+def random_tensors(arch: str, seed: int = 0, d_in: int = D_IN, d_sae: int = D_SAE) -> dict:
+    return random_sae_tensors(arch, seed, d_in, d_sae)
 
 
 def activations(seed: int, d_in: int = D_IN) -> torch.Tensor:

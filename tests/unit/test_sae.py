@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sae_weights import random_sae_tensors
 from safetensors.torch import load_file, save_file
 
 from spyglass.sae import (
@@ -31,24 +32,7 @@ HOOK = "blocks.3.hook_resid_post"
 
 
 def make_tensors(arch: str, seed: int = 0, d_in: int = D_IN, d_sae: int = D_SAE) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen)
-
-    tensors = {
-        "W_enc": randn(d_in, d_sae) / d_in**0.5,
-        "W_dec": randn(d_sae, d_in) / d_sae**0.5,
-        "b_dec": 0.2 * randn(d_in),
-    }
-    if arch == "gated":
-        tensors |= {"b_gate": 0.1 * randn(d_sae), "r_mag": 0.3 * randn(d_sae)}
-        tensors["b_mag"] = 0.1 * randn(d_sae)
-    else:
-        tensors["b_enc"] = 0.05 + 0.05 * torch.rand(d_sae, generator=gen)
-    if arch == "jumprelu":
-        tensors["threshold"] = 0.3 + 0.4 * torch.rand(d_sae, generator=gen)
-    return tensors
+    return random_sae_tensors(arch, seed, d_in, d_sae)
 
 
 def make_sae(arch: str = "standard", seed: int = 0, **cfg_kwargs) -> Sae:
