@@ -115,20 +115,29 @@ class StreamingDensity:
 
 
 class StreamingCorrelation:
-    """Pearson correlation between the units of one source, over the tokens whose key
-    (see indexer.intervals.token_keys) falls below ``rate``: a uniform sample of the
-    corpus, the same tokens for every source, whatever the batching.
+    """Pearson correlation between the units of one source, from streamed moments.
 
-    Memory is one [U, U] float32 matrix; the cost per batch one [n, U]^T @ [n, U] product
-    over the ~rate·B·T sampled rows.
+    Dense sources (MLP neurons) use the tokens whose key (indexer.intervals.token_keys)
+    falls below ``rate``: a uniform sample of the corpus, the same tokens for every source
+    whatever the batching, at the cost of one [n, U]^T @ [n, U] product per batch.
+    ``sparse`` sources (SAE latents, mostly zero) use every token: each token adds the
+    products of its few active units only, m^2 per token for m active.
+
+    Memory is one [U, U] float32 matrix.
     """
 
     def __init__(
-        self, n_units: int, *, rate: float, skip_first: int = 0, device: torch.device | str = "cpu"
+        self,
+        n_units: int,
+        *,
+        rate: float = 1.0,
+        sparse: bool = False,
+        skip_first: int = 0,
+        device: torch.device | str = "cpu",
     ):
         if not 0 < rate <= 1:
             raise ValueError("rate must be in (0, 1]")
-        self.rate, self.skip_first = rate, skip_first
+        self.rate, self.sparse, self.skip_first = (1.0 if sparse else rate), sparse, skip_first
         self._sum = torch.zeros(n_units, dtype=torch.float64, device=device)
         self._cross = torch.zeros(n_units, n_units, device=device)
         self.n_tokens = 0
@@ -137,18 +146,32 @@ class StreamingCorrelation:
         from indexer.intervals import token_keys
 
         n_seq, seq_len, n_units = acts.shape
-        positions = torch.arange(self.skip_first, seq_len, device=acts.device)
-        if not positions.numel():
+        if seq_len <= self.skip_first:
             return
-        seqs = torch.arange(n_seq, device=acts.device) + first_sequence
-        tokens = (seqs.unsqueeze(1) * seq_len + positions).reshape(-1)
-        picked = (token_keys(tokens).double() < self.rate * 2.0**63).nonzero().squeeze(1)
-        if not picked.numel():
+        rows = acts[:, self.skip_first :, :].reshape(-1, n_units)
+        if self.rate < 1:
+            positions = torch.arange(self.skip_first, seq_len, device=acts.device)
+            seqs = torch.arange(n_seq, device=acts.device) + first_sequence
+            tokens = (seqs.unsqueeze(1) * seq_len + positions).reshape(-1)
+            picked = (token_keys(tokens).double() < self.rate * 2.0**63).nonzero().squeeze(1)
+            rows = rows[picked]
+        if not rows.shape[0]:
             return
-        rows = acts[:, self.skip_first :, :].reshape(-1, n_units)[picked].float()
+        rows = rows.float()
         self._sum += rows.sum(0).double()
-        self._cross.addmm_(rows.t(), rows)
         self.n_tokens += rows.shape[0]
+        if not self.sparse:
+            self._cross.addmm_(rows.t(), rows)
+            return
+        active = int((rows != 0).sum(1).max())
+        if active == 0:
+            return
+        idx = rows.abs().topk(active, dim=1).indices  # [n, m]: every non-zero, zeros pad
+        vals = rows.gather(1, idx)
+        pairs = (idx.unsqueeze(2) * n_units + idx.unsqueeze(1)).reshape(-1)
+        self._cross.view(-1).index_add_(
+            0, pairs, (vals.unsqueeze(2) * vals.unsqueeze(1)).reshape(-1)
+        )
 
     def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each unit's ``k`` most correlated other units: ([U, k] indices, [U, k] r).

@@ -17,13 +17,14 @@ whatever the batching, and a merge of shards would be exact too.
 Intervals. At the end, with the max M known, (0, M] is cut into ``n`` intervals whose
 edges are the count-grid points nearest to k·M/n (the grid step C/COUNT_BINS is at most
 M/256, so widths are equal to within that step). Counts per interval are exact. An
-interval's samples come from the sample bins it overlaps: every entry of the interval
-with a key below θ, the smallest threshold among those bins, is known, and these form a
-uniform random sample of the interval. The ``per_interval`` with the smallest keys are
-returned, so the result is always the first j tokens of the interval in key order: the
-same sample a brute-force pass over every token would draw, cut at j <= per_interval.
-j falls short of per_interval only when a bin the interval shares with a much denser
-neighbour has used its slots there.
+interval's samples come from the sample bins it overlaps. Below θ, the smallest
+threshold among the bins it only partly covers, every one of its entries is known; a bin
+wholly inside it keeps its own smallest keys, which is all the interval needs of it. The
+``per_interval`` known entries with the smallest keys below θ are returned, so the result
+is always the first j tokens of the interval in key order: the sample a brute-force pass
+over every token would draw, cut at j <= per_interval. j falls short of per_interval
+only when a bin the interval shares with a much denser neighbour has spent its slots on
+the neighbour's side (on long-tailed synthetic data, about 1% of the samples).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import torch
 
 COUNT_BINS = 512
 SAMPLE_BINS = 64
+KEY_CHUNK = 256
+"""Rows offered to the sample bins at a time, in key order."""
 EMPTY = torch.iinfo(torch.int64).max
 """Key of an empty sample slot: sorts after every real key."""
 
@@ -117,22 +120,14 @@ class StreamingIntervals:
 
     # ---- streaming
 
-    def update(
-        self, acts: torch.Tensor, first_sequence: int, batch_max: torch.Tensor | None = None
-    ) -> None:
-        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``.
-
-        ``batch_max`` [U], each unit's max over the eligible positions, may be passed in
-        when the caller has it already (the top-k does); it is computed otherwise.
-        """
+    def update(self, acts: torch.Tensor, first_sequence: int) -> None:
+        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``."""
         n_seq, seq_len, n_units = acts.shape
         skip = self.skip_first
         if seq_len <= skip:
             return
         rows = acts[:, skip:, :].reshape(-1, n_units)  # [N, U]
-        if batch_max is None:
-            batch_max = rows.amax(0)
-        self._grow(batch_max.float())
+        self._grow(rows.amax(0).float())
         ones = torch.ones(n_units, device=acts.device)
         scale = torch.ldexp(ones, COUNT_BINS_LOG2 - self._exp)  # exact: a power of two
         fine = (rows.float() * scale).ceil_().clamp_(0, COUNT_BINS).long()  # 0: not positive
@@ -142,52 +137,93 @@ class StreamingIntervals:
         )
         del fine
 
-        # Sample candidates: entries whose key is below their sample bin's threshold. A cheap
-        # first cut per unit: values above a level (whose bins take nearly everything) pass,
-        # and below it only keys under the largest threshold there; then the exact test.
+        # Sample candidates: entries whose key is below their sample bin's threshold. Rows go
+        # in key order, a chunk at a time, so thresholds tighten as soon as bins fill (the
+        # first batches would otherwise offer every positive entry). Per chunk, a cheap
+        # first cut per unit: values above a level pass, and below it only keys under the
+        # largest threshold there; then the exact test.
         positions = torch.arange(skip, seq_len, device=acts.device)
         seqs = torch.arange(n_seq, device=acts.device) + first_sequence
         global_tokens = (seqs.unsqueeze(1) * seq_len + positions).reshape(-1)  # [N]
         keys = token_keys(global_tokens)
-        level, key_below = self._cheap_cut()
-        maybe = (rows > level) | (keys.unsqueeze(1) < key_below)
-        row, unit = maybe.nonzero(as_tuple=True)
-        values = rows[row, unit].float()
+        order = keys.argsort()
+        rows, keys = rows[order], keys[order]
         sample_scale = torch.ldexp(ones, SAMPLE_BINS_LOG2 - self._exp)
+        per = COUNT_BINS // SAMPLE_BINS
+        bin_counts = self._counts[:, 1:].reshape(-1, SAMPLE_BINS, per).sum(2).double()
+        cut = self._cheap_cut(bin_counts)
+        pending: list[tuple[torch.Tensor, ...]] = []
+        n_pending = 0
+
+        def accept() -> None:
+            offers = [torch.cat(parts) for parts in zip(*pending, strict=True)]
+            self._accept(acts, *offers, keys, order, global_tokens)
+
+        for lo in range(0, rows.shape[0], KEY_CHUNK):
+            offers = self._offers(
+                rows[lo : lo + KEY_CHUNK], keys[lo : lo + KEY_CHUNK], cut, sample_scale
+            )
+            offers[0].add_(lo)
+            pending.append(offers)
+            n_pending += offers[0].shape[0]
+            # While bins are filling, accept what came and tighten the cut before going on;
+            # a stale cut and stale thresholds only let more through, never fewer.
+            if n_pending > n_units:
+                accept()
+                pending, n_pending = [], 0
+                cut = self._cheap_cut(bin_counts)
+        if n_pending:
+            accept()
+
+    def _offers(self, rows, keys, cut, sample_scale) -> tuple[torch.Tensor, ...]:
+        """(row, unit, bin, value) of the entries of ``rows`` [n, U] whose key is below
+        their bin's threshold, ordered by key within each unit."""
+        level, key_below = cut
+        maybe = (rows > level) | (keys.unsqueeze(1) < key_below)
+        row, unit = maybe.nonzero(as_tuple=True)  # row-major: key order within each unit
+        values = rows[row, unit].float()
         sbin = (values * sample_scale[unit]).ceil_().clamp_(0, SAMPLE_BINS).long()
         exact = keys[row] < self._keys[unit, sbin, -1]
-        row, unit, sbin, values = row[exact], unit[exact], sbin[exact], values[exact]
-        if not row.numel():
-            return
-        seq_in_batch, pos = row // (seq_len - skip), row % (seq_len - skip) + skip
+        return row[exact], unit[exact], sbin[exact], values[exact]
+
+    def _accept(self, acts, row, unit, sbin, values, keys, order, global_tokens) -> None:
+        """Merge offers (rows of the key-sorted batch, in key order per unit) into the bins."""
+        seq_len, skip = acts.shape[1], self.skip_first
+        # Only a bin's first per_bin offers (its smallest keys) can stay.
+        groups = unit * (SAMPLE_BINS + 1) + sbin
+        by_group = groups.argsort(stable=True)
+        sorted_groups = groups[by_group]
+        rank = torch.arange(by_group.shape[0], device=by_group.device)
+        rank -= torch.searchsorted(sorted_groups, sorted_groups)
+        first = by_group[rank < self.per_bin]
+        row, unit, values, groups = row[first], unit[first], values[first], groups[first]
+        batch_row = order[row]
+        seq_in_batch, pos = batch_row // (seq_len - skip), batch_row % (seq_len - skip) + skip
 
         def batch_windows(i: torch.Tensor) -> torch.Tensor:
             return read_windows(acts, seq_in_batch[i], pos[i], unit[i], self._offsets)
 
         self._rewrite(
-            groups=unit * (SAMPLE_BINS + 1) + sbin,
+            groups=groups,
             keys=keys[row],
-            tokens=global_tokens[row],
+            tokens=global_tokens[batch_row],
             values=values,
             new_windows=batch_windows,
         )
 
-    def _cheap_cut(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cheap_cut(self, bin_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per unit, a value level and a key bound such that every sample candidate has a
         value above the level or a key below the bound: the split L (in sample bins) that
-        lets the fewest entries through, judged by the counts so far."""
+        lets the fewest entries through, judged by ``bin_counts`` [U, S] so far."""
         thresholds = self._keys[:, 1:, -1]  # [U, S]; EMPTY where a bin is not full
         low = torch.iinfo(torch.int64).min
         below = torch.cat(
             [torch.full_like(thresholds[:, :1], low), thresholds.cummax(1).values], dim=1
         )  # [U, S+1]: largest threshold in bins 1..L
-        per = COUNT_BINS // SAMPLE_BINS
-        counts = self._counts[:, 1:].reshape(-1, SAMPLE_BINS, per).sum(2).double()  # [U, S]
-        total = counts.sum(1, keepdim=True).clamp(min=1)
-        cum = torch.nn.functional.pad(counts.cumsum(1), (1, 0))  # [U, S+1]
-        share_above = 1 - cum / total
+        total = bin_counts.sum(1, keepdim=True).clamp(min=1)
+        cum = torch.nn.functional.pad(bin_counts.cumsum(1), (1, 0)) / total  # [U, S+1]
         share_passed = below.double().clamp(min=0) / float(EMPTY)
-        cost = share_above + share_passed * (cum / total)
+        cost = (1 - cum) + share_passed * cum
         split = cost.argmin(1)  # [U]
         level = torch.ldexp(split.float(), self._exp - SAMPLE_BINS_LOG2)
         return level, below.gather(1, split.unsqueeze(1)).squeeze(1)

@@ -58,7 +58,8 @@ class IndexConfig:
     interval_samples: int = 5
     """Samples per interval (10 equal intervals of (0, max]), drawn over the whole corpus."""
     correlation_rate: float = 1 / 32
-    """Share of tokens (a uniform sample, by token hash) the unit correlations use."""
+    """Share of tokens (a uniform sample, by token hash) the neuron correlations use;
+    SAE latents, mostly zero, use every token."""
     text_field: str = "text"
     split: str = "train"
     device: str | None = None
@@ -107,7 +108,11 @@ class SourceStats:
             source.n_units, per_bin=cfg.interval_samples, skip_first=skip, device=device
         )
         self.correlation = StreamingCorrelation(
-            source.n_units, rate=cfg.correlation_rate, skip_first=skip, device=device
+            source.n_units,
+            rate=cfg.correlation_rate,
+            sparse=source.sae is not None,
+            skip_first=skip,
+            device=device,
         )
         self.interval_samples = cfg.interval_samples
 
@@ -278,22 +283,7 @@ def _unit_stats(st: SourceStats, model: Model, state, iv, effects, directions, m
     intervals = summaries.interval_tables(iv)
     logit_hist = summaries.logit_histograms(effects)
     corr = summaries.pairs(*st.correlation.top(summaries.NEIGHBOURS))
-    decoder = neurons = None
-    if src.sae is not None:
-        decoder = summaries.pairs(
-            *summaries.cosine_top(directions, directions, summaries.NEIGHBOURS, exclude_self=True)
-        )
-        # Neurons of the MLP layers up to the hook's layer: those writing to its residual.
-        layers = list(range(min(src.layer, model.n_layers - 1) + 1))
-        out = torch.cat([model.neuron_directions(layer) for layer in layers]).to(directions)
-        idx, cos = summaries.cosine_top(directions, out, summaries.NEIGHBOURS, exclude_self=False)
-        neurons = [
-            [
-                [layers[i // model.d_mlp], i % model.d_mlp, round(c, 4)]
-                for i, c in zip(ir, cr, strict=True)
-            ]
-            for ir, cr in zip(idx.tolist(), cos.tolist(), strict=True)
-        ]
+    decoder, neurons = _latent_neighbours(src, model, directions) if src.sae else (None, None)
     out_stats = []
     for u in range(src.n_units):
         entry = {
@@ -308,6 +298,35 @@ def _unit_stats(st: SourceStats, model: Model, state, iv, effects, directions, m
             entry["neurons"] = neurons[u]
         out_stats.append(entry)
     return out_stats
+
+
+def _latent_neighbours(src: Source, model: Model, directions: torch.Tensor):
+    """Per latent: the nearest other decoder rows, and the neurons of the layers writing to
+    the SAE's hook whose W_out rows align best with its decoder row (residual-stream SAEs)."""
+    k = summaries.NEIGHBOURS
+    decoder = summaries.pairs(*summaries.cosine_top(directions, directions, k, exclude_self=True))
+    layers = neuron_layers_for(src.hook, src.layer, model.n_layers)
+    if not layers or directions.shape[1] != model.d_model:
+        return decoder, [[] for _ in range(src.n_units)]
+    out = torch.cat([model.neuron_directions(layer) for layer in layers]).to(directions)
+    idx, cos = summaries.cosine_top(directions, out, k, exclude_self=False)
+    d_mlp = model.d_mlp
+    neurons = [
+        [[layers[i // d_mlp], i % d_mlp, round(c, 4)] for i, c in zip(*row, strict=True)]
+        for row in zip(idx.tolist(), cos.tolist(), strict=True)
+    ]
+    return decoder, neurons
+
+
+def neuron_layers_for(hook: str, layer: int, n_layers: int) -> list[int]:
+    """The MLP layers whose neurons write into ``hook`` (of block ``layer``): all before it
+    for the residual stream, the block's own for its MLP output."""
+    last = hook.rsplit(".", 1)[-1]
+    if last in ("hook_mlp_out", "hook_post", "hook_pre"):
+        return [layer]
+    if last in ("hook_resid_pre", "hook_resid_mid", "hook_attn_out", "hook_z"):
+        return list(range(min(layer, n_layers)))  # written before this block's MLP
+    return list(range(min(layer, n_layers - 1) + 1))  # hook_resid_post and others
 
 
 def _sample_columns(iv, before: int, seq_len: int) -> tuple[storage.ExampleColumns, np.ndarray]:

@@ -279,3 +279,25 @@ def test_screenshot_of_the_unit_page(page, unit_with_examples, tmp_path):
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 1000
+
+
+def test_histograms_intervals_and_neighbours_render(page, base_url, unit_with_examples):
+    _open_unit(page, unit_with_examples)
+    data = _get_json(f"{base_url}/tiny/{SOURCE}/{unit_with_examples}.json")
+    # Plotly drew both charts: one bar per histogram bin.
+    page.wait_for_selector("#activation-plot .bars path")
+    bars = page.locator("#activation-plot .bars .point")
+    assert bars.count() == len(data["histogram"]["y"])
+    assert "density" in page.locator("#activation-plot .gtitle").text_content()
+    page.wait_for_selector("#logit-plot .bars path")
+    # Ten interval sections, the highest first, each with its samples' focus tokens shaded.
+    sections = page.locator("#intervals .interval")
+    assert sections.count() == 10
+    top = data["intervals"][-1]
+    assert sections.first.locator(".example").count() == len(top["samples"])
+    # A neighbour link leads to that unit's page.
+    link = page.locator("#correlated a").first
+    href = link.get_attribute("href")
+    link.click()
+    page.wait_for_url(f"{base_url}{href}")
+    assert page.locator("h1").inner_text().startswith(SOURCE)

@@ -2,11 +2,12 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.core import StreamingDensity, StreamingTopK
+from indexer.core import StreamingCorrelation, StreamingDensity, StreamingTopK
 
 
 @st.composite
@@ -91,3 +92,50 @@ def test_density_counts_positive_tokens(stream, skip_first):
     assert density.n_tokens == n
     expect = (eligible > 0).sum(dim=(0, 1)).double() / max(n, 1)
     assert torch.allclose(density.result().double(), expect)
+
+
+# ---- correlation ---------------------------------------------------------------------------
+
+
+def brute_pearson(acts: torch.Tensor, skip: int, rows: torch.Tensor | None = None):
+    x = acts[:, skip:, :].reshape(-1, acts.shape[2]).double()
+    if rows is not None:
+        x = x[rows]
+    return torch.corrcoef(x.t()), x.shape[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.booleans(), st.integers(0, 2))
+def test_correlation_equals_brute_force_pearson(seed, sparse, skip):
+    from indexer.intervals import token_keys
+
+    gen = torch.Generator().manual_seed(seed)
+    n_seq, seq_len, n_units = 12, 10, 6
+    acts = torch.randn(n_seq, seq_len, n_units, generator=gen)
+    acts[..., 1] = 0.5 * acts[..., 0] + 0.1 * acts[..., 1]  # a strongly correlated pair
+    if sparse:  # mostly zero, like SAE latents; unit 5 never fires
+        acts = acts.relu() * (torch.rand(acts.shape, generator=gen) < 0.3)
+        acts[..., 5] = 0
+    rate = 1.0 if sparse else 0.5
+    corr = StreamingCorrelation(n_units, rate=rate, sparse=sparse, skip_first=skip)
+    for lo in range(0, n_seq, 5):
+        corr.update(acts[lo : lo + 5], first_sequence=lo)
+    tokens = torch.tensor([s * seq_len + p for s in range(n_seq) for p in range(skip, seq_len)])
+    picked = None if sparse else (token_keys(tokens).double() < rate * 2.0**63)
+    expect, n = brute_pearson(acts, skip, picked)
+    assert corr.n_tokens == n
+    idx, r = corr.top(3)
+    for u in range(n_units):
+        row = expect[u].clone()
+        row[u] = float("nan")
+        valid = [(row[j].item(), j) for j in range(n_units) if row[j] == row[j]]
+        got = [(v, j) for j, v in zip(idx[u].tolist(), r[u].tolist(), strict=True) if v == v]
+        if not valid:
+            assert got == []
+            continue
+        assert len(got) == min(3, len(valid))
+        assert [v for v, _ in got] == pytest.approx(
+            sorted((v for v, _ in valid), reverse=True)[: len(got)], abs=1e-4
+        )
+        for v, j in got:
+            assert expect[u, j].item() == pytest.approx(v, abs=1e-4)
