@@ -94,26 +94,6 @@ class StreamingTopK:
         return TopKResult(self._values.clone(), self._tokens.clone(), self._windows.clone())
 
 
-class StreamingDensity:
-    """Counts, per unit, the tokens where the activation is > 0."""
-
-    def __init__(self, n_units: int, *, skip_first: int = 0, device: torch.device | str = "cpu"):
-        self.skip_first = skip_first
-        self._positive = torch.zeros(n_units, dtype=torch.long, device=device)
-        self.n_tokens = 0
-        """Tokens per unit counted so far."""
-
-    def update(self, acts: torch.Tensor) -> None:
-        """Fold in ``acts`` [B, T, U]."""
-        eligible = acts[:, self.skip_first :, :]
-        self._positive += (eligible > 0).sum(dim=(0, 1))
-        self.n_tokens += eligible.shape[0] * eligible.shape[1]
-
-    def result(self) -> torch.Tensor:
-        """[U] fraction of counted tokens with a positive activation."""
-        return (self._positive.double() / max(self.n_tokens, 1)).float()
-
-
 class StreamingCorrelation:
     """Pearson correlation between the units of one source, from streamed moments.
 

@@ -37,7 +37,9 @@ import torch
 COUNT_BINS = 512
 SAMPLE_BINS = 64
 KEY_CHUNK = 256
-"""Rows offered to the sample bins at a time, in key order."""
+"""Rows first offered to the sample bins at a time, in key order (then twice as many)."""
+FLUSH_PER_UNIT = 4
+"""Offers per unit gathered before they are merged and the cut is tightened."""
 EMPTY = torch.iinfo(torch.int64).max
 """Key of an empty sample slot: sorts after every real key."""
 
@@ -66,10 +68,11 @@ def read_windows(
 ) -> torch.Tensor:
     """[n, W] values of ``unit`` at ``pos + offsets`` in sequence ``seq`` of ``acts``
     [B, T, U]; NaN off the sequence."""
+    seq_len, n_units = acts.shape[1], acts.shape[2]
     at = pos.unsqueeze(1) + offsets
-    inside = (at >= 0) & (at < acts.shape[1])
-    vals = acts[seq.unsqueeze(1), at.clamp(0, acts.shape[1] - 1), unit.unsqueeze(1)]
-    return torch.where(inside, vals.float(), torch.nan)
+    inside = (at >= 0) & (at < seq_len)
+    flat = (seq.unsqueeze(1) * seq_len + at.clamp(0, seq_len - 1)) * n_units + unit.unsqueeze(1)
+    return torch.where(inside, acts.reshape(-1).take(flat).float(), torch.nan)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,13 @@ class IntervalState:
     values: torch.Tensor
     windows: torch.Tensor
     """[U, SAMPLE_BINS, per_bin, W] float16 windows; NaN off the sequence."""
+    n_tokens: int
+    """Tokens per unit seen (positions before ``skip_first`` left out)."""
+
+    @property
+    def density(self) -> torch.Tensor:
+        """[U] fraction of the tokens seen with a positive activation."""
+        return (self.counts.sum(1).double() / max(self.n_tokens, 1)).float()
 
 
 class StreamingIntervals:
@@ -117,6 +127,7 @@ class StreamingIntervals:
             (n_units, bins, per_bin, width), torch.nan, dtype=torch.float16, device=device
         )
         self._offsets = torch.arange(-before, after + 1, device=device)
+        self.n_tokens = 0
 
     # ---- streaming
 
@@ -127,15 +138,19 @@ class StreamingIntervals:
         if seq_len <= skip:
             return
         rows = acts[:, skip:, :].reshape(-1, n_units)  # [N, U]
+        self.n_tokens += rows.shape[0]
         self._grow(rows.amax(0).float())
         ones = torch.ones(n_units, device=acts.device)
         scale = torch.ldexp(ones, COUNT_BINS_LOG2 - self._exp)  # exact: a power of two
-        fine = (rows.float() * scale).ceil_().clamp_(0, COUNT_BINS).long()  # 0: not positive
-        fine += torch.arange(n_units, device=acts.device) * (COUNT_BINS + 1)
-        self._counts += torch.bincount(fine.view(-1), minlength=self._counts.numel()).view_as(
-            self._counts
-        )
+        fine = (rows.float() * scale).ceil_().clamp_(0, COUNT_BINS)  # 0: not positive
+        offsets = torch.arange(n_units, device=acts.device) * (COUNT_BINS + 1)
+        if self._counts.numel() <= 1 << 24:  # exact in float32: add there, count int32
+            flat = fine.add_(offsets.float()).view(-1).int()
+        else:
+            flat = (fine.long() + offsets).view(-1)
         del fine
+        self._counts += torch.bincount(flat, minlength=self._counts.numel()).view_as(self._counts)
+        del flat
 
         # Sample candidates: entries whose key is below their sample bin's threshold. Rows go
         # in key order, a chunk at a time, so thresholds tighten as soon as bins fill (the
@@ -147,7 +162,7 @@ class StreamingIntervals:
         global_tokens = (seqs.unsqueeze(1) * seq_len + positions).reshape(-1)  # [N]
         keys = token_keys(global_tokens)
         order = keys.argsort()
-        rows, keys = rows[order], keys[order]
+        rows, keys = rows.index_select(0, order), keys[order]
         sample_scale = torch.ldexp(ones, SAMPLE_BINS_LOG2 - self._exp)
         per = COUNT_BINS // SAMPLE_BINS
         bin_counts = self._counts[:, 1:].reshape(-1, SAMPLE_BINS, per).sum(2).double()
@@ -159,19 +174,20 @@ class StreamingIntervals:
             offers = [torch.cat(parts) for parts in zip(*pending, strict=True)]
             self._accept(acts, *offers, keys, order, global_tokens)
 
-        for lo in range(0, rows.shape[0], KEY_CHUNK):
-            offers = self._offers(
-                rows[lo : lo + KEY_CHUNK], keys[lo : lo + KEY_CHUNK], cut, sample_scale
-            )
+        lo, size = 0, KEY_CHUNK
+        while lo < rows.shape[0]:
+            offers = self._offers(rows[lo : lo + size], keys[lo : lo + size], cut, sample_scale)
             offers[0].add_(lo)
             pending.append(offers)
             n_pending += offers[0].shape[0]
             # While bins are filling, accept what came and tighten the cut before going on;
-            # a stale cut and stale thresholds only let more through, never fewer.
-            if n_pending > n_units:
+            # a stale cut and stale thresholds only let more through, never fewer. Chunks
+            # double: the first ones do the tightening.
+            if n_pending > FLUSH_PER_UNIT * n_units:
                 accept()
                 pending, n_pending = [], 0
                 cut = self._cheap_cut(bin_counts)
+            lo, size = lo + size, 2 * size
         if n_pending:
             accept()
 
@@ -181,34 +197,57 @@ class StreamingIntervals:
         level, key_below = cut
         maybe = (rows > level) | (keys.unsqueeze(1) < key_below)
         row, unit = maybe.nonzero(as_tuple=True)  # row-major: key order within each unit
-        values = rows[row, unit].float()
+        n_units = rows.shape[1]
+        values = rows.take(row * n_units + unit).float()
         sbin = (values * sample_scale[unit]).ceil_().clamp_(0, SAMPLE_BINS).long()
-        exact = keys[row] < self._keys[unit, sbin, -1]
+        thresholds = self._keys[:, :, -1].reshape(-1)  # [U * bins]
+        exact = keys[row] < thresholds.take(unit * (SAMPLE_BINS + 1) + sbin)
         return row[exact], unit[exact], sbin[exact], values[exact]
 
     def _accept(self, acts, row, unit, sbin, values, keys, order, global_tokens) -> None:
-        """Merge offers (rows of the key-sorted batch, in key order per unit) into the bins."""
-        seq_len, skip = acts.shape[1], self.skip_first
-        # Only a bin's first per_bin offers (its smallest keys) can stay.
+        """Merge offers (rows of the key-sorted batch, in key order per unit) into the bins:
+        each touched bin's kept entries and its first per_bin offers side by side, sorted
+        by key, the first per_bin kept."""
+        seq_len, skip, r = acts.shape[1], self.skip_first, self.per_bin
         groups = unit * (SAMPLE_BINS + 1) + sbin
-        by_group = groups.argsort(stable=True)
+        by_group = groups.argsort(stable=True)  # stays in key order within a bin
         sorted_groups = groups[by_group]
         rank = torch.arange(by_group.shape[0], device=by_group.device)
         rank -= torch.searchsorted(sorted_groups, sorted_groups)
-        first = by_group[rank < self.per_bin]
-        row, unit, values, groups = row[first], unit[first], values[first], groups[first]
+        keep = rank < r
+        pick, rank = by_group[keep], rank[keep]
+        touched, slot_row = torch.unique_consecutive(sorted_groups[keep], return_inverse=True)
+        row, unit = row[pick], unit[pick]
         batch_row = order[row]
         seq_in_batch, pos = batch_row // (seq_len - skip), batch_row % (seq_len - skip) + skip
 
-        def batch_windows(i: torch.Tensor) -> torch.Tensor:
-            return read_windows(acts, seq_in_batch[i], pos[i], unit[i], self._offsets)
+        n, width = touched.shape[0], self._windows.shape[-1]
+        flat_keys = self._keys.view(-1, r)
+        flat_tokens = self._tokens.view(-1, r)
+        flat_values = self._values.view(-1, r)
+        flat_windows = self._windows.view(-1, r, width)
+        new_keys = torch.full((n, r), EMPTY, dtype=torch.long, device=keys.device)
+        new_tokens = torch.full((n, r), -1, dtype=torch.long, device=keys.device)
+        new_values = torch.zeros(n, r, device=keys.device)
+        new_windows = torch.full(
+            (n, r, width), torch.nan, dtype=flat_windows.dtype, device=keys.device
+        )
+        new_keys[slot_row, rank] = keys[row]
+        new_tokens[slot_row, rank] = global_tokens[batch_row]
+        new_values[slot_row, rank] = values[pick]
+        new_windows[slot_row, rank] = read_windows(acts, seq_in_batch, pos, unit, self._offsets).to(
+            flat_windows.dtype
+        )
 
-        self._rewrite(
-            groups=groups,
-            keys=keys[row],
-            tokens=global_tokens[batch_row],
-            values=values,
-            new_windows=batch_windows,
+        both_keys = torch.cat([flat_keys.index_select(0, touched), new_keys], dim=1)  # [n, 2r]
+        best = both_keys.argsort(dim=1)[:, :r]  # stable enough: keys are distinct per token
+        flat_keys.index_copy_(0, touched, both_keys.gather(1, best))
+        for flat, new in ((flat_tokens, new_tokens), (flat_values, new_values)):
+            both = torch.cat([flat.index_select(0, touched), new], dim=1)
+            flat.index_copy_(0, touched, both.gather(1, best))
+        both_windows = torch.cat([flat_windows.index_select(0, touched), new_windows], dim=1)
+        flat_windows.index_copy_(
+            0, touched, both_windows.gather(1, best.unsqueeze(2).expand(-1, -1, width))
         )
 
     def _cheap_cut(self, bin_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,6 +375,7 @@ class StreamingIntervals:
             tokens=self._tokens[:, 1:].clone(),
             values=self._values[:, 1:].clone(),
             windows=self._windows[:, 1:].clone(),
+            n_tokens=self.n_tokens,
         )
 
 

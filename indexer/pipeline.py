@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from indexer import summaries
-from indexer.core import StreamingCorrelation, StreamingDensity, StreamingTopK, TopKResult
+from indexer.core import StreamingCorrelation, StreamingTopK, TopKResult
 from indexer.corpus import Sequence, iter_sequences
 from indexer.intervals import StreamingIntervals, choose_intervals
 from spyglass import storage
@@ -103,7 +103,6 @@ class SourceStats:
             skip_first=skip,
             device=device,
         )
-        self.density = StreamingDensity(source.n_units, skip_first=skip, device=device)
         self.intervals = StreamingIntervals(
             source.n_units, per_bin=cfg.interval_samples, skip_first=skip, device=device
         )
@@ -119,7 +118,6 @@ class SourceStats:
     def update(self, hook_act: torch.Tensor, first_sequence: int) -> None:  # [B, T, d]
         acts = self.source.units(hook_act, self.skip)  # [B, T, units]
         self.topk.update(acts, first_sequence)
-        self.density.update(acts)
         self.intervals.update(acts, first_sequence)
         self.correlation.update(acts, first_sequence)
 
@@ -270,7 +268,8 @@ def _write_source(conn, model_id: int, st: SourceStats, model: Model, seq_len: i
         state, torch.from_numpy(max_act).to(state.counts.device), per_interval=st.interval_samples
     )
     stats = _unit_stats(st, model, state, iv, effects, directions, torch.from_numpy(max_act))
-    storage.add_units(conn, source_id, max_act, st.density.result().cpu().numpy(), logits, stats)
+    density = state.density.cpu().numpy()
+    storage.add_units(conn, source_id, max_act, density, logits, stats)
     storage.add_examples(conn, source_id, _example_columns(top, st.topk.before, seq_len))
     ex, interval = _sample_columns(iv, st.intervals.before, seq_len)
     storage.add_examples(conn, source_id, ex, interval=interval)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.core import StreamingCorrelation, StreamingDensity, StreamingTopK
+from indexer.core import StreamingCorrelation, StreamingTopK
 
 
 @st.composite
@@ -78,20 +78,6 @@ def test_topk_values_do_not_depend_on_batch_cut(stream, k):
     one = run_topk(acts, [0, acts.shape[0]], k, 2, 1, 1)
     cut = run_topk(acts, bounds, k, 2, 1, 1)
     assert torch.equal(one.values, cut.values)
-
-
-@settings(max_examples=100, deadline=None)
-@given(streams(), st.integers(0, 2))
-def test_density_counts_positive_tokens(stream, skip_first):
-    acts, bounds = stream
-    density = StreamingDensity(acts.shape[2], skip_first=skip_first)
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
-        density.update(acts[lo:hi])
-    eligible = acts[:, skip_first:, :]
-    n = eligible.shape[0] * eligible.shape[1]
-    assert density.n_tokens == n
-    expect = (eligible > 0).sum(dim=(0, 1)).double() / max(n, 1)
-    assert torch.allclose(density.result().double(), expect)
 
 
 # ---- correlation ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,6 +74,9 @@ def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval):
     max_act = torch.tensor([max((v for v, _, _ in e), default=0.0) for e in found])
     iv = choose_intervals(state, max_act, n=10, per_interval=per_interval)
     for u, unit_entries in enumerate(found):
+        n_tokens = n_seq * max(seq_len - skip_first, 0)
+        assert state.n_tokens == n_tokens
+        assert state.density[u].item() == pytest.approx(len(unit_entries) / max(n_tokens, 1))
         if not unit_entries:
             assert state.ceiling[u] == 0 and iv.counts[u].sum() == 0
             assert (iv.tokens[u] == -1).all()
