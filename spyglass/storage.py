@@ -200,8 +200,8 @@ def from_int_blob(blob: bytes) -> list[int]:
     return np.frombuffer(blob, dtype="<i4").tolist()
 
 
-def from_float_blob(blob: bytes) -> list[float]:
-    return np.frombuffer(blob, dtype="<f4").tolist()
+def from_float_blob(blob: bytes, dtype: str = "<f4") -> list[float]:
+    return np.frombuffer(blob, dtype=dtype).astype(np.float64).tolist()
 
 
 # ---- records ----------------------------------------------------------------------
@@ -405,7 +405,9 @@ class ExampleColumns:
 def add_examples(
     conn: Connection, source_id: int, ex: ExampleColumns, interval: np.ndarray | None = None
 ) -> None:
-    """Top examples; or, with ``interval`` (one entry per example), interval samples."""
+    """Top examples; or, with ``interval`` (one entry per example), interval samples,
+    whose windows are float16 (as the indexer keeps them)."""
+    dtype = "f4" if interval is None else "f2"
     rows = zip(
         ex.unit.tolist(),
         ex.rank.tolist(),
@@ -413,7 +415,7 @@ def add_examples(
         ex.position.tolist(),
         ex.value.tolist(),
         ex.window_start.tolist(),
-        (to_blob(a, "f4") for a in ex.acts),
+        (to_blob(a, dtype) for a in ex.acts),
         strict=True,
     )
     columns = ("unit", "rank", "sequence_id", "position", "value", "window_start", "acts")
@@ -559,7 +561,7 @@ def get_samples(conn: Connection, source_id: int, unit: int) -> dict[int, list[E
                 position=r.position,
                 value=r.value,
                 window_start=r.window_start,
-                acts=from_float_blob(r.acts),
+                acts=from_float_blob(r.acts, "<f2"),
             )
         )
     return out
