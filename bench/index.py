@@ -6,7 +6,8 @@
 (b) indexer: the same forward plus every streaming statistic of every neuron;
 (b') with --sae FOLDER: (b) plus the SAE's latents (encode + statistics);
 (c) write: turning the statistics into rows and writing them (once per run).
-Prints tokens/s for each and the ratios to (a).
+Prints tokens/s for each and the ratios to (a). The runs are interleaved batch by batch
+(a, b, b', a, b, b', ...), so a burst of CPU stolen by the host hits all of them alike.
 """
 
 from __future__ import annotations
@@ -26,18 +27,21 @@ from spyglass.model import load_model
 from spyglass.sources import mlp_sources, sae_source
 
 
-def timed_index(model, cfg, sources, batches) -> tuple[list[SourceStats], float]:
-    """Forward + statistics of ``sources`` over ``batches``; returns the stats and seconds."""
-    stats = [SourceStats(src, cfg, model.device) for src in sources]
-    hooks = sorted({src.hook for src in sources})
-    t0 = time.perf_counter()
-    first = 0
-    for b in batches:
-        acts = model.activations(b, hooks)
-        for st in stats:
-            st.update(acts[st.source.hook], first)
-        first += b.shape[0]
-    return stats, time.perf_counter() - t0
+class Timed:
+    """Streaming statistics of ``sources``, fed one batch at a time, with the seconds spent."""
+
+    def __init__(self, model, cfg, sources):
+        self.model, self.seconds, self.first = model, 0.0, 0
+        self.stats = [SourceStats(src, cfg, model.device) for src in sources]
+        self.hooks = sorted({src.hook for src in sources})
+
+    def step(self, batch: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        acts = self.model.activations(batch, self.hooks)
+        for st in self.stats:
+            st.update(acts[st.source.hook], self.first)
+        self.first += batch.shape[0]
+        self.seconds += time.perf_counter() - t0
 
 
 def main() -> None:
@@ -66,16 +70,21 @@ def main() -> None:
     n_tokens = sum(b.numel() for b in batches)
     model.mlp_activations(batches[0], layers)  # warm-up
 
-    t0 = time.perf_counter()
+    neurons = Timed(model, cfg, mlp_sources(model, layers))
+    with_sae = (
+        Timed(model, cfg, mlp_sources(model, layers) + [sae_source(args.sae, model)])
+        if args.sae
+        else None
+    )
+    bare = 0.0
     for b in batches:
+        t0 = time.perf_counter()
         model.mlp_activations(b, layers)
-    bare = time.perf_counter() - t0
-
-    stats, full = timed_index(model, cfg, mlp_sources(model, layers), batches)
-    with_sae = None
-    if args.sae:
-        sources = mlp_sources(model, layers) + [sae_source(args.sae, model)]
-        with_sae = timed_index(model, cfg, sources, batches)[1]
+        bare += time.perf_counter() - t0
+        neurons.step(b)
+        if with_sae is not None:
+            with_sae.step(b)
+    stats, full = neurons.stats, neurons.seconds
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = storage.make_engine(str(Path(tmp) / "bench.db"), create=True)
@@ -107,7 +116,7 @@ def main() -> None:
     print(f"(b) full indexer:   {b:8.1f} tok/s")
     print(f"ratio b/a:          {b / a:8.3f}")
     if with_sae is not None:
-        c = n_tokens / with_sae
+        c = n_tokens / with_sae.seconds
         print(f"(b') with the SAE:  {c:8.1f} tok/s  ratio b'/a {c / a:.3f} ({args.sae})")
     print(f"(c) write phase:    {write:8.1f} s ({size / 1e6:.0f} MB, not in b)")
 

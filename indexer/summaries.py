@@ -49,9 +49,14 @@ def logit_histograms(effects: torch.Tensor, bins: int = LOGIT_BINS) -> list[dict
     lo = effects.amin(1, keepdim=True)
     hi = effects.amax(1, keepdim=True)
     width = ((hi - lo) / bins).clamp(min=1e-12)
-    idx = ((effects - lo) / width).long().clamp_(0, bins - 1)
-    idx += torch.arange(effects.shape[0], device=effects.device).unsqueeze(1) * bins
-    counts = torch.bincount(idx.view(-1), minlength=effects.shape[0] * bins).view(-1, bins)
+    n_units = effects.shape[0]
+    idx = (effects - lo).div_(width).floor_().clamp_(0, bins - 1)
+    offsets = torch.arange(n_units, device=effects.device).unsqueeze(1) * bins
+    if n_units * bins <= 1 << 24:  # exact in float32
+        flat = idx.add_(offsets.float()).view(-1).int()
+    else:
+        flat = (idx.long() + offsets).view(-1)
+    counts = torch.bincount(flat, minlength=n_units * bins).view(-1, bins)
     return [
         {"lo": a, "hi": b, "counts": c}
         for a, b, c in zip(
