@@ -329,22 +329,17 @@ def neuron_layers_for(hook: str, layer: int, n_layers: int) -> list[int]:
 
 
 def _sample_columns(iv, before: int, seq_len: int) -> tuple[storage.ExampleColumns, np.ndarray]:
-    """Every interval sample as a row, windows trimmed to their sequence."""
+    """Every interval sample as a row, and its interval."""
     tokens = iv.tokens.cpu().numpy()  # [U, n, s]
     unit, interval, rank = np.nonzero(tokens >= 0)
-    seq, pos = np.divmod(tokens[unit, interval, rank], seq_len)
-    windows = iv.windows.cpu().numpy()[unit, interval, rank]
-    inside = ~np.isnan(windows)
-    first = inside.argmax(axis=1)
-    last = windows.shape[1] - inside[:, ::-1].argmax(axis=1)
-    columns = storage.ExampleColumns(
-        unit=unit,
-        rank=rank,
-        sequence_id=seq,
-        position=pos,
-        value=iv.values.cpu().numpy()[unit, interval, rank],
-        window_start=pos - before + first,
-        acts=[w[a:b] for w, a, b in zip(windows, first, last, strict=True)],
+    columns = _columns(
+        unit,
+        rank,
+        tokens[unit, interval, rank],
+        iv.values.cpu().numpy()[unit, interval, rank],
+        iv.windows.cpu().numpy()[unit, interval, rank],
+        before,
+        seq_len,
     )
     return columns, interval
 
@@ -369,12 +364,19 @@ def _pairs(ids: list[int], values: list[float]) -> list[list]:
 
 
 def _example_columns(top: TopKResult, before: int, seq_len: int) -> storage.ExampleColumns:
-    """Every positive top-k entry as an example row; windows trimmed to their sequence."""
+    """Every positive top-k entry as an example row."""
     values = top.values.cpu().numpy()  # [k, U]
     # Only positive activations are examples of what makes a unit fire.
     rank, unit = np.nonzero(values > 0)
-    seq, pos = np.divmod(top.tokens.cpu().numpy()[rank, unit], seq_len)
+    tokens = top.tokens.cpu().numpy()[rank, unit]
     windows = top.windows.cpu().numpy()[rank, unit]  # [n, W]
+    return _columns(unit, rank, tokens, values[rank, unit], windows, before, seq_len)
+
+
+def _columns(unit, rank, tokens, values, windows, before: int, seq_len: int):
+    """Example rows from global token indices and windows [n, W] (NaN off the sequence),
+    each window trimmed to its sequence."""
+    seq, pos = np.divmod(tokens, seq_len)
     inside = ~np.isnan(windows)
     first = inside.argmax(axis=1)
     last = windows.shape[1] - inside[:, ::-1].argmax(axis=1)
@@ -383,7 +385,7 @@ def _example_columns(top: TopKResult, before: int, seq_len: int) -> storage.Exam
         rank=rank,
         sequence_id=seq,
         position=pos,
-        value=values[rank, unit],
+        value=values,
         window_start=pos - before + first,
         acts=[w[a:b] for w, a, b in zip(windows, first, last, strict=True)],
     )

@@ -103,31 +103,28 @@ units = Table(
     Index("units_by_density", "source_id", "density"),
 )
 
-examples = Table(
-    "examples",
-    metadata,
-    Column("source_id", ForeignKey("sources.id"), primary_key=True),
-    Column("unit", Integer, primary_key=True, autoincrement=False),
-    Column("rank", Integer, primary_key=True, autoincrement=False),
-    Column("sequence_id", Integer, nullable=False),
-    Column("position", Integer, nullable=False),
-    Column("value", Float, nullable=False),
-    Column("window_start", Integer, nullable=False),
-    Column("acts", LargeBinary, nullable=False),
-)
 
-samples = Table(
-    "samples",
-    metadata,
-    Column("source_id", ForeignKey("sources.id"), primary_key=True),
-    Column("unit", Integer, primary_key=True, autoincrement=False),
-    Column("interval", Integer, primary_key=True, autoincrement=False),
-    Column("rank", Integer, primary_key=True, autoincrement=False),
-    Column("sequence_id", Integer, nullable=False),
-    Column("position", Integer, nullable=False),
-    Column("value", Float, nullable=False),
-    Column("window_start", Integer, nullable=False),
-    Column("acts", LargeBinary, nullable=False),
+def _example_table(name: str, *key: Column) -> Table:
+    """A table of example windows: the top examples, or (keyed by interval too) the
+    interval samples."""
+    return Table(
+        name,
+        metadata,
+        Column("source_id", ForeignKey("sources.id"), primary_key=True),
+        Column("unit", Integer, primary_key=True, autoincrement=False),
+        *key,
+        Column("rank", Integer, primary_key=True, autoincrement=False),
+        Column("sequence_id", Integer, nullable=False),
+        Column("position", Integer, nullable=False),
+        Column("value", Float, nullable=False),
+        Column("window_start", Integer, nullable=False),
+        Column("acts", LargeBinary, nullable=False),
+    )
+
+
+examples = _example_table("examples")
+samples = _example_table(
+    "samples", Column("interval", Integer, primary_key=True, autoincrement=False)
 )
 
 _CHILDREN = (examples, samples, units)  # keyed by source_id
