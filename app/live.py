@@ -1,4 +1,5 @@
-"""Live requests: a unit's activations on a typed prompt, and steering with it.
+"""Live requests: a unit's activations on a typed prompt, steering with it, and which
+units fire on a prompt.
 
 Inputs are checked against the documented caps (Settings) before any model work;
 a breach raises :class:`LimitError`, answered with 422 and a message naming the cap.
@@ -7,16 +8,25 @@ a breach raises :class:`LimitError`, answered with 422 and a message naming the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
 
 from app import views
 from app.model_service import ModelService
-from spyglass import storage
+from spyglass import firing, storage
 from spyglass.model import Model
 from spyglass.settings import Settings
-from spyglass.sources import Source
+from spyglass.sources import Source, units_on_prompt
+
+TOP_UNITS = 25
+"""Units in a prompt's overall top list."""
+TOP_PER_TOKEN = 10
+"""Units listed for each token of a prompt."""
+PREVIEW_BEFORE, PREVIEW_AFTER = 8, 2
+"""Tokens around the max in a unit's mini preview."""
 
 DEFAULT_NEW_TOKENS = 32
 
@@ -86,7 +96,10 @@ def find_target(conn: Connection, slug: str, source: str, index: str) -> Target:
 
 def _source(service: ModelService, target: Target, model: Model) -> Source:
     """The indexed source behind ``target``, with its SAE loaded for latents."""
-    s = target.source
+    return _load_source(service, target.source, model)
+
+
+def _load_source(service: ModelService, s: storage.SourceRow, model: Model) -> Source:
     sae = service.sae(s.sae, model.device) if s.kind == "sae" and s.sae else None
     if s.kind == "sae" and sae is None:
         raise LimitError(f"source {s.name!r} records no SAE folder to load")
@@ -172,3 +185,154 @@ async def steer(
         )
 
     return await service.run(target.model.spec, work, target.model.options)
+
+
+# ---- which units fire on a prompt
+
+
+class PromptRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    text: str = Field("", description="Text to run through the model.")
+    source: list[str] = Field(
+        default_factory=list,
+        description="Sources to search (repeatable), e.g. 5-mlp; default: all of the model's.",
+    )
+
+
+class FiringUnit(views.View):
+    source: str
+    index: int
+    value: float
+    position: int
+    """The token where the value is taken (the unit's max over the prompt, for the top list)."""
+    url: str
+    """The unit's page, with the prompt carried over."""
+    density: float | None = None
+    max_act: float | None = None
+    """The unit's max over the indexed corpus."""
+    preview: views.Example | None = None
+    """A few tokens around the unit's top corpus example."""
+
+
+class TokenUnits(views.View):
+    position: int
+    token: str
+    units: list[FiringUnit]
+    """The top units at this token, across the chosen sources."""
+
+
+class PromptResult(views.View):
+    model: str
+    text: str
+    sources: list[str]
+    """The sources searched."""
+    all_sources: list[str]
+    skip_first: int
+    """Positions left out, as in the index (the attention sink)."""
+    tokens: list[TokenUnits] = []
+    top: list[FiringUnit] = []
+    """The top units by max over the prompt, merged exactly across the sources."""
+
+
+async def prompt_units(
+    service: ModelService, settings: Settings, conn: Connection, slug: str, req: PromptRequest
+) -> PromptResult:
+    m, all_sources = await run_in_threadpool(_model_and_sources, conn, slug)
+    names = req.source or [s.name for s in all_sources]
+    by_name = {s.name: s for s in all_sources}
+    if unknown := [n for n in names if n not in by_name]:
+        raise LimitError(f"unknown source {unknown[0]!r}; {slug} has {', '.join(sorted(by_name))}")
+    chosen = [by_name[n] for n in dict.fromkeys(names)]
+    result = PromptResult(
+        model=slug,
+        text=req.text,
+        sources=[s.name for s in chosen],
+        all_sources=[s.name for s in all_sources],
+        skip_first=m.skip_first,
+    )
+    if not req.text:
+        return result
+    _check_text(req.text, settings)
+
+    def work(model: Model):
+        ids = _check_tokens(model, req.text, settings)
+        sources = [_load_source(service, s, model) for s in chosen]
+        per_source = units_on_prompt(sources, model, ids, m.skip_first)
+        first = min(m.skip_first, len(ids) - 1)
+        return (
+            model.token_strings(ids),
+            firing.top_over_prompt(per_source, TOP_UNITS, first),
+            firing.top_per_position(per_source, TOP_PER_TOKEN),
+        )
+
+    texts, top, per_token = await service.run(m.spec, work, m.options)
+    top_units = await run_in_threadpool(_describe, conn, m, by_name, top, req.text)
+    link = _linker(slug, req.text)
+    return result.model_copy(
+        update={
+            "top": top_units,
+            "tokens": [
+                TokenUnits(
+                    position=p,
+                    token=texts[p],
+                    units=[
+                        FiringUnit(
+                            source=f.source,
+                            index=f.unit,
+                            value=f.value,
+                            position=p,
+                            url=link(f.source, f.unit),
+                        )
+                        for f in fired
+                    ]
+                    if p >= m.skip_first
+                    else [],
+                )
+                for p, fired in enumerate(per_token)
+            ],
+        }
+    )
+
+
+def _model_and_sources(conn: Connection, slug: str):
+    m = views.require_model(conn, slug)
+    return m, storage.list_sources(conn, m.id)
+
+
+def _linker(slug: str, text: str):
+    return lambda source, unit: f"{views.unit_url(slug, source, unit)}?prompt={quote(text)}"
+
+
+def _describe(conn, m, by_name, top: list[firing.Firing], text: str) -> list[FiringUnit]:
+    """Density, corpus max and a preview of the top corpus example of each unit."""
+    link = _linker(m.slug, text)
+    out = []
+    for f in top:
+        src = by_name[f.source]
+        unit = storage.get_unit(conn, src.id, f.unit)
+        examples = storage.get_examples(conn, src.id, f.unit)[:1]
+        preview = None
+        if examples:
+            e = examples[0]
+            seq = storage.get_sequences(conn, m.id, [e.sequence_id])[e.sequence_id]
+            preview = views.preview(
+                m.slug,
+                e,
+                seq,
+                storage.token_texts(conn, m.id, seq.tokens),
+                PREVIEW_BEFORE,
+                PREVIEW_AFTER,
+            )
+        out.append(
+            FiringUnit(
+                source=f.source,
+                index=f.unit,
+                value=f.value,
+                position=f.position,
+                url=link(f.source, f.unit),
+                density=unit.density if unit else None,
+                max_act=unit.max_act if unit else None,
+                preview=preview,
+            )
+        )
+    return out

@@ -133,6 +133,8 @@ class UnitPage(View):
     """Latents only: highest decoder cosine similarity."""
     aligned_neurons: list[Neighbour] = []
     """Latents only: MLP neurons (up to the hook's layer) whose W_out row best aligns."""
+    prompt: str = ""
+    """A prompt carried over from the prompt page: the live box runs it on load."""
 
 
 class UnitRow(View):
@@ -233,7 +235,7 @@ def _model_summary(m: storage.ModelRow) -> ModelSummary:
     )
 
 
-def _require_model(conn: Connection, slug: str) -> storage.ModelRow:
+def require_model(conn: Connection, slug: str) -> storage.ModelRow:
     m = storage.get_model(conn, slug)
     if m is None:
         raise NotFound(f"no model {slug!r} in this index")
@@ -279,7 +281,7 @@ def _source_summary(slug: str, s: storage.SourceRow, stats: storage.SourceSummar
 
 
 def model_page(conn: Connection, slug: str) -> ModelPage:
-    m = _require_model(conn, slug)
+    m = require_model(conn, slug)
     stats = storage.source_summaries(conn, m.id)
     return ModelPage(
         model=_model_summary(m),
@@ -292,7 +294,7 @@ def model_page(conn: Connection, slug: str) -> ModelPage:
 def source_page(
     conn: Connection, slug: str, name: str, *, sort: str, order: str, page: int, page_size: int
 ) -> SourcePage:
-    m = _require_model(conn, slug)
+    m = require_model(conn, slug)
     s = _require_source(conn, m, name)
     n_pages = max(1, math.ceil(s.n_units / page_size))
     page = min(max(page, 1), n_pages)
@@ -363,7 +365,7 @@ def _examples(
 
 
 def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitPage:
-    m = _require_model(conn, slug)
+    m = require_model(conn, slug)
     s = _require_source(conn, m, name)
     unit = _require_unit(conn, s, index)
     logit_ids = [i for i, _ in unit.logits["top"] + unit.logits["bottom"]]
@@ -445,6 +447,27 @@ def _unit_stats(slug: str, s: storage.SourceRow, stats: dict, sampled, seqs, voc
     return out
 
 
+def preview(
+    slug: str,
+    e: storage.ExampleRow,
+    seq: storage.SequenceRow,
+    vocab: dict[int, str],
+    before: int,
+    after: int,
+) -> Example:
+    """An example cut to ``before`` tokens before its max and ``after`` after."""
+    full = _example(slug, e, seq, vocab)
+    lo = max(e.position - before - e.window_start, 0)
+    hi = e.position + after + 1 - e.window_start
+    return full.model_copy(
+        update={
+            "tokens": full.tokens[lo:hi],
+            "acts": full.acts[lo:hi],
+            "window_start": e.window_start + lo,
+        }
+    )
+
+
 def _example(
     slug: str, e: storage.ExampleRow, seq: storage.SequenceRow, vocab: dict[int, str]
 ) -> Example:
@@ -463,7 +486,7 @@ def _example(
 
 
 def expanded_example(conn: Connection, slug: str, name: str, index: str, rank: int):
-    m = _require_model(conn, slug)
+    m = require_model(conn, slug)
     s = _require_source(conn, m, name)
     unit = _require_unit(conn, s, index)
     examples, seqs, vocab = _examples(conn, m, s, unit.idx)
@@ -479,13 +502,13 @@ def expanded_example(conn: Connection, slug: str, name: str, index: str, rank: i
 
 
 def random_unit_url(conn: Connection, slug: str, name: str, rng: random.Random) -> str:
-    m = _require_model(conn, slug)
+    m = require_model(conn, slug)
     s = _require_source(conn, m, name)
     return unit_url(slug, name, rng.randrange(s.n_units))
 
 
 def sequence_page(conn: Connection, slug: str, seq_id: str | int) -> SequencePage:
-    m = _require_model(conn, slug)
+    m = require_model(conn, slug)
     try:
         sid = int(seq_id)
     except ValueError:
@@ -506,7 +529,7 @@ def sequence_page(conn: Connection, slug: str, seq_id: str | int) -> SequencePag
 
 def model_spec(conn: Connection, slug: str, name: str, index: str | int):
     """The model spec, source and unit behind a live request (404s as pages do)."""
-    m = _require_model(conn, slug)
+    m = require_model(conn, slug)
     s = _require_source(conn, m, name)
     unit = _require_unit(conn, s, index)
     return m, s, unit

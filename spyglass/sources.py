@@ -107,6 +107,14 @@ class Source:
         return info
 
 
+def units_on_prompt(
+    sources: list[Source], model: Model, ids: list[int], skip_first: int
+) -> dict[str, torch.Tensor]:
+    """Each source's unit activations [T, U] on one prompt, from one forward pass."""
+    acts = model.activations(torch.tensor([ids]), sorted({s.hook for s in sources}))
+    return {s.name: s.units(acts[s.hook], skip_first)[0].float() for s in sources}
+
+
 def mlp_sources(model: Model, layers: list[int]) -> list[Source]:
     return [Source(f"{i}-mlp", "mlp", i, mlp_hook(i), model.d_mlp) for i in layers]
 

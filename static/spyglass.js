@@ -11,6 +11,16 @@
     tip.hidden = false;
   });
 
+  // The prompt page: a token's button shows its top units.
+  document.addEventListener("click", (ev) => {
+    const tok = ev.target.closest && ev.target.closest(".prompt-tok");
+    if (!tok) return;
+    document.querySelectorAll(".token-units").forEach((el) => { el.hidden = true; });
+    document.querySelectorAll(".prompt-tok.selected").forEach((el) => el.classList.remove("selected"));
+    const panel = document.getElementById("token-" + tok.dataset.pos);
+    if (panel) { panel.hidden = false; tok.classList.add("selected"); }
+  });
+
   document.addEventListener("click", async (ev) => {
     const btn = ev.target.closest && ev.target.closest("#copy-link");
     if (!btn) return;

@@ -50,6 +50,32 @@ async def steer_fragment(
     return render(request, "_steer.html", result)
 
 
+@fragments.get("/{model}/prompt")
+@fragments.get("/{model}/prompt.json")
+async def prompt_page(
+    request: Request,
+    model: str,
+    req: Annotated[live.PromptRequest, Query()],
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await live.prompt_units(models, settings, conn, model, req)
+    return render(request, "prompt.html", result, as_json=request.url.path.endswith(".json"))
+
+
+@api.post("/{model}/prompt", response_model=live.PromptResult)
+async def prompt_api(
+    model: str, req: live.PromptRequest, conn: ConnDep, models: ModelsDep, settings: SettingsDep
+):
+    """Which units fire on ``text``: the top 25 by max over the prompt, merged exactly across
+    the chosen ``source``s (default: all), and the top 10 at each token.
+
+    Caps (422 when exceeded): prompt characters and tokens. An unknown source is a 422.
+    """
+    return await live.prompt_units(models, settings, conn, model, req)
+
+
 @api.post("/{model}/{source}/{index}/activations", response_model=live.ActivationResult)
 async def activations_api(
     model: str,

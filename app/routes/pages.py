@@ -60,11 +60,15 @@ def random_unit(model: str, source: str, conn: ConnDep):
 
 
 @router.get("/{model}/{source}/{index}")
-def unit_page(request: Request, model: str, source: str, index: str, conn: ConnDep):
+def unit_page(
+    request: Request, model: str, source: str, index: str, conn: ConnDep, prompt: str = ""
+):
+    """``prompt`` (from the prompt page's links) fills the live box and runs at once."""
     index, as_json = split_json(index)
-    return render(
-        request, "unit.html", views.unit_page(conn, model, source, index), as_json=as_json
-    )
+    view = views.unit_page(conn, model, source, index)
+    if prompt:
+        view = view.model_copy(update={"prompt": prompt})
+    return render(request, "unit.html", view, as_json=as_json)
 
 
 @router.get("/{model}/{source}/{index}/examples/{rank}")

@@ -301,3 +301,30 @@ def test_histograms_intervals_and_neighbours_render(page, base_url, unit_with_ex
     link.click()
     page.wait_for_url(f"{base_url}{href}")
     assert page.locator("h1").inner_text().startswith(SOURCE)
+
+
+def test_prompt_page_tokens_and_carried_prompt(page, base_url):
+    page.goto("/tiny")
+    page.locator("#prompt-link input[name=text]").fill("the cat sat on the mat")
+    page.locator("#prompt-link button").click()
+    page.wait_for_selector("#top-units")
+    assert "/tiny/prompt?text=the+cat" in page.url
+    # Clicking a token shows its top units, and only its.
+    tokens = page.locator(".prompt-tok:not([disabled])")
+    tokens.nth(1).click()
+    shown = page.locator(".token-units:not([hidden])")
+    assert shown.count() == 1 and shown.locator("tbody tr").count() == 10
+    # A top unit's link opens its page with the prompt already run.
+    first = page.locator("#top-units tbody tr a").first
+    first.click()
+    page.wait_for_selector("#live-result .tok")
+    assert page.locator("#prompt-text").input_value() == "the cat sat on the mat"
+    api = json.loads(
+        page.request.post(
+            f"{base_url}/api{page.url.split(base_url)[1].split('?')[0]}/activations",
+            data=json.dumps({"prompt": "the cat sat on the mat"}),
+            headers={"content-type": "application/json"},
+        ).text()
+    )
+    live = page.locator("#live-result .tok[data-v]")
+    assert live.count() == len(api["tokens"])
