@@ -8,7 +8,8 @@ a breach raises :class:`LimitError`, answered with 422 and a message naming the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote
+from typing import Literal
+from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
@@ -336,3 +337,206 @@ def _describe(conn, m, by_name, top: list[firing.Firing], text: str) -> list[Fir
             )
         )
     return out
+
+
+# ---- steering with several units
+
+
+class SteerUnit(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    source: str = Field(description="The unit's source, e.g. 5-mlp or 12-res-topk-4608.")
+    index: int = Field(description="The unit's index in its source.")
+    mode: Literal["add", "clamp"] = Field(
+        "add",
+        description="add: strength x the unit's direction (a neuron's activation + strength; "
+        "a latent's decoder row x strength); clamp: set the unit's activation to strength.",
+    )
+    strength: float
+
+
+class MultiSteerRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    prompt: str = Field(description="Text to continue.")
+    units: list[SteerUnit] = Field(description="The units to steer, each with its own strength.")
+    positions: Literal["all", "prompt"] = Field(
+        "all", description="Edit every position, or the prompt's only (not the generated ones)."
+    )
+    max_new_tokens: int | None = Field(
+        None, description="Tokens to generate; default: 32 or the server's cap if lower."
+    )
+    temperature: float = Field(0.7, description="Sampling temperature; 0 is greedy.")
+    seed: int = Field(16, description="Seed shared by the default and steered runs.")
+
+
+class SteerQuery(BaseModel):
+    """The steering page's query: parallel ``unit`` / ``mode`` / ``strength`` lists, so a
+    setup is a plain URL (empty rows of the form are skipped)."""
+
+    prompt: str = ""
+    unit: list[str] = Field(default_factory=list, description="SOURCE/INDEX, repeatable.")
+    mode: list[str] = Field(default_factory=list, description="add or clamp, one per unit.")
+    strength: list[str] = Field(default_factory=list, description="One per unit.")
+    positions: Literal["all", "prompt"] = "all"
+    max_new_tokens: int | None = None
+    temperature: float = 0.7
+    seed: int = 16
+
+    def request(self) -> MultiSteerRequest | None:
+        """The steering request, or None when the form is still empty."""
+        modes = self.mode or ["add"] * len(self.unit)
+        if not len(self.unit) == len(modes) == len(self.strength):
+            raise LimitError("give one strength (and one mode, or none) per unit")
+        rows = zip(self.unit, modes, self.strength, strict=True)
+        units = []
+        for spec, mode, strength in rows:
+            if not spec.strip():
+                continue
+            source, _, index = spec.strip().rpartition("/")
+            if not source or not index.isdigit():
+                raise LimitError(f"unit {spec!r} is not SOURCE/INDEX, e.g. 5-mlp/123")
+            if mode not in ("add", "clamp"):
+                raise LimitError(f"mode {mode!r} of {spec} must be add or clamp")
+            try:
+                value = float(strength)
+            except ValueError:
+                raise LimitError(f"strength {strength!r} of {spec} is not a number") from None
+            units.append(SteerUnit(source=source, index=int(index), mode=mode, strength=value))
+        if not self.prompt and not units:
+            return None
+        return MultiSteerRequest(
+            prompt=self.prompt,
+            units=units,
+            positions=self.positions,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            seed=self.seed,
+        )
+
+
+class SteeredUnit(SteerUnit, views.View):
+    url: str
+
+
+class Completion(views.View):
+    tokens: list[str]
+    text: str
+
+
+class MultiSteerResult(views.View):
+    model: str
+    prompt: str = ""
+    units: list[SteeredUnit] = []
+    positions: str = "all"
+    max_new_tokens: int = DEFAULT_NEW_TOKENS
+    temperature: float = 0.7
+    seed: int = 16
+    default: Completion | None = None
+    steered: Completion | None = None
+    diverge_at: int | None = None
+    """The first generated token where the two completions differ; None if they never do."""
+    share: str = ""
+    """This setup's URL."""
+
+
+async def steer_units(
+    service: ModelService,
+    settings: Settings,
+    conn: Connection,
+    slug: str,
+    req: MultiSteerRequest | None,
+) -> MultiSteerResult:
+    m = await run_in_threadpool(views.require_model, conn, slug)
+    if req is None:
+        return MultiSteerResult(
+            model=slug, max_new_tokens=min(DEFAULT_NEW_TOKENS, settings.max_new_tokens)
+        )
+    n_new = req.max_new_tokens
+    if n_new is None:
+        n_new = min(DEFAULT_NEW_TOKENS, settings.max_new_tokens)
+    _check_range("max_new_tokens", n_new, 1, settings.max_new_tokens)
+    _check_range("temperature", req.temperature, 0, settings.max_temperature)
+    _check_range("seed", req.seed, 0, 2**31 - 1)
+    if not req.units:
+        raise LimitError("name at least one unit to steer")
+    if len(req.units) > settings.max_steer_units:
+        raise LimitError(
+            f"{len(req.units)} units to steer; the limit is {settings.max_steer_units}"
+        )
+    for u in req.units:
+        _check_range(
+            f"strength of {u.source}/{u.index}",
+            u.strength,
+            -settings.max_coefficient,
+            settings.max_coefficient,
+        )
+    _check_text(req.prompt, settings)
+    rows = await run_in_threadpool(_steer_sources, conn, m, req.units)
+
+    def work(model: Model):
+        ids = _check_tokens(model, req.prompt, settings)
+        if len(ids) + n_new > model.n_ctx:
+            raise LimitError(f"prompt plus new tokens exceed the model's context of {model.n_ctx}")
+        pushes = [
+            _load_source(service, row, model).steer(
+                u.index, u.strength, clamp=u.mode == "clamp", prompt_only=req.positions == "prompt"
+            )
+            for u, row in zip(req.units, rows, strict=True)
+        ]
+        run = dict(max_new_tokens=n_new, temperature=req.temperature, seed=req.seed)
+        default, steered = model.generate(ids, **run), model.generate(ids, **run, steer=pushes)
+        return default, steered, model
+
+    default, steered, model = await service.run(m.spec, work, m.options)
+    diverge = next(
+        (i for i, (a, b) in enumerate(zip(default, steered, strict=False)) if a != b),
+        None if len(default) == len(steered) else min(len(default), len(steered)),
+    )
+    return MultiSteerResult(
+        model=slug,
+        prompt=req.prompt,
+        units=[
+            SteeredUnit(**u.model_dump(), url=views.unit_url(slug, u.source, u.index))
+            for u in req.units
+        ],
+        positions=req.positions,
+        max_new_tokens=n_new,
+        temperature=req.temperature,
+        seed=req.seed,
+        default=_completion(model, default),
+        steered=_completion(model, steered),
+        diverge_at=diverge,
+        share=_steer_url(slug, req, n_new),
+    )
+
+
+def _completion(model: Model, ids: list[int]) -> Completion:
+    return Completion(tokens=model.token_strings(ids), text=model.decode(ids))
+
+
+def _steer_sources(conn: Connection, m, units: list[SteerUnit]) -> list[storage.SourceRow]:
+    rows = []
+    for u in units:
+        row = storage.get_source(conn, m.id, u.source)
+        if row is None:
+            raise LimitError(f"unknown source {u.source!r} in {m.slug}")
+        if not 0 <= u.index < row.n_units:
+            raise LimitError(f"{u.source} has units 0..{row.n_units - 1}, not {u.index}")
+        rows.append(row)
+    return rows
+
+
+def _steer_url(slug: str, req: MultiSteerRequest, n_new: int) -> str:
+    query = [("prompt", req.prompt)]
+    for u in req.units:
+        query += [
+            ("unit", f"{u.source}/{u.index}"),
+            ("mode", u.mode),
+            ("strength", repr(u.strength)),
+        ]
+    query += [
+        ("positions", req.positions),
+        ("max_new_tokens", str(n_new)),
+        ("temperature", repr(req.temperature)),
+        ("seed", str(req.seed)),
+    ]
+    return f"/{slug}/steer?{urlencode(query)}"

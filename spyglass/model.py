@@ -48,36 +48,65 @@ class ModelLoadError(Exception):
 
 @dataclass(frozen=True)
 class NeuronSteer:
-    """Add ``coefficient`` to one MLP neuron's activation at every position."""
+    """Add ``coefficient`` to one MLP neuron's activation, or with ``clamp`` set it to
+    ``coefficient``, at every position (or the prompt's only)."""
 
     layer: int
     """Block index whose ``mlp.hook_post`` is edited."""
     neuron: int
     """Neuron index within that layer."""
     coefficient: float
-    """Amount added to the neuron's activation."""
+    """Amount added to the neuron's activation, or the value it is clamped to."""
+    clamp: bool = False
+    prompt_only: bool = False
+    """Edit the prompt's positions only, not the generated ones."""
 
     @property
     def hook(self) -> str:
         return mlp_hook(self.layer)
 
     def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_mlp]
-        act[..., self.neuron] += self.coefficient
+        if self.clamp:
+            act[..., self.neuron] = self.coefficient
+        else:
+            act[..., self.neuron] += self.coefficient
         return act
 
 
 @dataclass(frozen=True)
 class DirectionSteer:
     """Add ``coefficient * direction`` at a hook point at every position (an SAE latent's
-    decoder row, say)."""
+    decoder row, say), or the prompt's only."""
 
     hook: str
     direction: torch.Tensor
     """[d] the vector added, scaled by ``coefficient``."""
     coefficient: float
+    prompt_only: bool = False
 
     def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d]
         return act + self.coefficient * self.direction.to(act.device, act.dtype)
+
+
+@dataclass(frozen=True)
+class LatentClamp:
+    """Clamp an SAE latent to ``value``: add (value - its current activation) times its
+    decoder row, so the SAE's reconstruction error stays in the stream."""
+
+    hook: str
+    latent: Callable[[torch.Tensor], torch.Tensor]
+    """[..., d] activations -> [...] the latent's current value."""
+    direction: torch.Tensor
+    """[d] the latent's decoder row."""
+    value: float
+    prompt_only: bool = False
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d]
+        delta = self.value - self.latent(act).to(act.dtype)
+        return act + delta.unsqueeze(-1) * self.direction.to(act.device, act.dtype)
+
+
+Steer = NeuronSteer | DirectionSteer | LatentClamp
 
 
 def default_device() -> str:
@@ -214,22 +243,30 @@ class Model:
         max_new_tokens: int,
         temperature: float,
         seed: int,
-        steer: Sequence[NeuronSteer | DirectionSteer] = (),
+        steer: Sequence[Steer] = (),
     ) -> list[int]:
         """Continue ``prompt`` token by token with a KV cache; returns the new ids only.
 
         ``temperature == 0`` is greedy. Sampling draws from a private generator
         seeded with ``seed``, so two calls with the same seed see the same noise
-        and differ only through ``steer``.
+        and differ only through ``steer``. The cache stays correct under steering: the
+        prompt's keys and values are computed once, with the prompt's edits, and each
+        new position is computed with its own (none for ``prompt_only`` edits).
         """
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        hooks = [(s.hook, lambda act, hook, s=s: s.apply(act)) for s in steer]
+        on_prompt = [True]
+
+        def edit(act: torch.Tensor, hook, s: Steer) -> torch.Tensor:
+            return act if s.prompt_only and not on_prompt[0] else s.apply(act)
+
+        hooks = [(s.hook, lambda act, hook, s=s: edit(act, hook, s)) for s in steer]
         cache = TransformerLensKeyValueCache.init_cache(self._tl.cfg, self.device, 1)
         new: list[int] = []
         inputs = torch.tensor([list(prompt)], device=self.device)
         with self._tl.hooks(fwd_hooks=hooks):
             for _ in range(max_new_tokens):
                 logits = self._tl(inputs, past_kv_cache=cache)[0, -1].float()
+                on_prompt[0] = False
                 next_id = _pick(logits, temperature, gen)
                 new.append(next_id)
                 if next_id == self.eos_id:

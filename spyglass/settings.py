@@ -25,3 +25,5 @@ class Settings(BaseSettings):
     max_coefficient: float = 1000.0
     """Steering coefficients must lie in [-max_coefficient, max_coefficient]."""
     max_temperature: float = 2.0
+    max_steer_units: int = 16
+    """Most units one steering request may steer at once."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from spyglass.model import DirectionSteer, Model, NeuronSteer, mlp_hook
+from spyglass.model import DirectionSteer, LatentClamp, Model, NeuronSteer, Steer, mlp_hook
 from spyglass.sae import Sae, check_sae_for_model, load_sae
 
 MAX_NORM_RATIO = 10.0
@@ -76,12 +76,25 @@ class Source:
         act = model.activations(torch.tensor([ids]), [self.hook])[self.hook]
         return self.units(act, skip_first)[0, :, index].tolist()
 
-    def steer(self, index: int, coefficient: float) -> NeuronSteer | DirectionSteer:
-        """Push unit ``index``: add to a neuron's activation, or add ``coefficient`` times
-        a latent's decoder row at the SAE's hook."""
+    def steer(
+        self, index: int, coefficient: float, *, clamp: bool = False, prompt_only: bool = False
+    ) -> Steer:
+        """Push unit ``index``: add ``coefficient`` to a neuron's activation, or add
+        ``coefficient`` times a latent's decoder row at the SAE's hook. With ``clamp`` the
+        unit's activation is set to ``coefficient`` instead (for a latent: its decoder row
+        is added times the difference, keeping the SAE's error term)."""
         if self.sae is None:
-            return NeuronSteer(self.layer, index, coefficient)
-        return DirectionSteer(self.hook, self.sae.W_dec[index], coefficient)
+            return NeuronSteer(self.layer, index, coefficient, clamp, prompt_only)
+        direction = self.sae.W_dec[index]
+        if not clamp:
+            return DirectionSteer(self.hook, direction, coefficient, prompt_only)
+        sae = self.sae
+
+        def latent(x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, x.shape[-1]).float()
+            return sae.encode(flat)[:, index].reshape(x.shape[:-1])
+
+        return LatentClamp(self.hook, latent, direction, coefficient, prompt_only)
 
     def directions(self, model: Model) -> torch.Tensor:
         """What each unit writes to the residual stream [units, d_model]."""

@@ -64,6 +64,37 @@ async def prompt_page(
     return render(request, "prompt.html", result, as_json=request.url.path.endswith(".json"))
 
 
+@fragments.get("/{model}/steer")
+@fragments.get("/{model}/steer.json")
+async def steer_page(
+    request: Request,
+    model: str,
+    query: Annotated[live.SteerQuery, Query()],
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await live.steer_units(models, settings, conn, model, query.request())
+    return render(request, "steer.html", result, as_json=request.url.path.endswith(".json"))
+
+
+@api.post("/{model}/steer", response_model=live.MultiSteerResult)
+async def steer_units_api(
+    model: str,
+    req: live.MultiSteerRequest,
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    """Default and steered completions of ``prompt``, same seed, steering several units at
+    once (neurons and latents, any layers), each with its own mode and strength.
+
+    Caps (422 when exceeded): prompt length, max_new_tokens, number of units, |strength|,
+    temperature. Unknown sources or unit indices are 422s too.
+    """
+    return await live.steer_units(models, settings, conn, model, req)
+
+
 @api.post("/{model}/prompt", response_model=live.PromptResult)
 async def prompt_api(
     model: str, req: live.PromptRequest, conn: ConnDep, models: ModelsDep, settings: SettingsDep

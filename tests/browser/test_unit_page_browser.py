@@ -328,3 +328,29 @@ def test_prompt_page_tokens_and_carried_prompt(page, base_url):
     )
     live = page.locator("#live-result .tok[data-v]")
     assert live.count() == len(api["tokens"])
+
+
+def test_steering_several_units_from_the_form(page, base_url):
+    page.goto("/tiny")
+    page.locator("#steer-link").click()
+    page.wait_for_selector("#steer-units-form")
+    page.locator("textarea[name=prompt]").fill("the quick brown fox")
+    rows = page.locator("#steer-rows tbody tr")
+    rows.nth(0).locator("input[name=unit]").fill("0-mlp/3")
+    rows.nth(0).locator("input[name=strength]").fill("25")
+    rows.nth(1).locator("input[name=unit]").fill("1-mlp/60")
+    rows.nth(1).locator("select[name=mode]").select_option("clamp")
+    rows.nth(1).locator("input[name=strength]").fill("30")
+    page.locator("input[name=temperature]").fill("0")
+    page.locator("input[name=max_new_tokens]").fill("8")  # the tiny model's context is 32
+    page.locator("#steer-units-form button[type=submit]").click()
+    page.wait_for_selector("#steer-result")
+    share = page.locator("#share").get_attribute("href")
+    data = _get_json(f"{base_url}{share.replace('/steer?', '/steer.json?')}")
+    assert [u["mode"] for u in data["units"]] == ["add", "clamp"]
+    assert page.locator("#steered .gen").count() == len(data["steered"]["tokens"])
+    assert page.locator("#steered .gen.diverged").count() == (
+        0 if data["diverge_at"] is None else len(data["steered"]["tokens"]) - data["diverge_at"]
+    )
+    # The form keeps the setup, so it can be changed and run again.
+    assert page.locator("#steer-rows input[name=unit]").first.input_value() == "0-mlp/3"

@@ -204,3 +204,30 @@ def test_an_sae_saved_by_sae_lens_itself_indexes(tiny_index, tiny_model_dir, tmp
         f[:, 0] = 0
         parts.append(f)
     check_layer_statistics(stored, 0, torch.cat(parts), skip_first=1, atol=1e-5, zero_tol=1e-6)
+
+
+def test_steering_latents_and_neurons_together(client, sae_dir):
+    units = [
+        {"source": SOURCE, "index": 5, "mode": "add", "strength": 0.0},
+        {"source": "1-mlp", "index": 7, "mode": "add", "strength": 0.0},
+    ]
+    body = {"prompt": "the fox", "units": units, "max_new_tokens": 8, "temperature": 0}
+    data = client.post("/api/tinysae/steer", json=body).json()
+    assert data["steered"] == data["default"]
+    units[0] |= {"mode": "clamp", "strength": 50.0}
+    clamped = client.post("/api/tinysae/steer", json=body).json()
+    assert clamped["steered"] != clamped["default"]
+
+
+def test_latent_clamp_adds_the_decoder_row_times_the_difference(sae_dir):
+    from spyglass.sae import load_sae
+    from spyglass.sources import Source
+
+    sae = load_sae(sae_dir)
+    src = Source(SOURCE, "sae", 0, HOOK, 32, sae, str(sae_dir))
+    x = torch.randn(2, 5, sae.cfg.d_in, generator=torch.Generator().manual_seed(0)) * 3
+    clamp = src.steer(5, 2.5, clamp=True)
+    before = sae.encode(x.reshape(-1, sae.cfg.d_in))[:, 5].reshape(2, 5)
+    delta = clamp.apply(x.clone()) - x
+    expect = (2.5 - before).unsqueeze(-1) * sae.W_dec[5]
+    torch.testing.assert_close(delta, expect, atol=1e-5, rtol=1e-5)
