@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from app import views
-from app.model_service import ModelService
+from app.model_service import ModelService, deadline
 from spyglass import firing, storage
 from spyglass.model import Model
 from spyglass.settings import Settings
@@ -171,7 +171,9 @@ async def steer(
         push = _source(service, target, model).steer(unit.idx, coefficient)
         if len(ids) + n_new > model.n_ctx:
             raise LimitError(f"prompt plus new tokens exceed the model's context of {model.n_ctx}")
-        run = dict(max_new_tokens=n_new, temperature=req.temperature, seed=req.seed)
+        run = dict(
+            max_new_tokens=n_new, temperature=req.temperature, seed=req.seed, deadline=deadline()
+        )
         return SteerResult(
             model=target.model.slug,
             source=target.source.name,
@@ -482,7 +484,9 @@ async def steer_units(
             )
             for u, row in zip(req.units, rows, strict=True)
         ]
-        run = dict(max_new_tokens=n_new, temperature=req.temperature, seed=req.seed)
+        run = dict(
+            max_new_tokens=n_new, temperature=req.temperature, seed=req.seed, deadline=deadline()
+        )
         default, steered = model.generate(ids, **run), model.generate(ids, **run, steer=pushes)
         return default, steered, model
 

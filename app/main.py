@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from app import live, views
-from app.model_service import ModelService, ModelUnavailable
+from app.model_service import ModelService, ModelUnavailable, ServiceBusy
 from app.render import ROOT, templates
 from app.routes import live as live_routes
 from app.routes import pages
@@ -22,7 +22,9 @@ from spyglass.settings import Settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = storage.make_engine(settings.db)  # FileNotFoundError if there is no index
-    service = ModelService(settings.device)
+    service = ModelService(
+        settings.device, max_queue=settings.max_queue, timeout=settings.request_timeout
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -75,6 +77,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelUnavailable)
     async def unavailable(request: Request, exc: ModelUnavailable):
         return _error(request, 503, str(exc))
+
+    @app.exception_handler(ServiceBusy)
+    async def busy(request: Request, exc: ServiceBusy):
+        response = _error(request, 503, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
 
 def _error(request: Request, status: int, message: str):

@@ -2,14 +2,20 @@
 
 Model work runs on a worker thread behind a capacity limiter of one: requests wait
 their turn as coroutines, never holding one of the thread-pool threads that page
-views (which need no model) are served from.
+views (which need no model) are served from. The wait is bounded: with ``max_queue``
+requests already waiting, a new one is refused at once (:class:`ServiceBusy`, a 503 with
+Retry-After). Each request has ``timeout`` seconds from arrival to answer; past it the
+caller gets :class:`ServiceTimeout`, and work that checks :func:`deadline` (generation,
+token by token) stops too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,9 +32,36 @@ class ModelUnavailable(Exception):
     """The model behind an index cannot be loaded here (answered with 503)."""
 
 
+class ServiceBusy(Exception):
+    """The queue is full (answered with 503 and Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceTimeout(ServiceBusy):
+    """A request ran past its time limit (answered with 503 and Retry-After)."""
+
+
+_local = threading.local()
+
+
+def deadline() -> float | None:
+    """The ``time.monotonic()`` by which the current model job must finish, if any."""
+    return getattr(_local, "deadline", None)
+
+
 class ModelService:
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(
+        self, device: str | None = None, *, max_queue: int = 8, timeout: float = 60.0
+    ) -> None:
         self._device = device
+        self.max_queue = max_queue
+        """Requests that may wait behind the running one."""
+        self.timeout = timeout
+        """Seconds a request may take, from arrival to answer."""
+        self._pending = 0
         self._models: dict[str, Model] = {}
         self._saes: dict[str, Sae] = {}
         self._load_lock = threading.Lock()
@@ -76,6 +109,31 @@ class ModelService:
         """Run ``fn(model)`` on a worker thread, one model job at a time."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(
-            lambda: fn(self.get(spec, options)), limiter=self._limiter
-        )
+        if self._pending > self.max_queue:  # one running, max_queue waiting
+            raise ServiceBusy(
+                f"the model is busy: {self._pending - 1} requests are already waiting "
+                f"(the limit is {self.max_queue}); try again shortly",
+                retry_after=max(1, math.ceil(self.timeout / 4)),
+            )
+        self._pending += 1
+        until = time.monotonic() + self.timeout
+
+        def job() -> T:
+            _local.deadline = until
+            try:
+                return fn(self.get(spec, options))
+            finally:
+                _local.deadline = None
+
+        try:
+            with anyio.fail_after(self.timeout):
+                return await anyio.to_thread.run_sync(
+                    job, limiter=self._limiter, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            raise ServiceTimeout(
+                f"the request took longer than its limit of {self.timeout:g} s",
+                retry_after=max(1, math.ceil(self.timeout / 4)),
+            ) from None
+        finally:
+            self._pending -= 1

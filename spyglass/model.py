@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -244,6 +245,7 @@ class Model:
         temperature: float,
         seed: int,
         steer: Sequence[Steer] = (),
+        deadline: float | None = None,
     ) -> list[int]:
         """Continue ``prompt`` token by token with a KV cache; returns the new ids only.
 
@@ -252,6 +254,7 @@ class Model:
         and differ only through ``steer``. The cache stays correct under steering: the
         prompt's keys and values are computed once, with the prompt's edits, and each
         new position is computed with its own (none for ``prompt_only`` edits).
+        Past ``deadline`` (a ``time.monotonic()`` value) it raises TimeoutError.
         """
         gen = torch.Generator(device=self.device).manual_seed(seed)
         on_prompt = [True]
@@ -265,6 +268,8 @@ class Model:
         inputs = torch.tensor([list(prompt)], device=self.device)
         with self._tl.hooks(fwd_hooks=hooks):
             for _ in range(max_new_tokens):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("generation ran past its deadline")
                 logits = self._tl(inputs, past_kv_cache=cache)[0, -1].float()
                 on_prompt[0] = False
                 next_id = _pick(logits, temperature, gen)

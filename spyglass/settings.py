@@ -27,3 +27,7 @@ class Settings(BaseSettings):
     max_temperature: float = 2.0
     max_steer_units: int = 16
     """Most units one steering request may steer at once."""
+    max_queue: int = 8
+    """Live requests that may wait behind the running one; more get 503 at once."""
+    request_timeout: float = 60.0
+    """Seconds a live request may take, waiting included; past it, 503."""
