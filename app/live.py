@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import views
 from app.model_service import ModelService, deadline
-from spyglass import firing, storage
+from spyglass import ablation, firing, storage
 from spyglass.model import Model
 from spyglass.settings import Settings
 from spyglass.sources import Source, units_on_prompt
@@ -544,3 +544,79 @@ def _steer_url(slug: str, req: MultiSteerRequest, n_new: int) -> str:
         ("seed", str(req.seed)),
     ]
     return f"/{slug}/steer?{urlencode(query)}"
+
+
+# ---- ablation effect on a top example
+
+
+class TokenAblation(views.View):
+    token: str
+    position: int
+    loss_delta: float | None
+    """Ablated minus clean loss of predicting this token (None at position 0)."""
+    up: list[views.LogitToken]
+    """Next-token probabilities here that rose most (value: the change)."""
+    down: list[views.LogitToken]
+
+
+class AblationResult(views.View):
+    model: str
+    source: str
+    index: int
+    rank: int
+    sequence_id: int
+    tokens: list[TokenAblation]
+    """The example's window, token by token."""
+    scale: float
+    """Largest |loss change| in the window: the colour scale."""
+
+
+async def example_ablation(
+    service: ModelService, settings: Settings, conn: Connection, target: Target, rank: int
+) -> AblationResult:
+    """The effect on next-token loss, along one top example's window, of ablating the unit
+    (its activation set to 0 at every position; for a latent, its decoder row times its
+    activation taken out)."""
+    ex, seq = await run_in_threadpool(_example_and_sequence, conn, target, rank)
+    unit = target.unit
+    lo, hi = ex.window_start, ex.window_start + len(ex.acts)
+
+    def work(model: Model):
+        push = _source(service, target, model).steer(unit.idx, 0.0, clamp=True)
+        clean = model.log_probs(seq.tokens)
+        ablated = model.log_probs(seq.tokens, [push])
+        effects = ablation.ablation_effects(clean, ablated, seq.tokens, lo, hi)
+        ids = {i for e in effects for i, _ in e.up + e.down} | set(seq.tokens[lo:hi])
+        return effects, dict(zip(ids, model.token_strings(list(ids)), strict=True))
+
+    effects, text = await service.run(target.model.spec, work, target.model.options)
+    tokens = [
+        TokenAblation(
+            token=text[seq.tokens[e.position]],
+            position=e.position,
+            loss_delta=e.loss_delta,
+            up=[views.LogitToken(token_id=i, token=text[i], value=v) for i, v in e.up],
+            down=[views.LogitToken(token_id=i, token=text[i], value=v) for i, v in e.down],
+        )
+        for e in effects
+    ]
+    deltas = [abs(t.loss_delta) for t in tokens if t.loss_delta is not None]
+    return AblationResult(
+        model=target.model.slug,
+        source=target.source.name,
+        index=unit.idx,
+        rank=rank,
+        sequence_id=ex.sequence_id,
+        tokens=tokens,
+        scale=max(deltas, default=0.0),
+    )
+
+
+def _example_and_sequence(conn: Connection, target: Target, rank: int):
+    examples = storage.get_examples(conn, target.source.id, target.unit.idx)
+    ex = next((e for e in examples if e.rank == rank), None)
+    if ex is None:
+        raise views.NotFound(
+            f"unit {target.unit.idx} of {target.source.name!r} has no example {rank}"
+        )
+    return ex, storage.get_sequences(conn, target.model.id, [ex.sequence_id])[ex.sequence_id]

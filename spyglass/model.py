@@ -216,6 +216,14 @@ class Model:
             tokens.to(self.device), fwd_hooks=hooks, return_type="loss", loss_per_token=True
         )
 
+    @torch.inference_mode()
+    def log_probs(self, ids: Sequence[int], steer: Sequence[Steer] = ()) -> torch.Tensor:
+        """Log-probabilities of the next token at each position of one sequence, [T, V],
+        with ``steer`` edits applied at every position."""
+        hooks = [(s.hook, lambda act, hook, s=s: s.apply(act)) for s in steer]
+        tokens = torch.tensor([list(ids)], device=self.device)
+        return self._tl.run_with_hooks(tokens, fwd_hooks=hooks)[0].float().log_softmax(-1)
+
     def mlp_activations(
         self, tokens: torch.Tensor, layers: Sequence[int]
     ) -> dict[int, torch.Tensor]:

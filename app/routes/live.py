@@ -34,6 +34,24 @@ async def activations_fragment(
     return render(request, "_activations.html", result)
 
 
+@fragments.get("/{model}/{source}/{index}/examples/{rank}/ablation")
+@fragments.get("/{model}/{source}/{index}/examples/{rank}/ablation.json")
+async def ablation_fragment(
+    request: Request,
+    model: str,
+    source: str,
+    index: str,
+    rank: int,
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    """The effect on next-token loss along one top example of ablating this unit."""
+    target = await run_in_threadpool(live.find_target, conn, model, source, index)
+    result = await live.example_ablation(models, settings, conn, target, rank)
+    return render(request, "_ablation.html", result, as_json=request.url.path.endswith(".json"))
+
+
 @fragments.get("/{model}/{source}/{index}/steer")
 async def steer_fragment(
     request: Request,

@@ -354,3 +354,15 @@ def test_steering_several_units_from_the_form(page, base_url):
     )
     # The form keeps the setup, so it can be changed and run again.
     assert page.locator("#steer-rows input[name=unit]").first.input_value() == "0-mlp/3"
+
+
+def test_ablation_effect_loads_under_an_example(page, base_url, unit_with_examples):
+    _open_unit(page, unit_with_examples)
+    page.locator("#example-0 button.ablate").click()
+    page.wait_for_selector("#ablation-slot-0 .ablation .tok")
+    data = _get_json(f"{base_url}/tiny/{SOURCE}/{unit_with_examples}/examples/0/ablation.json")
+    toks = page.locator("#ablation-slot-0 .tok")
+    assert toks.count() == len(data["tokens"])
+    with_effect = page.locator("#ablation-slot-0 .tok[title]")
+    assert with_effect.count() == sum(t["loss_delta"] is not None for t in data["tokens"])
+    assert with_effect.first.get_attribute("title").startswith("up: ")

@@ -300,3 +300,47 @@ def test_openapi_documents_the_live_twins(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert "/api/{model}/{source}/{index}/activations" in paths
     assert "/api/{model}/{source}/{index}/steer" in paths
+
+
+def test_ablation_effect_equals_a_fresh_zero_ablation(client, tiny_index):
+    from index_checks import fresh_hooked
+
+    data = unit_with_examples(client)
+    n, e = data["index"], data["examples"][0]
+    got = client.get(f"/tiny/0-mlp/{n}/examples/0/ablation.json").json()
+    seq = client.get(f"/tiny/sequences/{e['sequence_id']}.json").json()
+    hooked = fresh_hooked(tiny_index.model_dir)
+    ids = torch.tensor([seq["token_ids"]])
+    tokens = seq["token_ids"]
+
+    def zero(act, hook):
+        act[..., n] = 0
+        return act
+
+    with torch.inference_mode():
+        clean = hooked(ids)[0].log_softmax(-1)
+        ablated = hooked.run_with_hooks(ids, fwd_hooks=[("blocks.0.mlp.hook_post", zero)])[
+            0
+        ].log_softmax(-1)
+    assert [t["position"] for t in got["tokens"]] == list(
+        range(e["window_start"], e["window_start"] + len(e["tokens"]))
+    )
+    moved = 0.0
+    for t in got["tokens"]:
+        p = t["position"]
+        if p == 0:
+            assert t["loss_delta"] is None
+            continue
+        expect = -(ablated[p - 1, tokens[p]] - clean[p - 1, tokens[p]]).item()
+        assert t["loss_delta"] == pytest.approx(expect, abs=1e-5)
+        moved = max(moved, abs(expect))
+        change = ablated[p - 1].exp() - clean[p - 1].exp()
+        assert [u["token_id"] for u in t["up"]] == change.topk(3).indices.tolist()
+    assert moved > 1e-4  # the unit matters on its own top example
+    html = client.get(f"/tiny/0-mlp/{n}/examples/0/ablation").text
+    assert html.count('class="tok abl"') == len(got["tokens"]) and "up: " in html
+    page = soup(client.get(f"/tiny/0-mlp/{n}"))
+    assert page.select_one("#example-0 button.ablate")["hx-get"] == (
+        f"/tiny/0-mlp/{n}/examples/0/ablation"
+    )
+    assert client.get(f"/tiny/0-mlp/{n}/examples/99/ablation.json").status_code == 404

@@ -231,3 +231,23 @@ def test_latent_clamp_adds_the_decoder_row_times_the_difference(sae_dir):
     delta = clamp.apply(x.clone()) - x
     expect = (2.5 - before).unsqueeze(-1) * sae.W_dec[5]
     torch.testing.assert_close(delta, expect, atol=1e-5, rtol=1e-5)
+
+
+def test_ablating_a_latent_that_never_fires_changes_nothing(sae_index, sae_dir, tiny_model_dir):
+    from spyglass.sae import load_sae
+    from spyglass.sources import Source
+
+    stored = read_index(sae_index.db, "tinysae")
+    latents = brute_force_latents(sae_dir, fresh_hooked(tiny_model_dir), stored, 3)
+    model = load_model(str(tiny_model_dir), "cpu")
+    sae = load_sae(sae_dir)
+    src = Source(SOURCE, "sae", 0, HOOK, 32, sae, str(sae_dir))
+    # A sequence and a latent that is zero at every position of it (raw encode included).
+    ids = stored.sequences[0].tokens
+    _, cache = fresh_hooked(tiny_model_dir).run_with_cache(torch.tensor([ids]), names_filter=HOOK)
+    raw = sae.encode(cache[HOOK][0])
+    quiet = next(u for u in range(32) if (raw[:, u] == 0).all())
+    loud = int(latents[0].amax(0).argmax())
+    clean = model.log_probs(ids)
+    assert torch.equal(model.log_probs(ids, [src.steer(quiet, 0.0, clamp=True)]), clean)
+    assert not torch.equal(model.log_probs(ids, [src.steer(loud, 0.0, clamp=True)]), clean)
