@@ -200,6 +200,11 @@ class PromptRequest(BaseModel):
         default_factory=list,
         description="Sources to search (repeatable), e.g. 5-mlp; default: all of the model's.",
     )
+    rank: Literal["activation", "relative"] = Field(
+        "activation",
+        description="Rank units by activation, or by activation / the unit's corpus max "
+        "(so layers and SAEs with different scales compare).",
+    )
 
 
 class FiringUnit(views.View):
@@ -210,6 +215,8 @@ class FiringUnit(views.View):
     """The token where the value is taken (the unit's max over the prompt, for the top list)."""
     url: str
     """The unit's page, with the prompt carried over."""
+    relative: float | None = None
+    """``value`` / the unit's corpus max, when ranked that way."""
     density: float | None = None
     max_act: float | None = None
     """The unit's max over the indexed corpus."""
@@ -227,6 +234,7 @@ class TokenUnits(views.View):
 class PromptResult(views.View):
     model: str
     text: str
+    rank: str = "activation"
     sources: list[str]
     """The sources searched."""
     all_sources: list[str]
@@ -249,6 +257,7 @@ async def prompt_units(
     result = PromptResult(
         model=slug,
         text=req.text,
+        rank=req.rank,
         sources=[s.name for s in chosen],
         all_sources=[s.name for s in all_sources],
         skip_first=m.skip_first,
@@ -256,6 +265,11 @@ async def prompt_units(
     if not req.text:
         return result
     _check_text(req.text, settings)
+    scale = None
+    if req.rank == "relative":
+        scale = await run_in_threadpool(
+            lambda: {s.name: storage.unit_max_acts(conn, s.id) for s in chosen}
+        )
 
     def work(model: Model):
         ids = _check_tokens(model, req.text, settings)
@@ -264,12 +278,14 @@ async def prompt_units(
         first = min(m.skip_first, len(ids) - 1)
         return (
             model.token_strings(ids),
-            firing.top_over_prompt(per_source, TOP_UNITS, first),
-            firing.top_per_position(per_source, TOP_PER_TOKEN),
+            firing.top_over_prompt(per_source, TOP_UNITS, first, scale),
+            firing.top_per_position(per_source, TOP_PER_TOKEN, scale),
         )
 
     texts, top, per_token = await service.run(m.spec, work, m.options)
-    top_units = await run_in_threadpool(_describe, conn, m, by_name, top, req.text)
+    top_units = await run_in_threadpool(
+        _describe, conn, m, by_name, top, req.text, req.rank == "relative"
+    )
     link = _linker(slug, req.text)
     return result.model_copy(
         update={
@@ -285,6 +301,7 @@ async def prompt_units(
                             value=f.value,
                             position=p,
                             url=link(f.source, f.unit),
+                            relative=f.score if req.rank == "relative" else None,
                         )
                         for f in fired
                     ]
@@ -306,7 +323,9 @@ def _linker(slug: str, text: str):
     return lambda source, unit: f"{views.unit_url(slug, source, unit)}?prompt={quote(text)}"
 
 
-def _describe(conn, m, by_name, top: list[firing.Firing], text: str) -> list[FiringUnit]:
+def _describe(
+    conn, m, by_name, top: list[firing.Firing], text: str, relative: bool
+) -> list[FiringUnit]:
     """Density, corpus max and a preview of the top corpus example of each unit."""
     link = _linker(m.slug, text)
     out = []
@@ -333,6 +352,7 @@ def _describe(conn, m, by_name, top: list[firing.Firing], text: str) -> list[Fir
                 value=f.value,
                 position=f.position,
                 url=link(f.source, f.unit),
+                relative=f.score if relative else None,
                 density=unit.density if unit else None,
                 max_act=unit.max_act if unit else None,
                 preview=preview,

@@ -579,6 +579,12 @@ def token_texts(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int
     return dict(conn.execute(q).all())
 
 
+def unit_max_acts(conn: Connection, source_id: int) -> list[float]:
+    """Each unit's max activation over the corpus, by index."""
+    q = select(units.c.max_act).where(units.c.source_id == source_id).order_by(units.c.idx)
+    return list(conn.execute(q).scalars())
+
+
 def unit_densities(conn: Connection, source_id: int) -> list[float]:
     return list(
         conn.execute(select(units.c.density).where(units.c.source_id == source_id)).scalars()

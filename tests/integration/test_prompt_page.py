@@ -106,3 +106,32 @@ def test_bad_prompt_requests_are_422(client, query, needle):
     r = client.get(f"/tiny/prompt.json?{query}")
     assert r.status_code == 422 and needle in r.json()["detail"]
     assert client.get("/nosuch/prompt?text=hi").status_code == 404
+
+
+def test_relative_ranking_divides_by_each_units_corpus_max(client, reference, tiny_index):
+    from spyglass import storage
+
+    _, acts = reference
+    engine = storage.make_engine(tiny_index.db)
+    with engine.connect() as conn:
+        m = storage.get_model(conn, "tiny")
+        maxima = {
+            s.name: storage.unit_max_acts(conn, s.id) for s in storage.list_sources(conn, m.id)
+        }
+    engine.dispose()
+    data = client.get(f"/tiny/prompt.json?text={quote(TEXT)}&rank=relative").json()
+    every = sorted(
+        (
+            (a[1:, u] / maxima[n][u]).max().item() if maxima[n][u] > 0 else float("-inf"),
+            n,
+            u,
+        )
+        for n, a in acts.items()
+        for u in range(a.shape[1])
+    )
+    every.sort(key=lambda t: (-t[0], t[1], t[2]))
+    assert [(u["source"], u["index"]) for u in data["top"]] == [(n, u) for _, n, u in every[:25]]
+    for u in data["top"]:
+        assert u["relative"] == pytest.approx(u["value"] / maxima[u["source"]][u["index"]])
+    page = client.get(f"/tiny/prompt?text={quote(TEXT)}&rank=relative").text
+    assert "/ corpus max" in page
