@@ -640,3 +640,129 @@ def _example_and_sequence(conn: Connection, target: Target, rank: int):
             f"unit {target.unit.idx} of {target.source.name!r} has no example {rank}"
         )
     return ex, storage.get_sequences(conn, target.model.id, [ex.sequence_id])[ex.sequence_id]
+
+
+# ---- direct logit attribution
+
+
+class AttributionRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    text: str = Field("", description="The prompt.")
+    position: int | None = Field(None, description="Token position; default: the last.")
+    target: str | None = Field(
+        None,
+        description="The token whose logit is explained (one token of text); "
+        "default: the model's top prediction.",
+    )
+    other: str | None = Field(
+        None, description="A second token: explain logit[target] - logit[other]."
+    )
+
+
+class Part(views.View):
+    label: str
+    value: float
+    url: str | None = None
+
+
+class AttributionResult(views.View):
+    model: str
+    text: str
+    tokens: list[str] = []
+    position: int = 0
+    target: str | None = None
+    other: str | None = None
+    logit: float = 0.0
+    """The model's logit for the target (minus the other's)."""
+    bias: float = 0.0
+    """b_U (and the final norm's bias), which no component explains."""
+    parts_sum: float = 0.0
+    """The sum of every part below: logit - bias, up to float rounding."""
+    scale: float = 0.0
+    """The final norm's scale at the position, frozen from the forward pass."""
+    components: list[Part] = []
+    """Embedding, each layer's attention (heads + bias) and MLP."""
+    heads: list[list[float]] = []
+    """[layer][head] each head's direct contribution."""
+    neurons: list[Part] = []
+    """Each layer's top 3 neurons by |contribution| (activation x W_out row)."""
+    latents: list[Part] = []
+    """Each indexed SAE's top 10 latents by |contribution| (activation x W_dec row)."""
+
+
+async def attribution(
+    service: ModelService,
+    settings: Settings,
+    conn: Connection,
+    slug: str,
+    req: AttributionRequest,
+) -> AttributionResult:
+    m, sources = await run_in_threadpool(_model_and_sources, conn, slug)
+    result = AttributionResult(model=slug, text=req.text)
+    if not req.text:
+        return result
+    _check_text(req.text, settings)
+    saes = [s for s in sources if s.kind == "sae"]
+    indexed = {s.name for s in sources}
+
+    def one_token(model: Model, text: str, what: str) -> int:
+        ids = model.tokenize(text)
+        if len(ids) != 1:
+            raise LimitError(f"{what} {text!r} is {len(ids)} tokens; give exactly one")
+        return ids[0]
+
+    def work(model: Model):
+        ids = _check_tokens(model, req.text, settings)
+        pos = len(ids) - 1 if req.position is None else req.position
+        if not 0 <= pos < len(ids):
+            raise LimitError(f"position must be in 0..{len(ids) - 1}, got {pos}")
+        if req.target:
+            target = one_token(model, req.target, "target")
+        else:
+            target = int(model.log_probs(ids)[pos].argmax())
+        other = one_token(model, req.other, "other") if req.other else None
+        loaded = [_load_source(service, s, model) for s in saes]
+        a = model.attribute(ids, pos, target, other, hooks=sorted({s.hook for s in loaded}))
+        latents = []
+        for src in loaded:
+            f = src.units(a.hook_acts[src.hook].unsqueeze(0), m.skip_first)[0, pos]
+            contrib = f * a.through(src.directions(model)).to(f)
+            for i in contrib.abs().topk(min(10, contrib.shape[0])).indices.tolist():
+                if contrib[i] != 0:
+                    latents.append((src.name, i, float(contrib[i])))
+        neurons = []
+        for layer, n in enumerate(a.neurons):
+            for i in n.abs().topk(min(3, n.shape[0])).indices.tolist():
+                neurons.append((f"{layer}-mlp", i, float(n[i])))
+        names = model.token_strings([target] + ([other] if other is not None else []))
+        return ids, pos, a, latents, neurons, names, model.token_strings(ids)
+
+    ids, pos, a, latents, neurons, names, texts = await service.run(m.spec, work, m.options)
+
+    def link(source: str, i: int) -> str | None:
+        return views.unit_url(slug, source, i) if source in indexed else None
+
+    components = [Part(label="embedding", value=a.embed)]
+    if a.pos_embed:
+        components.append(Part(label="position embedding", value=a.pos_embed))
+    for layer, (h, b, mlp) in enumerate(zip(a.heads.tolist(), a.attn_bias, a.mlp, strict=True)):
+        components.append(Part(label=f"attention {layer}", value=sum(h) + b))
+        mlp_source = f"{layer}-mlp"
+        url = views.source_url(slug, mlp_source) if mlp_source in indexed else None
+        components.append(Part(label=f"MLP {layer}", value=mlp, url=url))
+    return result.model_copy(
+        update={
+            "tokens": texts,
+            "position": pos,
+            "target": names[0],
+            "other": names[1] if len(names) > 1 else None,
+            "logit": a.logit,
+            "bias": a.bias,
+            "parts_sum": a.parts_sum,
+            "scale": a.scale,
+            "components": components,
+            "heads": a.heads.tolist(),
+            "neurons": [Part(label=f"{s}/{i}", value=v, url=link(s, i)) for s, i, v in neurons],
+            "latents": [Part(label=f"{s}/{i}", value=v, url=link(s, i)) for s, i, v in latents],
+        }
+    )

@@ -110,6 +110,43 @@ class LatentClamp:
 Steer = NeuronSteer | DirectionSteer | LatentClamp
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """Direct logit attribution at one position (see :meth:`Model.attribute`)."""
+
+    logit: float
+    """The model's logit for the target (minus the other token's)."""
+    bias: float
+    """What no component explains: b_U (and the final norm's bias), target minus other."""
+    scale: float
+    """The final norm's scale at the position, frozen from the forward pass."""
+    embed: float
+    pos_embed: float
+    heads: torch.Tensor
+    """[layers, heads] each head's output."""
+    attn_bias: list[float]
+    mlp: list[float]
+    """Each MLP layer's output (its neurons plus its bias)."""
+    neurons: list[torch.Tensor]
+    """Per layer [d_mlp]: activation x W_out row."""
+    mlp_bias: list[float]
+    hook_acts: dict[str, torch.Tensor]
+    """The requested hooks' activations [pos, d] (for SAE latents)."""
+    through: Callable[[torch.Tensor], torch.Tensor]
+    """Vectors [..., d_model] -> their direct contribution through the frozen final norm."""
+
+    @property
+    def parts_sum(self) -> float:
+        """Every component: equals ``logit - bias`` up to float rounding."""
+        return (
+            self.embed
+            + self.pos_embed
+            + float(self.heads.sum())
+            + sum(self.attn_bias)
+            + sum(self.mlp)
+        )
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -223,6 +260,65 @@ class Model:
         hooks = [(s.hook, lambda act, hook, s=s: s.apply(act)) for s in steer]
         tokens = torch.tensor([list(ids)], device=self.device)
         return self._tl.run_with_hooks(tokens, fwd_hooks=hooks)[0].float().log_softmax(-1)
+
+    @torch.inference_mode()
+    def attribute(
+        self, ids: Sequence[int], position: int, target: int, other: int | None, hooks=()
+    ) -> Attribution:
+        """Direct contributions to logit[target] (minus logit[other]) at ``position``: every
+        term that sums to the final residual stream there, each through the final norm with
+        its scale frozen from this forward pass, dotted with the unembedding direction."""
+        logits, cache = self._tl.run_with_cache(torch.tensor([list(ids)], device=self.device))
+        tl, cfg = self._tl, self._tl.cfg
+        direction = tl.W_U[:, target].clone()
+        bias = float(tl.b_U[target])
+        logit = float(logits[0, position, target])
+        if other is not None:
+            direction -= tl.W_U[:, other]
+            bias -= float(tl.b_U[other])
+            logit -= float(logits[0, position, other])
+        ln = tl.ln_final
+        if getattr(ln, "b", None) is not None:
+            bias += float(ln.b @ direction)
+        if getattr(ln, "w", None) is not None:
+            direction = direction * ln.w
+        centred = cfg.normalization_type in ("LN", "LNPre")
+        scale = float(cache["ln_final.hook_scale"][0, position])
+
+        def through(x: torch.Tensor) -> torch.Tensor:  # [..., d_model] -> [...]
+            x = x.float()
+            if centred:
+                x = x - x.mean(-1, keepdim=True)
+            return x @ direction.float() / scale
+
+        at = (0, position)
+        heads, attn_bias, mlp, neurons, mlp_bias = [], [], [], [], []
+        for layer in range(cfg.n_layers):
+            z = cache[f"blocks.{layer}.attn.hook_z"][at]  # [heads, d_head]
+            out = torch.einsum("hd,hdm->hm", z, tl.W_O[layer])
+            heads.append(through(out))
+            attn_bias.append(float(through(tl.b_O[layer])))
+            mlp.append(float(through(cache[f"blocks.{layer}.hook_mlp_out"][at])))
+            post = cache[f"blocks.{layer}.mlp.hook_post"][at].float()
+            neurons.append(post * through(tl.W_out[layer]))
+            mlp_bias.append(float(through(tl.b_out[layer])))
+        pos_embed = (
+            float(through(cache["hook_pos_embed"][at])) if "hook_pos_embed" in cache else 0.0
+        )
+        return Attribution(
+            logit=logit,
+            bias=bias,
+            scale=scale,
+            embed=float(through(cache["hook_embed"][at])),
+            pos_embed=pos_embed,
+            heads=torch.stack(heads).cpu(),
+            attn_bias=attn_bias,
+            mlp=mlp,
+            neurons=[n.cpu() for n in neurons],
+            mlp_bias=mlp_bias,
+            hook_acts={h: cache[h][0] for h in hooks},
+            through=through,
+        )
 
     def mlp_activations(
         self, tokens: torch.Tensor, layers: Sequence[int]

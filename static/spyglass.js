@@ -33,7 +33,10 @@
     if (!window.Plotly) return;
     root.querySelectorAll(".plot[data-plot]").forEach((el) => {
       const h = JSON.parse(el.dataset.plot);
-      Plotly.newPlot(el, [{ type: "bar", x: h.x, y: h.y, marker: { color: "#b45309" } }], {
+      const trace = el.dataset.kind === "heatmap"
+        ? { type: "heatmap", z: h.z, colorscale: "RdBu", reversescale: true, zmid: 0 }
+        : { type: "bar", x: h.x, y: h.y, marker: { color: "#b45309" } };
+      Plotly.newPlot(el, [trace], {
         title: { text: el.dataset.title || "" }, margin: { t: 40, r: 10, b: 40, l: 50 },
         xaxis: { title: { text: h.x_title } }, yaxis: { title: { text: h.y_title || "units" } }, bargap: 0.05,
       }, { displayModeBar: false, responsive: true });

@@ -113,6 +113,35 @@ async def steer_units_api(
     return await live.steer_units(models, settings, conn, model, req)
 
 
+@fragments.get("/{model}/attribution")
+@fragments.get("/{model}/attribution.json")
+async def attribution_page(
+    request: Request,
+    model: str,
+    req: Annotated[live.AttributionRequest, Query()],
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await live.attribution(models, settings, conn, model, req)
+    return render(request, "attribution.html", result, as_json=request.url.path.endswith(".json"))
+
+
+@api.post("/{model}/attribution", response_model=live.AttributionResult)
+async def attribution_api(
+    model: str,
+    req: live.AttributionRequest,
+    conn: ConnDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    """Direct logit attribution: the target token's logit at ``position`` (minus ``other``'s)
+    split into the embedding, every head, every MLP layer, the top neurons and the top SAE
+    latents, through the final norm's frozen scale. The parts sum to logit - bias.
+    """
+    return await live.attribution(models, settings, conn, model, req)
+
+
 @api.post("/{model}/prompt", response_model=live.PromptResult)
 async def prompt_api(
     model: str, req: live.PromptRequest, conn: ConnDep, models: ModelsDep, settings: SettingsDep

@@ -366,3 +366,17 @@ def test_ablation_effect_loads_under_an_example(page, base_url, unit_with_exampl
     with_effect = page.locator("#ablation-slot-0 .tok[title]")
     assert with_effect.count() == sum(t["loss_delta"] is not None for t in data["tokens"])
     assert with_effect.first.get_attribute("title").startswith("up: ")
+
+
+def test_attribution_page_draws_its_charts(page, base_url):
+    page.goto("/tiny/attribution?text=the+quick+brown+fox+jumps")
+    page.wait_for_selector("#components-plot .bars path")
+    page.wait_for_selector("#heads-plot .hm, #heads-plot image, #heads-plot .heatmaplayer")
+    data = _get_json(f"{base_url}/tiny/attribution.json?text=the+quick+brown+fox+jumps")
+    bars = page.locator("#components-plot .bars .point")
+    assert bars.count() == len(data["components"])
+    assert page.locator("#parts-sum").inner_text() != ""
+    link = page.locator("#attr-neurons a").first
+    href = link.get_attribute("href")
+    link.click()
+    page.wait_for_url(f"{base_url}{href}")

@@ -251,3 +251,33 @@ def test_ablating_a_latent_that_never_fires_changes_nothing(sae_index, sae_dir, 
     clean = model.log_probs(ids)
     assert torch.equal(model.log_probs(ids, [src.steer(quiet, 0.0, clamp=True)]), clean)
     assert not torch.equal(model.log_probs(ids, [src.steer(loud, 0.0, clamp=True)]), clean)
+
+
+def test_attribution_lists_latents_with_their_direct_effect(client, sae_dir, tiny_model_dir):
+    from urllib.parse import quote
+
+    text = "the quick brown fox jumps over the lazy dog"
+    data = client.get(f"/tinysae/attribution.json?text={quote(text)}").json()
+    hooked = fresh_hooked(tiny_model_dir)
+    ids = load_model(str(tiny_model_dir), "cpu").encode_prompt(text)
+    with torch.inference_mode():
+        logits, cache = hooked.run_with_cache(torch.tensor([ids]))
+    pos = len(ids) - 1
+    target = int(logits[0, pos].argmax())
+    w = load_file(sae_dir / "sae_weights.safetensors")
+    x = cache[HOOK][0, pos].clone()
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    top = pre.topk(4)
+    f = torch.zeros_like(pre).scatter(0, top.indices, top.values.relu())
+    direction = (hooked.W_U[:, target] * hooked.ln_final.w).detach()
+    scale = cache["ln_final.hook_scale"][0, pos].clone()
+    centred = w["W_dec"] - w["W_dec"].mean(1, keepdim=True)
+    expect = f * (centred @ direction) / scale
+    latents = [p for p in data["latents"] if p["label"].startswith(SOURCE)]
+    assert latents, "some latent fires at the last token"
+    for p in latents:
+        i = int(p["label"].split("/")[1])
+        assert p["value"] == pytest.approx(expect[i].item(), abs=1e-4)
+        assert p["url"] == f"/tinysae/{SOURCE}/{i}"
+    best = expect.abs().topk(len(latents)).indices.tolist()
+    assert sorted(int(p["label"].split("/")[1]) for p in latents) == sorted(best)
