@@ -300,6 +300,8 @@ def test_openapi_documents_the_live_twins(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert "/api/{model}/{source}/{index}/activations" in paths
     assert "/api/{model}/{source}/{index}/steer" in paths
+    for twin in ("prompt", "steer", "attribution"):
+        assert "post" in paths[f"/api/{{model}}/{twin}"]
 
 
 def test_ablation_effect_equals_a_fresh_zero_ablation(client, tiny_index):
