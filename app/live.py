@@ -124,6 +124,19 @@ def _check_tokens(model: Model, prompt: str, settings: Settings) -> list[int]:
     return ids
 
 
+def _check_generation(
+    max_new_tokens: int | None, temperature: float, seed: int, settings: Settings
+) -> int:
+    """Check a generation's settings; returns the number of new tokens (with its default)."""
+    n_new = max_new_tokens
+    if n_new is None:
+        n_new = min(DEFAULT_NEW_TOKENS, settings.max_new_tokens)
+    _check_range("max_new_tokens", n_new, 1, settings.max_new_tokens)
+    _check_range("temperature", temperature, 0, settings.max_temperature)
+    _check_range("seed", seed, 0, 2**31 - 1)
+    return n_new
+
+
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise LimitError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
@@ -158,12 +171,7 @@ async def steer(
     unit = target.unit
     coefficient = unit.max_act if req.coefficient is None else req.coefficient
     _check_range("coefficient", coefficient, -settings.max_coefficient, settings.max_coefficient)
-    n_new = req.max_new_tokens
-    if n_new is None:
-        n_new = min(DEFAULT_NEW_TOKENS, settings.max_new_tokens)
-    _check_range("max_new_tokens", n_new, 1, settings.max_new_tokens)
-    _check_range("temperature", req.temperature, 0, settings.max_temperature)
-    _check_range("seed", req.seed, 0, 2**31 - 1)
+    n_new = _check_generation(req.max_new_tokens, req.temperature, req.seed, settings)
     _check_text(req.prompt, settings)
 
     def work(model: Model) -> SteerResult:
@@ -472,12 +480,7 @@ async def steer_units(
         return MultiSteerResult(
             model=slug, max_new_tokens=min(DEFAULT_NEW_TOKENS, settings.max_new_tokens)
         )
-    n_new = req.max_new_tokens
-    if n_new is None:
-        n_new = min(DEFAULT_NEW_TOKENS, settings.max_new_tokens)
-    _check_range("max_new_tokens", n_new, 1, settings.max_new_tokens)
-    _check_range("temperature", req.temperature, 0, settings.max_temperature)
-    _check_range("seed", req.seed, 0, 2**31 - 1)
+    n_new = _check_generation(req.max_new_tokens, req.temperature, req.seed, settings)
     if not req.units:
         raise LimitError("name at least one unit to steer")
     if len(req.units) > settings.max_steer_units:

@@ -293,7 +293,7 @@ class StreamingIntervals:
         moved = moved.clamp(max=SAMPLE_BINS)  # [G, S]
         r = self.per_bin
         keys = self._keys[units, 1:].reshape(-1)
-        self._rewrite(
+        self._regroup(
             groups=(units.unsqueeze(1) * (SAMPLE_BINS + 1) + moved)
             .unsqueeze(2)
             .expand(-1, -1, r)
@@ -301,43 +301,28 @@ class StreamingIntervals:
             keys=keys,
             tokens=self._tokens[units, 1:].reshape(-1),
             values=self._values[units, 1:].reshape(-1),
-            old_windows=self._windows[units, 1:].reshape(keys.shape[0], -1),
+            windows=self._windows[units, 1:].reshape(keys.shape[0], -1),
             clear=(units.unsqueeze(1) * (SAMPLE_BINS + 1) + sample_bins).reshape(-1),
         )
 
-    def _rewrite(
+    def _regroup(
         self,
         *,
         groups: torch.Tensor,
         keys: torch.Tensor,
         tokens: torch.Tensor,
         values: torch.Tensor,
-        new_windows=None,
-        old_windows: torch.Tensor | None = None,
-        clear: torch.Tensor | None = None,
+        windows: torch.Tensor,
+        clear: torch.Tensor,
     ) -> None:
-        """Keep, in each touched sample bin, the ``per_bin`` smallest keys among its current
-        entries and the given ones. ``groups`` are flat bin ids (unit * bins + bin).
-        Either ``new_windows(i)`` reads windows of given entries ``i`` from the batch, or
-        ``old_windows`` holds them (a regrouping of stored entries, whose bins ``clear``
-        lists: they are emptied first, and their entries are all among those given)."""
+        """Empty the bins ``clear`` and refill them from their own entries, given with new
+        flat bin ids ``groups`` (unit * bins + bin): each keeps its ``per_bin`` smallest
+        keys. ``windows`` [n, W] belong to the entries."""
         r = self.per_bin
         flat_keys = self._keys.view(-1, r)
         flat_tokens = self._tokens.view(-1, r)
         flat_values = self._values.view(-1, r)
         flat_windows = self._windows.view(-1, r, self._windows.shape[-1])
-        if clear is None:  # merge with what the touched bins hold
-            touched = groups.unique()
-            n_new = groups.shape[0]
-            groups = torch.cat([groups, touched.repeat_interleave(r)])
-            keys = torch.cat([keys, flat_keys[touched].reshape(-1)])
-            tokens = torch.cat([tokens, flat_tokens[touched].reshape(-1)])
-            values = torch.cat([values, flat_values[touched].reshape(-1)])
-            stored_windows = flat_windows[touched].reshape(-1, flat_windows.shape[-1])
-            clear = touched
-        else:
-            n_new = 0
-            stored_windows = old_windows
         by_key = keys.argsort(stable=True)
         order = by_key[groups[by_key].argsort(stable=True)]
         sorted_groups = groups[order]
@@ -346,13 +331,6 @@ class StreamingIntervals:
         )
         keep = (rank < r) & (keys[order] != EMPTY)
         pick, slot, group = order[keep], rank[keep], sorted_groups[keep]
-        windows = torch.full((pick.shape[0], flat_windows.shape[-1]), torch.nan, device=keys.device)
-        from_batch = pick < n_new
-        if from_batch.any():
-            windows[from_batch] = new_windows(pick[from_batch])
-        stored = ~from_batch
-        if stored.any():
-            windows[stored] = stored_windows[pick[stored] - n_new].float()
         flat_keys[clear] = EMPTY
         flat_tokens[clear] = -1
         flat_values[clear] = 0.0
@@ -360,7 +338,7 @@ class StreamingIntervals:
         flat_keys[group, slot] = keys[pick]
         flat_tokens[group, slot] = tokens[pick]
         flat_values[group, slot] = values[pick]
-        flat_windows[group, slot] = windows.to(flat_windows.dtype)
+        flat_windows[group, slot] = windows[pick]
 
     def state(self) -> IntervalState:
         ceiling = torch.where(

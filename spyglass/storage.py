@@ -529,17 +529,7 @@ def get_examples(conn: Connection, source_id: int, unit: int) -> list[ExampleRow
         .where(examples.c.source_id == source_id, examples.c.unit == unit)
         .order_by(examples.c.rank)
     )
-    return [
-        ExampleRow(
-            rank=r.rank,
-            sequence_id=r.sequence_id,
-            position=r.position,
-            value=r.value,
-            window_start=r.window_start,
-            acts=from_float_blob(r.acts),
-        )
-        for r in conn.execute(q)
-    ]
+    return [_example_row(r, "<f4") for r in conn.execute(q)]
 
 
 def get_samples(conn: Connection, source_id: int, unit: int) -> dict[int, list[ExampleRow]]:
@@ -551,17 +541,19 @@ def get_samples(conn: Connection, source_id: int, unit: int) -> dict[int, list[E
     )
     out: dict[int, list[ExampleRow]] = {}
     for r in conn.execute(q):
-        out.setdefault(r.interval, []).append(
-            ExampleRow(
-                rank=r.rank,
-                sequence_id=r.sequence_id,
-                position=r.position,
-                value=r.value,
-                window_start=r.window_start,
-                acts=from_float_blob(r.acts, "<f2"),
-            )
-        )
+        out.setdefault(r.interval, []).append(_example_row(r, "<f2"))
     return out
+
+
+def _example_row(r, dtype: str) -> ExampleRow:
+    return ExampleRow(
+        rank=r.rank,
+        sequence_id=r.sequence_id,
+        position=r.position,
+        value=r.value,
+        window_start=r.window_start,
+        acts=from_float_blob(r.acts, dtype),
+    )
 
 
 def get_sequences(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int, SequenceRow]:
