@@ -719,10 +719,7 @@ async def attribution(
         pos = len(ids) - 1 if req.position is None else req.position
         if not 0 <= pos < len(ids):
             raise LimitError(f"position must be in 0..{len(ids) - 1}, got {pos}")
-        if req.target:
-            target = one_token(model, req.target, "target")
-        else:
-            target = int(model.log_probs(ids)[pos].argmax())
+        target = one_token(model, req.target, "target") if req.target else None
         other = one_token(model, req.other, "other") if req.other else None
         loaded = [_load_source(service, s, model) for s in saes]
         a = model.attribute(ids, pos, target, other, hooks=sorted({s.hook for s in loaded}))
@@ -737,7 +734,7 @@ async def attribution(
         for layer, n in enumerate(a.neurons):
             for i in n.abs().topk(min(3, n.shape[0])).indices.tolist():
                 neurons.append((f"{layer}-mlp", i, float(n[i])))
-        names = model.token_strings([target] + ([other] if other is not None else []))
+        names = model.token_strings([a.target] + ([other] if other is not None else []))
         return ids, pos, a, latents, neurons, names, model.token_strings(ids)
 
     ids, pos, a, latents, neurons, names, texts = await service.run(m.spec, work, m.options)

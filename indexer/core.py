@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from indexer.intervals import token_keys
+
 
 @dataclass(frozen=True)
 class TopKResult:
@@ -123,8 +125,6 @@ class StreamingCorrelation:
         self.n_tokens = 0
 
     def update(self, acts: torch.Tensor, first_sequence: int) -> None:
-        from indexer.intervals import token_keys
-
         n_seq, seq_len, n_units = acts.shape
         if seq_len <= self.skip_first:
             return

@@ -113,7 +113,6 @@ class SourceStats:
             skip_first=skip,
             device=device,
         )
-        self.interval_samples = cfg.interval_samples
 
     def update(self, hook_act: torch.Tensor, first_sequence: int) -> None:  # [B, T, d]
         acts = self.source.units(hook_act, self.skip)  # [B, T, units]
@@ -264,10 +263,9 @@ def _write_source(conn, model_id: int, st: SourceStats, model: Model, seq_len: i
     effects = model.logit_effects(directions)
     logits = _logit_tables(effects)
     state = st.intervals.state()
-    iv = choose_intervals(
-        state, torch.from_numpy(max_act).to(state.counts.device), per_interval=st.interval_samples
-    )
-    stats = _unit_stats(st, model, state, iv, effects, directions, torch.from_numpy(max_act))
+    max_act_t = torch.from_numpy(max_act).to(state.counts.device)
+    iv = choose_intervals(state, max_act_t, per_interval=st.intervals.per_bin)
+    stats = _unit_stats(st, model, state, iv, effects, directions, max_act_t)
     density = state.density.cpu().numpy()
     storage.add_units(conn, source_id, max_act, density, logits, stats)
     storage.add_examples(conn, source_id, _example_columns(top, st.topk.before, seq_len))

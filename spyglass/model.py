@@ -114,6 +114,8 @@ Steer = NeuronSteer | DirectionSteer | LatentClamp
 class Attribution:
     """Direct logit attribution at one position (see :meth:`Model.attribute`)."""
 
+    target: int
+    """The token explained (the top prediction when none was asked for)."""
     logit: float
     """The model's logit for the target (minus the other token's)."""
     bias: float
@@ -263,13 +265,16 @@ class Model:
 
     @torch.inference_mode()
     def attribute(
-        self, ids: Sequence[int], position: int, target: int, other: int | None, hooks=()
+        self, ids: Sequence[int], position: int, target: int | None, other: int | None, hooks=()
     ) -> Attribution:
         """Direct contributions to logit[target] (minus logit[other]) at ``position``: every
         term that sums to the final residual stream there, each through the final norm with
-        its scale frozen from this forward pass, dotted with the unembedding direction."""
+        its scale frozen from this forward pass, dotted with the unembedding direction.
+        ``target`` None means the top prediction of this same pass."""
         logits, cache = self._tl.run_with_cache(torch.tensor([list(ids)], device=self.device))
         tl, cfg = self._tl, self._tl.cfg
+        if target is None:
+            target = int(logits[0, position].argmax())
         direction = tl.W_U[:, target].clone()
         bias = float(tl.b_U[target])
         logit = float(logits[0, position, target])
@@ -306,6 +311,7 @@ class Model:
             float(through(cache["hook_pos_embed"][at])) if "hook_pos_embed" in cache else 0.0
         )
         return Attribution(
+            target=target,
             logit=logit,
             bias=bias,
             scale=scale,
