@@ -1,12 +1,12 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make demo   set up, index the embedded model + corpus (first run only), serve on :8000
-#   make test   set up, run every test tier (unit + integration, slow, browser)
+#   make test   set up, run every test tier (unit + integration, slow, browser, postgres)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DB ?= data/spyglass.db
 
-.PHONY: demo serve test test-fast lint bench clean chromium
+.PHONY: demo serve test test-fast lint bench clean chromium postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,16 @@ serve: $(VENV)/.installed
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: $(VENV)/.installed-test chromium
+# The postgres tier starts its own throwaway server from Debian's PostgreSQL binaries.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+test: $(VENV)/.installed-test chromium postgres
 	$(BIN)/python -m pytest -q
 
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not postgres"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

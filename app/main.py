@@ -21,7 +21,9 @@ from spyglass.settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    engine = storage.make_engine(settings.db)  # FileNotFoundError if there is no index
+    # Read-only; FileNotFoundError if there is no index, storage.DatabaseUnavailable if the
+    # database cannot be opened.
+    engine = storage.make_read_engine(settings.db)
     service = ModelService(
         settings.device, max_queue=settings.max_queue, timeout=settings.request_timeout
     )

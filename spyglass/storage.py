@@ -1,7 +1,10 @@
 """Storage: the schema, the engine, and every query. The indexer writes, the app reads.
 
-Any SQLAlchemy URL works; a plain path means SQLite (WAL on, so the server keeps
-reading the last complete index while a new one is written in one transaction).
+Any SQLAlchemy URL works; a plain path means SQLite, and ``postgresql://`` URLs use
+psycopg 3 (``pip install 'spyglass[postgres]'``). The indexer writes a whole index in one
+transaction, so readers keep seeing the last complete index until it commits: SQLite in
+WAL mode, PostgreSQL by MVCC. The server's engine (`make_read_engine`) refuses writes
+and reads each request from one snapshot, so no page mixes an old index with a new one.
 Arrays (token ids, activation windows) are stored as little-endian blobs.
 """
 
@@ -28,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     create_engine,
     delete,
     event,
@@ -36,6 +40,43 @@ from sqlalchemy import (
     inspect,
     select,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+# PostgreSQL text cannot hold NUL, which corpus text may and a byte-level tokenizer's token
+# for byte 0 does. There NUL is stored as ESC "0" and ESC as ESC ESC (ESC: U+FFFF, a
+# noncharacter), undone on reading; SQLite stores text as given.
+_ESC = "\uffff"
+_UNESCAPE = re.compile(_ESC + "(.)", re.DOTALL)
+
+
+def _pg_escape(text: str) -> str:
+    if "\x00" not in text and _ESC not in text:
+        return text
+    return text.replace(_ESC, _ESC + _ESC).replace("\x00", _ESC + "0")
+
+
+def _pg_unescape(text: str) -> str:
+    if _ESC not in text:
+        return text
+    return _UNESCAPE.sub(lambda m: "\x00" if m[1] == "0" else _ESC, text)
+
+
+class _PgText(TypeDecorator):
+    """TEXT on PostgreSQL with NUL escaped (see `_pg_escape`)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else _pg_escape(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else _pg_unescape(value)
+
+
+FreeText = Text().with_variant(_PgText(), "postgresql")
+"""Text from the corpus or the tokenizer, which may hold any character."""
 
 metadata = MetaData()
 
@@ -77,7 +118,7 @@ sequences = Table(
     metadata,
     Column("model_id", ForeignKey("models.id"), primary_key=True),
     Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("document", Text, nullable=False),
+    Column("document", FreeText, nullable=False),
     Column("offset", Integer, nullable=False),
     Column("tokens", LargeBinary, nullable=False),
 )
@@ -87,7 +128,7 @@ vocab = Table(
     metadata,
     Column("model_id", ForeignKey("models.id"), primary_key=True),
     Column("token_id", Integer, primary_key=True, autoincrement=False),
-    Column("text", Text, nullable=False),
+    Column("text", FreeText, nullable=False),
 )
 
 units = Table(
@@ -130,39 +171,127 @@ samples = _example_table(
 _CHILDREN = (examples, samples, units)  # keyed by source_id
 _MODEL_CHILDREN = (vocab, sequences)  # keyed by model_id
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-RESERVED = {"api", "static", "docs", "redoc", "openapi.json", "sequences"}
+RESERVED = {"api", "static", "docs", "redoc", "openapi.json", "sequences", "healthz"}
 
 
 # ---- engine ---------------------------------------------------------------------
 
 
-def database_url(target: str) -> str:
-    """A SQLAlchemy URL as is; anything else is a path to a SQLite file."""
-    return target if "://" in target else f"sqlite:///{Path(target).expanduser()}"
-
-
-def make_engine(target: str, *, create: bool = False) -> Engine:
-    """Engine for ``target``; with ``create`` the tables are made if missing."""
-    url = database_url(target)
-    if url.startswith("sqlite:///") and not create:
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise FileNotFoundError(f"no index database at {path}")
-    # The server reads from a thread pool; SQLite connections may move between threads.
-    connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
-    engine = create_engine(url, connect_args=connect_args)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    if problem := outdated(engine):
-        engine.dispose()
-        raise OutdatedIndexError(f"the index at {url} {problem}; index again into a new file")
-    if create:
-        metadata.create_all(engine)
-    return engine
+class DatabaseUnavailable(ValueError):
+    """The database cannot be used: a bad URL, a missing driver, or no connection."""
 
 
 class OutdatedIndexError(ValueError):
     """The database was written by an older Spyglass whose tables lack columns we read."""
+
+
+def database_url(target: str) -> str:
+    """A SQLAlchemy URL as is, except that ``postgresql://`` and ``postgres://`` get the
+    psycopg 3 driver; anything else is a path to a SQLite file."""
+    if "://" not in target:
+        return f"sqlite:///{Path(target).expanduser()}"
+    scheme, rest = target.split("://", 1)
+    return f"postgresql+psycopg://{rest}" if scheme in ("postgresql", "postgres") else target
+
+
+def make_engine(target: str, *, create: bool = False) -> Engine:
+    """Engine for ``target`` (the indexer's, and scripts'); with ``create`` the tables are
+    made if missing."""
+    url = database_url(target)
+    if url.startswith("sqlite:///") and not create:
+        _sqlite_file(url)
+    engine = _create(url, readonly=False)
+    _check_schema(engine)
+    if create:
+        try:
+            metadata.create_all(engine)
+        except DBAPIError as exc:
+            engine.dispose()
+            where = engine.url.render_as_string(hide_password=True)
+            raise DatabaseUnavailable(f"cannot create tables in {where}: {_reason(exc)}") from None
+    return engine
+
+
+def make_read_engine(target: str) -> Engine:
+    """The server's engine. It refuses writes (SQLite: ``PRAGMA query_only``; PostgreSQL:
+    read-only transactions), and each connection reads one snapshot (SQLite: an explicit
+    BEGIN; PostgreSQL: REPEATABLE READ), so a request never mixes an old index with a new
+    one committed meanwhile. FileNotFoundError when there is no index to read."""
+    url = database_url(target)
+    if url.startswith("sqlite:///"):
+        _sqlite_file(url)
+    engine = _create(url, readonly=True)
+    _check_schema(engine)
+    if not inspect(engine).has_table(models.name):
+        engine.dispose()
+        raise FileNotFoundError(f"no Spyglass index in {display_url(url)}")
+    return engine
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _sqlite_file(url: str) -> None:
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.exists():
+        raise FileNotFoundError(f"no index database at {path}")
+
+
+def _create(url: str, *, readonly: bool) -> Engine:
+    kwargs: dict = {}
+    if url.startswith("sqlite"):
+        # The server reads from a thread pool; SQLite connections may move between threads.
+        kwargs["connect_args"] = {"check_same_thread": False}
+    elif url.startswith("postgresql") and readonly:
+        # Set per transaction (BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY), so it
+        # holds through a connection pooler too.
+        kwargs |= dict(
+            isolation_level="REPEATABLE READ",
+            execution_options={"postgresql_readonly": True},
+            pool_pre_ping=True,  # the server outlives database restarts
+        )
+    try:
+        engine = create_engine(url, **kwargs)
+    except ImportError as exc:
+        scheme = url.split("://", 1)[0]
+        if scheme == "postgresql+psycopg":
+            msg = f"{scheme} URLs need psycopg: pip install 'spyglass[postgres]'"
+        else:
+            msg = f"no database driver for {scheme} URLs: {exc}"
+        raise DatabaseUnavailable(msg) from None
+    except ArgumentError as exc:
+        raise DatabaseUnavailable(
+            f"not a usable database URL {display_url(url)!r}: {exc}"
+        ) from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        if readonly:
+            event.listen(engine, "connect", _sqlite_reader)
+            event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _check_schema(engine: Engine) -> None:
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        problem = outdated(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise DatabaseUnavailable(f"cannot open the database at {url}: {_reason(exc)}") from None
+    if problem:
+        engine.dispose()
+        again = "a new file" if engine.dialect.name == "sqlite" else "a new database"
+        raise OutdatedIndexError(f"the index at {url} {problem}; index again into {again}")
+
+
+def _reason(exc: DBAPIError) -> str:
+    """The driver's own message, first line only."""
+    return (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def outdated(engine: Engine) -> str | None:
@@ -183,6 +312,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_reader(dbapi_conn, _record) -> None:
+    dbapi_conn.execute("PRAGMA query_only=ON")
+    # pysqlite begins no transaction before a SELECT, so each query would read the latest
+    # commit; _sqlite_begin opens one per connection checkout instead.
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
 
 
 def to_blob(array: np.ndarray, dtype: str) -> bytes:
@@ -322,10 +462,16 @@ def finish_model(conn: Connection, model_id: int, *, n_sequences: int, seconds: 
 
 
 def _bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-    """executemany straight to the driver: SQLAlchemy's per-row parameter processing
-    costs more than SQLite's own insert for the million example rows of an index."""
+    """Rows straight to the driver: SQLAlchemy's per-row parameter processing costs more
+    than the database's own insert for the million example rows of an index. PostgreSQL
+    through psycopg gets COPY (3x an executemany there); others, executemany."""
     if not rows:
         return
+    if conn.dialect.name == "postgresql":
+        rows = _pg_free_text(conn, table, columns, rows)
+        if conn.dialect.driver == "psycopg":
+            _copy(conn, table, columns, rows)
+            return
     compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
     if conn.dialect.positional:
         order = [columns.index(name) for name in compiled.positiontup]
@@ -337,6 +483,34 @@ def _bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: l
     else:
         params = [dict(zip(columns, r, strict=True)) for r in rows]
     conn.exec_driver_sql(str(compiled), params)
+
+
+def _pg_free_text(
+    conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]
+) -> list[tuple]:
+    """``rows`` with NUL escaped in `FreeText` columns, as the type does on other paths."""
+    free = {
+        i
+        for i, c in enumerate(columns)
+        if isinstance(table.c[c].type.dialect_impl(conn.dialect), _PgText)
+    }
+    if not free:
+        return rows
+    return [tuple(_pg_escape(v) if i in free else v for i, v in enumerate(row)) for row in rows]
+
+
+def _copy(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    quote = conn.dialect.identifier_preparer
+    names = ", ".join(quote.quote(c) for c in columns)
+    sql = f"COPY {quote.format_table(table)} ({names}) FROM STDIN"
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        # The transaction's own connection: COPY joins the index's one transaction.
+        with conn.connection.dbapi_connection.cursor() as cur, cur.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:  # raised as SQLAlchemy raises the other paths' errors
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=conn.dialect) from exc
 
 
 def add_sequences(conn: Connection, model_id: int, rows: Sequence[tuple[int, str, int, list[int]]]):
@@ -428,6 +602,12 @@ def add_examples(
 
 
 # ---- reading (app) -------------------------------------------------------------------
+
+
+def ping(engine: Engine) -> None:
+    """Raises if the database cannot answer a query (for health checks)."""
+    with engine.connect() as conn:
+        conn.execute(select(1)).scalar()
 
 
 def list_models(conn: Connection) -> list[ModelRow]:
@@ -578,6 +758,6 @@ def unit_max_acts(conn: Connection, source_id: int) -> list[float]:
 
 
 def unit_densities(conn: Connection, source_id: int) -> list[float]:
-    return list(
-        conn.execute(select(units.c.density).where(units.c.source_id == source_id)).scalars()
-    )
+    """Each unit's density, by index."""
+    q = select(units.c.density).where(units.c.source_id == source_id).order_by(units.c.idx)
+    return list(conn.execute(q).scalars())

@@ -6,11 +6,13 @@ import random
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import views
 from app.deps import ConnDep, SettingsDep
 from app.render import render, split_json
+from spyglass import storage
 
 router = APIRouter(include_in_schema=False)
 _rng = random.Random()
@@ -20,6 +22,17 @@ _rng = random.Random()
 @router.get("/.json")
 def home(request: Request, conn: ConnDep):
     return render(request, "home.html", views.home(conn), as_json=request.url.path == "/.json")
+
+
+@router.get("/healthz")
+def healthz(request: Request) -> JSONResponse:
+    """For container health checks: 200 while the database answers, else 503."""
+    try:
+        storage.ping(request.app.state.engine)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return JSONResponse({"status": "unavailable", "detail": reason}, 503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/{model}")
