@@ -21,25 +21,23 @@ from pathlib import Path
 import torch
 
 from indexer.corpus import iter_sequences
-from indexer.pipeline import IndexConfig, SourceStats, _write_source
+from indexer.pipeline import IndexConfig, PassStats, _write_source
 from spyglass import storage
 from spyglass.model import load_model
 from spyglass.sources import mlp_sources, sae_source
 
 
 class Timed:
-    """Streaming statistics of ``sources``, fed one batch at a time, with the seconds spent."""
+    """The indexer's streaming statistics of ``sources``, fed one batch at a time as
+    ``build_index`` feeds them, with the seconds spent."""
 
     def __init__(self, model, cfg, sources):
-        self.model, self.seconds, self.first = model, 0.0, 0
-        self.stats = [SourceStats(src, cfg, model.device) for src in sources]
-        self.hooks = sorted({src.hook for src in sources})
+        self.seconds, self.first = 0.0, 0
+        self.stats = PassStats(model, sources, cfg)
 
     def step(self, batch: torch.Tensor) -> None:
         t0 = time.perf_counter()
-        acts = self.model.activations(batch, self.hooks)
-        for st in self.stats:
-            st.update(acts[st.source.hook], self.first)
+        self.stats.update(batch, self.first)
         self.first += batch.shape[0]
         self.seconds += time.perf_counter() - t0
 
@@ -68,7 +66,9 @@ def main() -> None:
         for i in range(0, len(seqs), args.batch_size)
     ]
     n_tokens = sum(b.numel() for b in batches)
-    model.mlp_activations(batches[0], layers)  # warm-up
+    model.mlp_activations(batches[0], layers)  # warm-up: the model ...
+    warm = Timed(model, cfg, mlp_sources(model, layers[:1]))  # ... and the compiled kernels
+    warm.step(batches[0][:2])
 
     neurons = Timed(model, cfg, mlp_sources(model, layers))
     with_sae = (
@@ -84,7 +84,7 @@ def main() -> None:
         neurons.step(b)
         if with_sae is not None:
             with_sae.step(b)
-    stats, full = neurons.stats, neurons.seconds
+    stats, full = neurons.stats.sources, neurons.seconds
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = storage.make_engine(str(Path(tmp) / "bench.db"), create=True)

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from indexer.intervals import token_keys
+from indexer import kernels
+from indexer.intervals import (
+    StreamingIntervals,
+    as_array,
+    batch_keys,
+    read_windows,
+    token_keys,
+    use_compiled,
+)
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,11 @@ class StreamingTopK:
     """Keeps each unit's k largest activations, and their context windows, over a
     stream of batches, in memory that does not grow with the stream.
 
-    ``skip_first`` positions of every sequence never enter the top-k (attention-sink
-    maxima sit at position 0) but still appear inside other tokens' windows.
+    Ties rank the earlier token first, so the result is one total order whatever the
+    batching. ``skip_first`` positions of every sequence never enter the top-k
+    (attention-sink maxima sit at position 0) but still appear inside other tokens'
+    windows. On a CPU a compiled kernel (``indexer.kernels``) folds each batch in one
+    pass; elsewhere tensor ops do, with ``backend="torch"`` to force them.
     """
 
     def __init__(
@@ -48,14 +59,16 @@ class StreamingTopK:
         after: int,
         skip_first: int = 0,
         device: torch.device | str = "cpu",
+        backend: str | None = None,
     ) -> None:
         if k < 1:
             raise ValueError("k must be at least 1")
         self.k, self.before, self.after, self.skip_first = k, before, after, skip_first
+        self.compiled = use_compiled(device, backend)
         width = before + 1 + after
-        self._values = torch.full((k, n_units), -torch.inf, device=device)
-        self._tokens = torch.full((k, n_units), -1, dtype=torch.long, device=device)
-        self._windows = torch.full((k, n_units, width), torch.nan, device=device)
+        self._values = torch.full((n_units, k), -torch.inf, device=device)  # [U, k]
+        self._tokens = torch.full((n_units, k), -1, dtype=torch.long, device=device)
+        self._windows = torch.full((n_units, k, width), torch.nan, device=device)
         self._offsets = torch.arange(-before, after + 1, device=device)  # [W]
 
     def update(self, acts: torch.Tensor, first_sequence: int) -> None:
@@ -63,37 +76,79 @@ class StreamingTopK:
         n_seq, seq_len, n_units = acts.shape
         if seq_len <= self.skip_first:
             return
+        token0 = first_sequence * seq_len
+        if self.compiled:
+            kernels.fold(as_array(acts), self.skip_first, token0, None, self.arrays(), None)
+        else:
+            self._torch_fold(acts, token0)
+            self._take_windows(acts, token0)
+
+    def arrays(self) -> kernels.TopKArrays:
+        """The state as numpy views, for ``kernels.fold``."""
+        return kernels.TopKArrays(
+            self._values.numpy(), self._tokens.numpy(), self._windows.numpy(), self.before
+        )
+
+    def _take_windows(self, acts: torch.Tensor, token0: int) -> None:
+        """Read the windows of the slots filled from this batch."""
+        seq_len = acts.shape[1]
+        unit, slot = (self._tokens >= token0).nonzero(as_tuple=True)
+        if unit.numel():
+            local = self._tokens[unit, slot] - token0
+            seq, pos = local // seq_len, local % seq_len
+            self._windows[unit, slot] = read_windows(acts, seq, pos, unit, self._offsets)
+
+    def _torch_fold(self, acts: torch.Tensor, token0: int) -> None:
+        n_seq, seq_len, n_units = acts.shape
         flat = acts.reshape(n_seq * seq_len, n_units)  # a view: no copy
         # One top-k over the whole batch, wide enough that after dropping the at most
         # n_seq * skip_first ineligible rows at least k eligible candidates remain.
         wide = min(self.k + n_seq * self.skip_first, flat.shape[0])
         batch_values, row = flat.topk(wide, dim=0)  # [wide, U]
-        batch_seq, batch_pos = row // seq_len, row % seq_len
-        ineligible = batch_pos < self.skip_first
-        batch_values = batch_values.masked_fill(ineligible, -torch.inf)
-        batch_tokens = ((batch_seq + first_sequence) * seq_len + batch_pos).masked_fill(
-            ineligible, -1
-        )
-
-        merged_values = torch.cat([self._values, batch_values])  # [k + wide, U]
-        self._values, pick = merged_values.topk(self.k, dim=0)  # [k, U]
-        self._tokens = torch.cat([self._tokens, batch_tokens]).gather(0, pick)
-        kept = pick.clamp(max=self.k - 1)
-        self._windows = self._windows.gather(
-            0, kept.unsqueeze(-1).expand(-1, -1, self._windows.shape[-1])
-        )
-        # Only entries that came from this batch need their windows read from it.
-        slot, unit = ((pick >= self.k) & (self._tokens >= 0)).nonzero(as_tuple=True)
-        if slot.numel():
-            row = pick[slot, unit] - self.k
-            seq = batch_seq[row, unit]
-            pos = batch_pos[row, unit].unsqueeze(1) + self._offsets  # [n, W]
-            inside = (pos >= 0) & (pos < seq_len)
-            vals = acts[seq.unsqueeze(1), pos.clamp(0, seq_len - 1), unit.unsqueeze(1)]
-            self._windows[slot, unit] = torch.where(inside, vals.float(), torch.nan)
+        ineligible = row % seq_len < self.skip_first
+        batch_values = batch_values.masked_fill(ineligible, -torch.inf).t().float()
+        batch_tokens = (row + token0).masked_fill(ineligible, -1).t()
+        values = torch.cat([self._values, batch_values], dim=1)  # [U, k + wide]
+        tokens = torch.cat([self._tokens, batch_tokens], dim=1)
+        values, tokens, order = _rank(values, tokens, with_order=True)
+        keep = order[:, : self.k].clamp(max=self.k - 1)  # new entries: the caller reads them
+        self._values = values[:, : self.k].contiguous()
+        self._tokens = tokens[:, : self.k].contiguous()
+        self._windows = self._windows.gather(1, keep.unsqueeze(-1).expand_as(self._windows))
 
     def result(self) -> TopKResult:
-        return TopKResult(self._values.clone(), self._tokens.clone(), self._windows.clone())
+        values, tokens, order = _rank(self._values, self._tokens, with_order=True)
+        windows = self._windows.gather(1, order.unsqueeze(-1).expand_as(self._windows))
+        return TopKResult(values.t().contiguous(), tokens.t().contiguous(), windows.transpose(0, 1))
+
+
+def fold_batch(
+    topk: StreamingTopK, intervals: StreamingIntervals, acts: torch.Tensor, first_sequence: int
+) -> None:
+    """``topk.update`` and ``intervals.update`` on the same batch, in one compiled pass
+    over it when both run compiled with the same ``skip_first``."""
+    same = topk.compiled and intervals.compiled and topk.skip_first == intervals.skip_first
+    if not same:
+        topk.update(acts, first_sequence)
+        intervals.update(acts, first_sequence)
+        return
+    if not intervals.prepare(acts):
+        return
+    token0 = first_sequence * acts.shape[1]
+    keys = batch_keys(token0, acts.shape[0] * acts.shape[1])
+    kernels.fold(as_array(acts), topk.skip_first, token0, keys, topk.arrays(), intervals.arrays())
+
+
+def _rank(values: torch.Tensor, tokens: torch.Tensor, *, with_order: bool = False):
+    """Each row of (value, token) pairs [U, n] sorted by value, highest first, ties by
+    token, lowest first (empty slots, token -1 and value -inf, sort last)."""
+    by_token = tokens.masked_fill(tokens < 0, torch.iinfo(torch.long).max).argsort(
+        dim=1, stable=True
+    )
+    by_value = values.gather(1, by_token).argsort(dim=1, descending=True, stable=True)
+    order = by_token.gather(1, by_value)
+    ranked = values.gather(1, order), tokens.gather(1, order)
+    return (*ranked, order) if with_order else ranked
 
 
 class StreamingCorrelation:
@@ -105,7 +160,9 @@ class StreamingCorrelation:
     ``sparse`` sources (SAE latents, mostly zero) use every token: each token adds the
     products of its few active units only, m^2 per token for m active.
 
-    Memory is one [U, U] float32 matrix.
+    The moments are float64 sums of exact float32 products, so adding two streams' moments
+    (a merge of shards) matches one stream's to float64 rounding. Memory is one [U, U]
+    float64 matrix.
     """
 
     def __init__(
@@ -116,42 +173,48 @@ class StreamingCorrelation:
         sparse: bool = False,
         skip_first: int = 0,
         device: torch.device | str = "cpu",
+        backend: str | None = None,
     ):
         if not 0 < rate <= 1:
             raise ValueError("rate must be in (0, 1]")
         self.rate, self.sparse, self.skip_first = (1.0 if sparse else rate), sparse, skip_first
+        self.compiled = use_compiled(device, backend)
         self._sum = torch.zeros(n_units, dtype=torch.float64, device=device)
-        self._cross = torch.zeros(n_units, n_units, device=device)
+        self._cross = torch.zeros(n_units, n_units, dtype=torch.float64, device=device)
         self.n_tokens = 0
 
     def update(self, acts: torch.Tensor, first_sequence: int) -> None:
         n_seq, seq_len, n_units = acts.shape
         if seq_len <= self.skip_first:
             return
-        rows = acts[:, self.skip_first :, :].reshape(-1, n_units)
+        if self.sparse and self.compiled:
+            self.n_tokens += n_seq * (seq_len - self.skip_first)
+            chunks = max(1, min(torch.get_num_threads(), n_units // 16))
+            kernels.sparse_moments(
+                as_array(acts), self.skip_first, self._sum.numpy(), self._cross.numpy(), chunks
+            )
+            return
+        positions = torch.arange(self.skip_first, seq_len, device=acts.device)
+        rows = (torch.arange(n_seq, device=acts.device).unsqueeze(1) * seq_len + positions).view(-1)
         if self.rate < 1:
-            positions = torch.arange(self.skip_first, seq_len, device=acts.device)
-            seqs = torch.arange(n_seq, device=acts.device) + first_sequence
-            tokens = (seqs.unsqueeze(1) * seq_len + positions).reshape(-1)
-            picked = (token_keys(tokens).double() < self.rate * 2.0**63).nonzero().squeeze(1)
-            rows = rows[picked]
+            tokens = rows + first_sequence * seq_len
+            rows = rows[token_keys(tokens).double() < self.rate * 2.0**63]
         if not rows.shape[0]:
             return
-        rows = rows.float()
-        self._sum += rows.sum(0).double()
-        self.n_tokens += rows.shape[0]
+        x = acts.reshape(-1, n_units).index_select(0, rows).double()  # [n, U]
+        self._sum += x.sum(0)
+        self.n_tokens += x.shape[0]
         if not self.sparse:
-            self._cross.addmm_(rows.t(), rows)
+            self._cross.addmm_(x.t(), x)
             return
-        active = int((rows != 0).sum(1).max())
+        active = int((x != 0).sum(1).max())
         if active == 0:
             return
-        idx = rows.abs().topk(active, dim=1).indices  # [n, m]: every non-zero, zeros pad
-        vals = rows.gather(1, idx)
+        idx = x.abs().topk(active, dim=1).indices  # [n, m]: every non-zero, zeros pad
+        vals = x.gather(1, idx)
         pairs = (idx.unsqueeze(2) * n_units + idx.unsqueeze(1)).reshape(-1)
-        self._cross.view(-1).index_add_(
-            0, pairs, (vals.unsqueeze(2) * vals.unsqueeze(1)).reshape(-1)
-        )
+        products = (vals.unsqueeze(2) * vals.unsqueeze(1)).reshape(-1)
+        self._cross.view(-1).index_add_(0, pairs, products)
 
     def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each unit's ``k`` most correlated other units: ([U, k] indices, [U, k] r).

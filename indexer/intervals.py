@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from indexer import kernels
+
 COUNT_BINS = 512
 SAMPLE_BINS = 64
 KEY_CHUNK = 256
@@ -55,6 +57,27 @@ def token_keys(tokens: torch.Tensor) -> torch.Tensor:
         x = x ^ (x >> np.uint64(31))
     keys = (x >> np.uint64(1)).astype(np.int64)
     return torch.from_numpy(np.minimum(keys, EMPTY - 1)).to(tokens.device)
+
+
+def use_compiled(device: torch.device | str, backend: str | None) -> bool:
+    """Whether a streamer on ``device`` runs the compiled kernels (``indexer.kernels``):
+    on a CPU unless ``backend="torch"`` asks for the tensor code."""
+    if backend not in (None, "compiled", "torch"):
+        raise ValueError(f"backend must be 'compiled' or 'torch', got {backend!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "compiled" and not on_cpu:
+        raise ValueError("the compiled kernels run on the CPU only")
+    return on_cpu and backend != "torch"
+
+
+def as_array(acts: torch.Tensor) -> np.ndarray:
+    """A float32, C-ordered numpy view of a CPU activation block (a copy only if needed)."""
+    return acts.detach().to(torch.float32).contiguous().numpy()
+
+
+def batch_keys(token0: int, n: int) -> np.ndarray:
+    """The keys of tokens ``token0 .. token0 + n`` as a numpy array."""
+    return token_keys(torch.arange(token0, token0 + n)).numpy()
 
 
 def ceiling_exponent(x: torch.Tensor) -> torch.Tensor:
@@ -111,13 +134,21 @@ class StreamingIntervals:
         after: int = 3,
         skip_first: int = 0,
         device: torch.device | str = "cpu",
+        backend: str | None = None,
     ) -> None:
         self.per_bin, self.before, self.after, self.skip_first = per_bin, before, after, skip_first
         self.n_units = n_units
+        self.compiled = use_compiled(device, backend)
         bins = SAMPLE_BINS + 1  # bin 0 takes nothing (values <= 0)
         self._exp = torch.zeros(n_units, dtype=torch.long, device=device)
         self._started = torch.zeros(n_units, dtype=torch.bool, device=device)
         self._counts = torch.zeros(n_units, COUNT_BINS + 1, dtype=torch.long, device=device)
+        # The compiled kernel counts into int32 (half the memory traffic), added into
+        # _counts before any count is read and long before int32 could overflow.
+        self._fresh = torch.zeros(
+            (n_units, COUNT_BINS + 1) if self.compiled else (0, 0), dtype=torch.int32
+        )
+        self._fresh_tokens = 0
         self._keys = torch.full((n_units, bins, per_bin), EMPTY, dtype=torch.long, device=device)
         self._keys[:, 0, :] = torch.iinfo(torch.int64).min  # threshold no key is below
         self._tokens = torch.full((n_units, bins, per_bin), -1, dtype=torch.long, device=device)
@@ -133,13 +164,56 @@ class StreamingIntervals:
 
     def update(self, acts: torch.Tensor, first_sequence: int) -> None:
         """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``."""
+        if not self.prepare(acts):
+            return
+        if not self.compiled:
+            self._torch_fold(acts, first_sequence)
+            return
+        token0 = first_sequence * acts.shape[1]
+        keys = batch_keys(token0, acts.shape[0] * acts.shape[1])
+        kernels.fold(as_array(acts), self.skip_first, token0, keys, None, self.arrays())
+
+    def prepare(self, acts: torch.Tensor) -> bool:
+        """Count the batch's tokens, and on the tensor path raise ceilings to its max (the
+        compiled kernel does that itself); False if it has no eligible position."""
+        n_seq, seq_len, _ = acts.shape
+        if seq_len <= self.skip_first:
+            return False
+        n = n_seq * (seq_len - self.skip_first)
+        self.n_tokens += n
+        if not self.compiled:
+            self._grow(acts[:, self.skip_first :, :].amax(dim=(0, 1)).float())
+            return True
+        if self._fresh_tokens + n >= 1 << 31:  # int32 counts could overflow
+            self._spill()
+        self._fresh_tokens += n
+        return True
+
+    def arrays(self) -> kernels.IntervalArrays:
+        """The state as numpy views, for ``kernels.fold``."""
+        return kernels.IntervalArrays(
+            self._exp.numpy(),
+            self._started.numpy(),
+            self._counts.numpy(),
+            self._fresh.numpy(),
+            self._keys.numpy(),
+            self._tokens.numpy(),
+            self._values.numpy(),
+            self._windows.numpy().view(np.uint16),
+            self.before,
+        )
+
+    def _spill(self) -> None:
+        """Add the kernel's int32 counts into the int64 totals."""
+        if self.compiled:
+            self._counts += self._fresh
+            self._fresh.zero_()
+            self._fresh_tokens = 0
+
+    def _torch_fold(self, acts: torch.Tensor, first_sequence: int) -> None:
         n_seq, seq_len, n_units = acts.shape
         skip = self.skip_first
-        if seq_len <= skip:
-            return
         rows = acts[:, skip:, :].reshape(-1, n_units)  # [N, U]
-        self.n_tokens += rows.shape[0]
-        self._grow(rows.amax(0).float())
         ones = torch.ones(n_units, device=acts.device)
         scale = torch.ldexp(ones, COUNT_BINS_LOG2 - self._exp)  # exact: a power of two
         fine = (rows.float() * scale).ceil_().clamp_(0, COUNT_BINS)  # 0: not positive
@@ -277,6 +351,7 @@ class StreamingIntervals:
         grow = positive & self._started & (target > self._exp)
         if not grow.any():
             return
+        self._spill()
         units = grow.nonzero().squeeze(1)
         d = (target[units] - self._exp[units]).clamp(max=COUNT_BINS_LOG2 + 1)  # [G]
         self._exp[units] = target[units]
@@ -341,6 +416,12 @@ class StreamingIntervals:
         flat_windows[group, slot] = windows[pick]
 
     def state(self) -> IntervalState:
+        self._spill()
+        # Slots in key order (the compiled kernel leaves them unordered).
+        order = self._keys.argsort(dim=2, stable=True)
+        for name in ("_keys", "_tokens", "_values"):
+            setattr(self, name, getattr(self, name).gather(2, order))
+        self._windows = self._windows.gather(2, order.unsqueeze(-1).expand_as(self._windows))
         ceiling = torch.where(
             self._started,
             torch.ldexp(torch.ones_like(self._exp, dtype=torch.float64), self._exp),

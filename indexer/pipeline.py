@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from indexer import summaries
-from indexer.core import StreamingCorrelation, StreamingTopK, TopKResult
+from indexer.core import StreamingCorrelation, StreamingTopK, TopKResult, fold_batch
 from indexer.corpus import Sequence, iter_sequences
 from indexer.intervals import StreamingIntervals, choose_intervals
 from spyglass import storage
@@ -116,9 +116,27 @@ class SourceStats:
 
     def update(self, hook_act: torch.Tensor, first_sequence: int) -> None:  # [B, T, d]
         acts = self.source.units(hook_act, self.skip)  # [B, T, units]
-        self.topk.update(acts, first_sequence)
-        self.intervals.update(acts, first_sequence)
+        fold_batch(self.topk, self.intervals, acts, first_sequence)
         self.correlation.update(acts, first_sequence)
+
+
+class PassStats:
+    """Every source's statistics, fed one batch at a time: each hook's activation is
+    folded in as the forward pass reaches it, so only one is held at a time."""
+
+    def __init__(self, model: Model, sources: list[Source], cfg: IndexConfig):
+        self.model = model
+        self.sources = [SourceStats(src, cfg, model.device) for src in sources]
+        self._by_hook: dict[str, list[SourceStats]] = {}
+        for st in self.sources:
+            self._by_hook.setdefault(st.source.hook, []).append(st)
+
+    def update(self, tokens: torch.Tensor, first_sequence: int) -> None:  # [B, T]
+        def visit(hook: str, act: torch.Tensor) -> None:
+            for st in self._by_hook[hook]:
+                st.update(act, first_sequence)
+
+        self.model.activations(tokens, sorted(self._by_hook), visit=visit)
 
 
 def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
@@ -168,8 +186,7 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
     engine = storage.make_engine(cfg.db, create=True)
     report = IndexReport(slug=slug)
     started = time.perf_counter()
-    stats = [SourceStats(src, cfg, model.device) for src in sources]
-    hooks = sorted({src.hook for src in sources})
+    stats = PassStats(model, sources, cfg)
     with engine.begin() as conn:
         model_id = storage.replace_model(
             conn,
@@ -198,17 +215,14 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
                     model_id,
                     [(first + i, s.document, s.offset, s.tokens) for i, s in enumerate(batch)],
                 )
-                tokens = torch.tensor([s.tokens for s in batch])
-                acts = model.activations(tokens, hooks)
-                for st in stats:
-                    st.update(acts[st.source.hook], first)
+                stats.update(torch.tensor([s.tokens for s in batch]), first)
                 report.n_sequences += len(batch)
-                bar.update(tokens.numel())
+                bar.update(len(batch) * cfg.seq_len)
         report.n_tokens = report.n_sequences * cfg.seq_len
         report.pass_seconds = time.perf_counter() - started
 
         storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
-        for st in tqdm(stats, desc="writing", unit="source", disable=not cfg.progress):
+        for st in tqdm(stats.sources, desc="writing", unit="source", disable=not cfg.progress):
             _write_source(conn, model_id, st, model, cfg.seq_len)
             report.sources.append(st.source.name)
         report.seconds = time.perf_counter() - started

@@ -222,8 +222,15 @@ class Model:
         return self.activations(probe, [name])[name].shape[-1]
 
     @torch.inference_mode()
-    def activations(self, tokens: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Run ``tokens`` [batch, pos] and return each named hook's activation.
+    def activations(
+        self,
+        tokens: torch.Tensor,
+        hooks: Sequence[str],
+        visit: Callable[[str, torch.Tensor], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run ``tokens`` [batch, pos] and return each named hook's activation; with
+        ``visit``, hand each one to ``visit(hook, act)`` as the forward reaches it instead
+        (and return nothing), so no more than one is held at a time.
 
         The forward stops after the last block a hook belongs to, so nothing past it
         (in particular no unembedding) is paid for.
@@ -231,7 +238,10 @@ class Model:
         out: dict[str, torch.Tensor] = {}
 
         def keep(act: torch.Tensor, hook) -> None:
-            out[hook.name] = act
+            if visit is None:
+                out[hook.name] = act
+            else:
+                visit(hook.name, act)
 
         self._tl.run_with_hooks(
             tokens.to(self.device),

@@ -28,20 +28,32 @@ def streams(draw):
     return acts, bounds
 
 
-def run_topk(acts, bounds, k, before, after, skip_first):
+BACKENDS = st.sampled_from(["compiled", "torch"])
+
+
+def run_topk(acts, bounds, k, before, after, skip_first, backend="compiled"):
     n_seq, seq_len, n_units = acts.shape
-    topk = StreamingTopK(n_units, k, before=before, after=after, skip_first=skip_first)
+    topk = StreamingTopK(
+        n_units, k, before=before, after=after, skip_first=skip_first, backend=backend
+    )
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         topk.update(acts[lo:hi], first_sequence=lo)
     return topk.result()
 
 
 @settings(max_examples=300, deadline=None)
-@given(streams(), st.integers(1, 12), st.integers(0, 4), st.integers(0, 3), st.integers(0, 2))
-def test_topk_equals_brute_force_sort(stream, k, before, after, skip_first):
+@given(
+    streams(),
+    st.integers(1, 12),
+    st.integers(0, 4),
+    st.integers(0, 3),
+    st.integers(0, 2),
+    BACKENDS,
+)
+def test_topk_equals_brute_force_sort(stream, k, before, after, skip_first, backend):
     acts, bounds = stream
     n_seq, seq_len, n_units = acts.shape
-    res = run_topk(acts, bounds, k, before, after, skip_first)
+    res = run_topk(acts, bounds, k, before, after, skip_first, backend)
     for u in range(n_units):
         # Brute force: every eligible token of the whole stream, sorted.
         eligible = [
@@ -49,9 +61,12 @@ def test_topk_equals_brute_force_sort(stream, k, before, after, skip_first):
             for s in range(n_seq)
             for p in range(skip_first, seq_len)
         ]
-        expect = sorted((v for v, _ in eligible), reverse=True)[:k]
+        ranked = sorted(eligible, key=lambda e: (-e[0], e[1]))[:k]
+        expect = [v for v, _ in ranked]
         got = res.values[: len(expect), u].tolist()
         assert got == expect
+        if backend == "compiled":  # one total order: ties go to the earlier token
+            assert res.tokens[: len(expect), u].tolist() == [t for _, t in ranked]
         assert all(math.isinf(v) and v < 0 for v in res.values[len(expect) :, u].tolist())
         assert (res.tokens[len(expect) :, u] == -1).all()
         seen = set()
@@ -72,12 +87,15 @@ def test_topk_equals_brute_force_sort(stream, k, before, after, skip_first):
 
 
 @settings(max_examples=100, deadline=None)
-@given(streams(), st.integers(1, 6))
-def test_topk_values_do_not_depend_on_batch_cut(stream, k):
+@given(streams(), st.integers(1, 6), BACKENDS)
+def test_topk_values_do_not_depend_on_batch_cut(stream, k, backend):
     acts, bounds = stream
-    one = run_topk(acts, [0, acts.shape[0]], k, 2, 1, 1)
-    cut = run_topk(acts, bounds, k, 2, 1, 1)
+    one = run_topk(acts, [0, acts.shape[0]], k, 2, 1, 1, backend)
+    cut = run_topk(acts, bounds, k, 2, 1, 1, backend)
     assert torch.equal(one.values, cut.values)
+    if backend == "compiled":
+        assert torch.equal(one.tokens, cut.tokens)
+        assert torch.equal(one.windows.nan_to_num(-9), cut.windows.nan_to_num(-9))
 
 
 # ---- correlation ---------------------------------------------------------------------------
@@ -91,8 +109,8 @@ def brute_pearson(acts: torch.Tensor, skip: int, rows: torch.Tensor | None = Non
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.booleans(), st.integers(0, 2))
-def test_correlation_equals_brute_force_pearson(seed, sparse, skip):
+@given(st.integers(0, 2**31 - 1), st.booleans(), st.integers(0, 2), BACKENDS)
+def test_correlation_equals_brute_force_pearson(seed, sparse, skip, backend):
     from indexer.intervals import token_keys
 
     gen = torch.Generator().manual_seed(seed)
@@ -103,7 +121,7 @@ def test_correlation_equals_brute_force_pearson(seed, sparse, skip):
         acts = acts.relu() * (torch.rand(acts.shape, generator=gen) < 0.3)
         acts[..., 5] = 0
     rate = 1.0 if sparse else 0.5
-    corr = StreamingCorrelation(n_units, rate=rate, sparse=sparse, skip_first=skip)
+    corr = StreamingCorrelation(n_units, rate=rate, sparse=sparse, skip_first=skip, backend=backend)
     for lo in range(0, n_seq, 5):
         corr.update(acts[lo : lo + 5], first_sequence=lo)
     tokens = torch.tensor([s * seq_len + p for s in range(n_seq) for p in range(skip, seq_len)])

@@ -41,10 +41,15 @@ def streams(draw):
     return acts, bounds
 
 
-def run(acts, bounds, skip_first, per_bin=5, before=2, after=1):
+def run(acts, bounds, skip_first, per_bin=5, before=2, after=1, backend="compiled"):
     n_units = acts.shape[2]
     si = StreamingIntervals(
-        n_units, per_bin=per_bin, before=before, after=after, skip_first=skip_first
+        n_units,
+        per_bin=per_bin,
+        before=before,
+        after=after,
+        skip_first=skip_first,
+        backend=backend,
     )
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         si.update(acts[lo:hi], first_sequence=lo)
@@ -65,11 +70,11 @@ def entries(acts, skip_first, u):
 
 
 @settings(max_examples=250, deadline=None)
-@given(streams(), st.integers(0, 2), st.integers(1, 5))
-def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval):
+@given(streams(), st.integers(0, 2), st.integers(1, 5), st.sampled_from(["compiled", "torch"]))
+def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval, backend):
     acts, bounds = stream
     n_seq, seq_len, n_units = acts.shape
-    state = run(acts, bounds, skip_first)
+    state = run(acts, bounds, skip_first, backend=backend)
     found = [entries(acts, skip_first, u) for u in range(n_units)]
     max_act = torch.tensor([max((v for v, _, _ in e), default=0.0) for e in found])
     iv = choose_intervals(state, max_act, n=10, per_interval=per_interval)
@@ -115,6 +120,17 @@ def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval):
                         assert w == torch.tensor(acts[s, at, u].item()).half().float().item()
                     else:
                         assert math.isnan(w)
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams(), st.integers(0, 2))
+def test_compiled_and_tensor_code_keep_the_same_state(stream, skip_first):
+    acts, bounds = stream
+    a = run(acts, bounds, skip_first, backend="compiled")
+    b = run(acts, [0, acts.shape[0]], skip_first, backend="torch")
+    for name in ("ceiling", "counts", "keys", "tokens", "values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
 
 
 def test_every_interval_of_a_smooth_distribution_gets_its_five():

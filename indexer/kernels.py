@@ -1,0 +1,376 @@
+"""Compiled CPU kernels for the streaming statistics: one pass over an activation block.
+
+A chain of tensor ops reads and writes the whole [B, T, U] block once per op, and a
+dense ``topk`` sorts it; on a CPU that costs about as much as the forward pass that made
+the block. These numba kernels read each activation once, each thread a contiguous range
+of units row by row, and touch a unit's top-k or sample slots only when a value beats the
+slot it would replace, which after the first batches is rare.
+
+The state is the tensor code's (``indexer.core.StreamingTopK``,
+``indexer.intervals.StreamingIntervals``), except that slots are unordered: the kernel
+finds the slot to replace on entry, and ``result``/``state`` sort. Sample windows are
+float16, which numba cannot compute with, so they are handled as their bit patterns
+(``half_bits`` rounds like ``torch.Tensor.half``). Other devices (CUDA) keep the tensor
+code, which is fast there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_EMPTY = np.iinfo(np.int64).max
+_NAN32 = np.uint32(0x7FC00000)
+_NAN16 = np.uint16(0x7E00)
+
+
+class TopKArrays:
+    """A top-k state as numpy views: ``values``/``tokens`` [U, k], ``windows`` [U, k, W]
+    (float32) holding positions ``-before .. W - before - 1`` around each token."""
+
+    def __init__(self, values, tokens, windows, before):
+        self.values, self.tokens, self.windows, self.before = values, tokens, windows, before
+
+
+class IntervalArrays:
+    """An interval state as numpy views (see ``StreamingIntervals``): ceiling exponents
+    ``exp`` and ``started`` [U], ``counts`` [U, F+1] int64 and ``fresh`` [U, F+1] int32
+    (kernel counts not yet added in), sample slots ``keys``/``tokens``/``values``
+    [U, S+1, r] and ``windows`` [U, S+1, r, W] as float16 bit patterns (uint16)."""
+
+    def __init__(self, exp, started, counts, fresh, keys, tokens, values, windows, before):
+        self.exp, self.started, self.counts, self.fresh = exp, started, counts, fresh
+        self.keys, self.tokens, self.values, self.windows = keys, tokens, values, windows
+        self.before = before
+
+
+def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays | None) -> None:
+    """Fold ``acts`` [B, T, U] float32 (tokens ``token0 + b*T + t``, keys ``keys`` [B*T])
+    into a top-k and an interval state, either of which may be None."""
+    n_units = acts.shape[2]
+    chunks = max(1, min(numba.get_num_threads(), n_units // 16))
+    if topk is None:
+        topk = TopKArrays(
+            np.empty((n_units, 0), np.float32),
+            np.empty((n_units, 0), np.int64),
+            np.empty((n_units, 0, 0), np.float32),
+            0,
+        )
+    if iv is None:
+        s = np.empty((n_units, 0, 0), np.int64)
+        iv = IntervalArrays(
+            np.zeros(n_units, np.int64),
+            np.zeros(n_units, np.bool_),
+            np.empty((n_units, 0), np.int64),
+            np.empty((n_units, 0), np.int32),
+            s,
+            s,
+            np.empty((n_units, 0, 0), np.float32),
+            np.empty((n_units, 0, 0, 0), np.uint16),
+            0,
+        )
+        keys = np.empty(0, np.int64)
+    else:
+        batch_max = np.empty(n_units, np.float32)
+        _column_max(acts, skip, batch_max, chunks)
+        _grow(batch_max, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
+              iv.windows)  # fmt: skip
+    bits = acts.view(np.uint32)
+    _fold(
+        acts, bits, skip, token0, keys,
+        topk.values, topk.tokens, topk.windows, topk.before,
+        iv.exp, iv.fresh, iv.keys, iv.tokens, iv.values, iv.windows, iv.before,
+        chunks,
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, inline="always")
+def _worst_slot(val, tok) -> int:
+    """The worst top-k slot: lowest value, on a tie the later token; empty slots (value
+    -inf, token -1) are worst of all."""
+    w = 0
+    for s in range(1, val.shape[0]):
+        if val[s] < val[w] or (val[s] == val[w] and (tok[s] > tok[w] or tok[s] < 0)):
+            w = s
+    return w
+
+
+@numba.njit(cache=True, inline="always")
+def _largest(keys) -> int:
+    m = 0
+    for q in range(1, keys.shape[0]):
+        if keys[q] > keys[m]:
+            m = q
+    return m
+
+
+@numba.njit(cache=True)
+def half_bits(f: np.uint32) -> np.uint16:  # pragma: no cover - compiled
+    """The float16 bit pattern nearest to the float32 with bit pattern ``f`` (round half
+    to even, overflow to infinity, NaN to the quiet NaN)."""
+    f = np.uint32(f)
+    sign = np.uint32((f >> np.uint32(16)) & np.uint32(0x8000))
+    e = np.int64((f >> np.uint32(23)) & np.uint32(0xFF))
+    m = np.uint32(f & np.uint32(0x7FFFFF))
+    if e == 0xFF:
+        return np.uint16(sign | (np.uint32(0x7E00) if m else np.uint32(0x7C00)))
+    e16 = e - 127 + 15
+    if e16 >= 31:
+        return np.uint16(sign | np.uint32(0x7C00))
+    if e16 <= 0:  # a float16 subnormal, or zero
+        if e16 < -10:
+            return np.uint16(sign)
+        m = m | np.uint32(0x800000)
+        shift = np.uint32(14 - e16)
+        half = m >> shift
+        rem = m & ((np.uint32(1) << shift) - np.uint32(1))
+        halfway = np.uint32(1) << (shift - np.uint32(1))
+        if rem > halfway or (rem == halfway and (half & np.uint32(1))):
+            half += np.uint32(1)
+        return np.uint16(sign | half)
+    half = (np.uint32(e16) << np.uint32(10)) | (m >> np.uint32(13))
+    rem = m & np.uint32(0x1FFF)
+    if rem > np.uint32(0x1000) or (rem == np.uint32(0x1000) and (half & np.uint32(1))):
+        half += np.uint32(1)  # a carry into the exponent is right, up to infinity
+    return np.uint16(sign | half)
+
+
+@numba.njit(parallel=True, cache=True)
+def _column_max(acts, skip, out, chunks):  # pragma: no cover - compiled
+    n_seq, seq_len, n_units = acts.shape
+    width = (n_units + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        u0 = c * width
+        u1 = min(n_units, u0 + width)
+        best = np.full(u1 - u0, -np.inf, np.float32)
+        for b in range(n_seq):
+            for t in range(skip, seq_len):
+                row = acts[b, t, u0:u1]
+                for i in range(u1 - u0):
+                    best[i] = max(best[i], row[i])
+        out[u0:u1] = best
+
+
+@numba.njit(parallel=True, cache=True)
+def _grow(
+    batch_max, exp, started, counts, fresh, keys, tokens, values, windows
+):  # pragma: no cover - compiled
+    """Raise each unit's ceiling 2^exp to cover ``batch_max``: 2^d fine bins merge into
+    one, and the sample bins merge likewise, each keeping its r smallest keys."""
+    n_units, n_sample, r = keys.shape
+    n_fine = counts.shape[1] - 1
+    for u in numba.prange(n_units):
+        x = batch_max[u]
+        if not x > 0:
+            continue
+        mantissa, target = math.frexp(x)
+        if mantissa == 0.5:
+            target -= 1
+        if not started[u]:
+            exp[u] = target
+            started[u] = True
+            continue
+        if target <= exp[u]:
+            continue
+        d = min(target - exp[u], 62)
+        exp[u] = target
+        # Counts: fine bin i (1-based) lands in ceil(i / 2^d).
+        merged = np.zeros(n_fine + 1, np.int64)
+        for i in range(1, n_fine + 1):
+            j = min(((i - 1) >> d) + 1, n_fine)
+            merged[j] += counts[u, i] + fresh[u, i]
+        merged[0] = counts[u, 0] + fresh[u, 0]
+        counts[u] = merged
+        fresh[u] = 0
+        # Samples: every kept entry moves to bin ceil(b / 2^d); each keeps r smallest keys.
+        old_keys = keys[u].copy()
+        old_tokens = tokens[u].copy()
+        old_values = values[u].copy()
+        old_windows = windows[u].copy()
+        for s in range(1, n_sample):
+            keys[u, s] = _EMPTY
+            tokens[u, s] = -1
+            values[u, s] = 0.0
+            windows[u, s] = _NAN16
+        for s in range(1, n_sample):
+            new = min(((s - 1) >> d) + 1, n_sample - 1)
+            for q in range(r):
+                key = old_keys[s, q]
+                if key == _EMPTY:
+                    continue
+                m = _largest(keys[u, new])
+                if key < keys[u, new, m]:
+                    keys[u, new, m] = key
+                    tokens[u, new, m] = old_tokens[s, q]
+                    values[u, new, m] = old_values[s, q]
+                    windows[u, new, m] = old_windows[s, q]
+
+
+@numba.njit(parallel=True, cache=True)
+def _fold(
+    acts, bits, skip, token0, keys,
+    t_values, t_tokens, t_windows, t_before,
+    exp, counts, s_keys, s_tokens, s_values, s_windows, s_before,
+    chunks,
+):  # pragma: no cover - compiled  # fmt: skip
+    """One pass over ``acts`` [B, T, U], units split into ``chunks`` contiguous ranges, one
+    per thread, each read row by row (sequential memory).
+
+    Top-k: ``t_values``/``t_tokens`` [U, k] keep each unit's k best (value, token) slots,
+    unordered. Tokens arrive in increasing order, so a value equal to the worst kept one
+    loses the tie (the earlier token ranks first): only a strictly larger value enters.
+
+    Intervals: a positive value v adds 1 to ``counts`` [U, F+1] at fine bin
+    ceil(v * F / 2^exp) (exact: a power-of-two scale, and v <= 2^exp after ``_grow``).
+    Sample bin s = ceil(fine / per) keeps in ``s_keys``/``s_tokens``/``s_values``
+    [U, S+1, r] (unordered) the r entries with the smallest ``keys``; bin 0 takes none.
+
+    A slot that takes a token takes its window (NaN off the sequence) at once.
+    """
+    n_seq, seq_len, n_units = acts.shape
+    k = t_values.shape[1]
+    t_width = t_windows.shape[2]
+    with_counts = counts.shape[1] > 0
+    n_fine = counts.shape[1] - 1
+    n_sample = s_keys.shape[1]
+    s_width = s_windows.shape[3]
+    per = n_fine // (n_sample - 1) if with_counts else 1
+    shift = 0
+    while (1 << shift) < per:
+        shift += 1
+    fine_log2 = 0
+    while (1 << fine_log2) < n_fine:
+        fine_log2 += 1
+    width = (n_units + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        u0 = c * width
+        u1 = min(n_units, u0 + width)
+        n = u1 - u0
+        # Per unit (and sample bin) the slot an entry would replace and the bar it must
+        # beat: the worst top-k slot's value; an empty sample slot or else the largest key.
+        t_bar = np.full(n, np.inf, np.float32)
+        t_slot = np.zeros(n, np.int64)
+        s_bar = np.empty((n, max(n_sample, 1)), np.int64)
+        s_slot = np.zeros((n, max(n_sample, 1)), np.int64)
+        scale = np.zeros(n, np.float32)
+        for i in range(n):
+            u = u0 + i
+            if k:
+                w = _worst_slot(t_values[u], t_tokens[u])
+                t_slot[i] = w
+                t_bar[i] = t_values[u, w]
+            if with_counts:  # F / 2^exp, a power of two
+                scale[i] = np.float32(math.ldexp(1.0, fine_log2 - exp[u]))
+            s_bar[i, 0] = -_EMPTY - 1
+            for s in range(1, n_sample):
+                m = _largest(s_keys[u, s])
+                s_slot[i, s] = m
+                s_bar[i, s] = s_keys[u, s, m]
+        fine = np.zeros(n, np.int32)
+        positive = np.zeros(n, np.int32)
+        for b in range(n_seq):
+            for t in range(skip, seq_len):
+                row = acts[b, t, u0:u1]
+                token = token0 + b * seq_len + t
+                # Vectorised: fine bins, and whether any value beats its top-k bar.
+                beats = False
+                for i in range(n):
+                    v = row[i]
+                    beats |= v > t_bar[i]
+                    fine[i] = np.int32(math.ceil(min(max(v * scale[i], 0.0), n_fine)))
+                if beats:
+                    for i in range(n):
+                        if row[i] > t_bar[i]:
+                            u = u0 + i
+                            q = t_slot[i]
+                            t_values[u, q] = row[i]
+                            t_tokens[u, q] = token
+                            for j in range(t_width):
+                                at = t - t_before + j
+                                inside = 0 <= at < seq_len
+                                t_windows[u, q, j] = acts[b, at, u] if inside else np.nan
+                            q = _worst_slot(t_values[u], t_tokens[u])
+                            t_slot[i] = q
+                            t_bar[i] = t_values[u, q]
+                if not with_counts:
+                    continue
+                m = 0  # the positive values, compacted without a branch
+                for i in range(n):
+                    positive[m] = i
+                    m += fine[i] > 0
+                key = keys[b * seq_len + t]
+                for j in range(m):
+                    i = positive[j]
+                    u = u0 + i
+                    f = fine[i]
+                    counts[u, f] += 1
+                    s = (f + per - 1) >> shift
+                    if key < s_bar[i, s]:
+                        q = s_slot[i, s]
+                        s_keys[u, s, q] = key
+                        s_tokens[u, s, q] = token
+                        s_values[u, s, q] = row[i]
+                        for jj in range(s_width):
+                            at = t - s_before + jj
+                            inside = 0 <= at < seq_len
+                            s_windows[u, s, q, jj] = half_bits(bits[b, at, u]) if inside else _NAN16
+                        q = _largest(s_keys[u, s])
+                        s_slot[i, s] = q
+                        s_bar[i, s] = s_keys[u, s, q]
+
+
+@numba.njit(parallel=True, cache=True)
+def sparse_moments(acts, skip, sums, cross, chunks):  # pragma: no cover - compiled
+    """Add to ``sums`` [U] and ``cross`` [U, U] (float64) the values and pairwise
+    products of ``acts`` [B, T, U] at positions ``skip..``, visiting non-zero values only.
+
+    The non-zeros are listed by token (CSR), then by unit (CSC); each thread owns a range
+    of units i and adds, for every token where i is active, v_i * v_j to row i of
+    ``cross``: one row at a time, so the writes stay in cache.
+    """
+    n_seq, seq_len, n_units = acts.shape
+    n_rows = n_seq * max(seq_len - skip, 0)
+    eligible = max(seq_len - skip, 0)
+    per_row = np.zeros(n_rows + 1, np.int64)
+    for n in numba.prange(n_rows):
+        row = acts[n // eligible, skip + n % eligible]
+        m = 0
+        for u in range(n_units):
+            m += row[u] != 0
+        per_row[n + 1] = m
+    starts = np.cumsum(per_row)
+    unit = np.empty(starts[-1], np.int64)
+    value = np.empty(starts[-1], np.float64)
+    for n in numba.prange(n_rows):
+        row = acts[n // eligible, skip + n % eligible]
+        at = starts[n]
+        for u in range(n_units):
+            if row[u] != 0:
+                unit[at] = u
+                value[at] = row[u]
+                at += 1
+    # CSC: for each unit, the entries (token rows) where it is active.
+    per_unit = np.zeros(n_units + 1, np.int64)
+    for e in range(unit.shape[0]):
+        per_unit[unit[e] + 1] += 1
+    col_starts = np.cumsum(per_unit)
+    fill = col_starts[:-1].copy()
+    entry = np.empty(unit.shape[0], np.int64)
+    owner = np.empty(unit.shape[0], np.int64)
+    for n in range(n_rows):
+        for e in range(starts[n], starts[n + 1]):
+            u = unit[e]
+            entry[fill[u]] = e
+            owner[fill[u]] = n
+            fill[u] += 1
+    width = (n_units + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        for i in range(c * width, min(n_units, (c + 1) * width)):
+            for p in range(col_starts[i], col_starts[i + 1]):
+                vi = value[entry[p]]
+                sums[i] += vi
+                n = owner[p]
+                for e in range(starts[n], starts[n + 1]):
+                    cross[i, unit[e]] += vi * value[e]
