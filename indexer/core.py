@@ -116,10 +116,41 @@ class StreamingTopK:
         self._tokens = tokens[:, : self.k].contiguous()
         self._windows = self._windows.gather(1, keep.unsqueeze(-1).expand_as(self._windows))
 
+    def state_dict(self) -> dict:
+        """The streamed state, ranked, on the CPU: what a checkpoint saves and a merge adds."""
+        res = self.result()
+        return {
+            "values": res.values.t().cpu().contiguous(),
+            "tokens": res.tokens.t().cpu().contiguous(),
+            "windows": res.windows.transpose(0, 1).cpu().contiguous(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._values.copy_(state["values"])
+        self._tokens.copy_(state["tokens"])
+        self._windows.copy_(state["windows"])
+
     def result(self) -> TopKResult:
         values, tokens, order = _rank(self._values, self._tokens, with_order=True)
         windows = self._windows.gather(1, order.unsqueeze(-1).expand_as(self._windows))
         return TopKResult(values.t().contiguous(), tokens.t().contiguous(), windows.transpose(0, 1))
+
+
+def merge_topk_states(a: dict, b: dict) -> dict:
+    """The top-k of two disjoint streams together: the k best of both, in the one order."""
+    k = a["values"].shape[1]
+    values, tokens, order = _rank(
+        torch.cat([a["values"], b["values"]], dim=1),
+        torch.cat([a["tokens"], b["tokens"]], dim=1),
+        with_order=True,
+    )
+    windows = torch.cat([a["windows"], b["windows"]], dim=1)
+    windows = windows.gather(1, order[:, :k].unsqueeze(-1).expand(-1, -1, windows.shape[2]))
+    return {
+        "values": values[:, :k].contiguous(),
+        "tokens": tokens[:, :k].contiguous(),
+        "windows": windows,
+    }
 
 
 def fold_batch(
@@ -215,6 +246,25 @@ class StreamingCorrelation:
         pairs = (idx.unsqueeze(2) * n_units + idx.unsqueeze(1)).reshape(-1)
         products = (vals.unsqueeze(2) * vals.unsqueeze(1)).reshape(-1)
         self._cross.view(-1).index_add_(0, pairs, products)
+
+    def state_dict(self) -> dict:
+        """The moments, on the CPU (on a CPU the live tensors: save or copy them before
+        the next update)."""
+        return {"sum": self._sum.cpu(), "cross": self._cross.cpu(), "n_tokens": self.n_tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sum.copy_(state["sum"])
+        self._cross.copy_(state["cross"])
+        self.n_tokens = int(state["n_tokens"])
+
+    @staticmethod
+    def merge_states(a: dict, b: dict) -> dict:
+        """Moments of two disjoint streams together: sums add (to float64 rounding)."""
+        return {
+            "sum": a["sum"] + b["sum"],
+            "cross": a["cross"] + b["cross"],
+            "n_tokens": a["n_tokens"] + b["n_tokens"],
+        }
 
     def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each unit's ``k`` most correlated other units: ([U, k] indices, [U, k] r).

@@ -415,13 +415,32 @@ class StreamingIntervals:
         flat_values[group, slot] = values[pick]
         flat_windows[group, slot] = windows[pick]
 
-    def state(self) -> IntervalState:
+    def _canonical(self) -> None:
+        """Counts added up and slots in key order (the compiled kernel leaves them unordered)."""
         self._spill()
-        # Slots in key order (the compiled kernel leaves them unordered).
         order = self._keys.argsort(dim=2, stable=True)
         for name in ("_keys", "_tokens", "_values"):
             setattr(self, name, getattr(self, name).gather(2, order))
         self._windows = self._windows.gather(2, order.unsqueeze(-1).expand_as(self._windows))
+
+    def state_dict(self) -> dict:
+        """The whole streamed state, on the CPU: what a checkpoint saves and a merge adds.
+        On a CPU these are the live tensors, not copies: save or copy them before the next
+        update."""
+        self._canonical()
+        out = {name: getattr(self, "_" + name).cpu() for name in _STATE}
+        out["n_tokens"] = self.n_tokens
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in _STATE:
+            getattr(self, "_" + name).copy_(state[name])
+        self.n_tokens = int(state["n_tokens"])
+        self._fresh.zero_()
+        self._fresh_tokens = 0
+
+    def state(self) -> IntervalState:
+        self._canonical()
         ceiling = torch.where(
             self._started,
             torch.ldexp(torch.ones_like(self._exp, dtype=torch.float64), self._exp),
@@ -436,6 +455,56 @@ class StreamingIntervals:
             windows=self._windows[:, 1:].clone(),
             n_tokens=self.n_tokens,
         )
+
+
+_STATE = ("exp", "started", "counts", "keys", "tokens", "values", "windows")
+
+
+def merge_states(a: dict, b: dict) -> dict:
+    """The state of two disjoint streams (``state_dict``s) taken together, exactly as one
+    stream of both would have left it: both grown to the larger ceiling (bins merge as
+    they would have in the stream), counts added, and each sample bin keeping the
+    ``per_bin`` smallest keys of the two."""
+    a, b = _aligned(a, b), _aligned(b, a)
+    r = a["keys"].shape[2]
+    keys = torch.cat([a["keys"], b["keys"]], dim=2)
+    order = keys.argsort(dim=2, stable=True)[:, :, :r]
+    out = {
+        "exp": a["exp"],
+        "started": a["started"],
+        "counts": a["counts"] + b["counts"],
+        "n_tokens": a["n_tokens"] + b["n_tokens"],
+    }
+    for name in ("keys", "tokens", "values"):
+        out[name] = torch.cat([a[name], b[name]], dim=2).gather(2, order)
+    windows = torch.cat([a["windows"], b["windows"]], dim=2)
+    out["windows"] = windows.gather(2, order.unsqueeze(-1).expand(-1, -1, -1, windows.shape[3]))
+    return out
+
+
+def _aligned(state: dict, other: dict) -> dict:
+    """``state`` grown (on the CPU kernel) to the ceilings ``other`` requires."""
+    started = state["started"] | other["started"]
+    exp = torch.where(
+        state["started"] & other["started"],
+        torch.maximum(state["exp"], other["exp"]),
+        torch.where(state["started"], state["exp"], other["exp"]),
+    )
+    target = torch.where(started, torch.ldexp(torch.ones(exp.shape), exp), 0.0).float()
+    out = {name: state[name].clone() for name in _STATE}
+    out["n_tokens"] = state["n_tokens"]
+    kernels.grow(
+        target.numpy(),
+        out["exp"].numpy(),
+        out["started"].numpy(),
+        out["counts"].numpy(),
+        np.zeros(out["counts"].shape, np.int32),
+        out["keys"].numpy(),
+        out["tokens"].numpy(),
+        out["values"].numpy(),
+        out["windows"].numpy().view(np.uint16),
+    )
+    return out
 
 
 COUNT_BINS_LOG2 = COUNT_BINS.bit_length() - 1

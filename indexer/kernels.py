@@ -75,7 +75,7 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
     else:
         batch_max = np.empty(n_units, np.float32)
         _column_max(acts, skip, batch_max, chunks)
-        _grow(batch_max, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
+        grow(batch_max, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
               iv.windows)  # fmt: skip
     bits = acts.view(np.uint32)
     _fold(
@@ -154,7 +154,7 @@ def _column_max(acts, skip, out, chunks):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True)
-def _grow(
+def grow(
     batch_max, exp, started, counts, fresh, keys, tokens, values, windows
 ):  # pragma: no cover - compiled
     """Raise each unit's ceiling 2^exp to cover ``batch_max``: 2^d fine bins merge into
@@ -223,7 +223,7 @@ def _fold(
     loses the tie (the earlier token ranks first): only a strictly larger value enters.
 
     Intervals: a positive value v adds 1 to ``counts`` [U, F+1] at fine bin
-    ceil(v * F / 2^exp) (exact: a power-of-two scale, and v <= 2^exp after ``_grow``).
+    ceil(v * F / 2^exp) (exact: a power-of-two scale, and v <= 2^exp after ``grow``).
     Sample bin s = ceil(fine / per) keeps in ``s_keys``/``s_tokens``/``s_values``
     [U, S+1, r] (unordered) the r entries with the smallest ``keys``; bin 0 takes none.
 

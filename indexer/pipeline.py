@@ -10,17 +10,33 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from indexer import summaries
-from indexer.core import StreamingCorrelation, StreamingTopK, TopKResult, fold_batch
+from indexer.checkpoint import (
+    CheckpointMismatch,
+    Progress,
+    ShardWork,
+    load_progress,
+    read_sequences,
+    shard_dir,
+)
+from indexer.core import (
+    StreamingCorrelation,
+    StreamingTopK,
+    TopKResult,
+    fold_batch,
+    merge_topk_states,
+)
 from indexer.corpus import Sequence, iter_sequences
 from indexer.intervals import StreamingIntervals, choose_intervals
+from indexer.intervals import merge_states as merge_interval_states
 from spyglass import storage
 from spyglass.model import Model, load_model
 from spyglass.sae import SaeLoadError, load_sae
@@ -64,6 +80,37 @@ class IndexConfig:
     split: str = "train"
     device: str | None = None
     progress: bool = True
+    shard: tuple[int, int] = (0, 1)
+    """(i, n): index only every n-th batch, starting at batch i; ``spyglass merge`` joins
+    the n shards. (0, 1) indexes everything and writes the database."""
+    work: str | None = None
+    """Folder for checkpoints and shard results (default: next to the database)."""
+    checkpoint_every: float = 300.0
+    """Seconds between checkpoints (0: after every batch)."""
+    restart: bool = False
+    """Discard a checkpoint left by an earlier run instead of resuming from it."""
+
+    def fingerprint(self) -> dict:
+        """The settings that decide the result: a checkpoint or shard resumes or merges
+        only under the same ones."""
+        return {
+            name: getattr(self, name) for name in self.__dataclass_fields__ if name not in _RUN_ONLY
+        }
+
+    def slug(self) -> str:
+        return self.name or default_slug(self.model)
+
+    def work_folder(self) -> Path:
+        """Where checkpoints and shard results go: ``--work``, else ``DB.work/SLUG`` for an
+        SQLite path, else ``spyglass-work/SLUG`` here."""
+        if self.work:
+            return Path(self.work).expanduser() / self.slug()
+        if "://" in self.db:
+            return Path("spyglass-work") / self.slug()
+        return Path(self.db).expanduser().with_name(Path(self.db).name + ".work") / self.slug()
+
+
+_RUN_ONLY = {"db", "device", "progress", "shard", "work", "checkpoint_every", "restart"}
 
 
 @dataclass
@@ -114,10 +161,32 @@ class SourceStats:
             device=device,
         )
 
+    def state_dict(self) -> dict:
+        return {
+            "topk": self.topk.state_dict(),
+            "intervals": self.intervals.state_dict(),
+            "correlation": self.correlation.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.topk.load_state_dict(state["topk"])
+        self.intervals.load_state_dict(state["intervals"])
+        self.correlation.load_state_dict(state["correlation"])
+
     def update(self, hook_act: torch.Tensor, first_sequence: int) -> None:  # [B, T, d]
         acts = self.source.units(hook_act, self.skip)  # [B, T, units]
         fold_batch(self.topk, self.intervals, acts, first_sequence)
         self.correlation.update(acts, first_sequence)
+
+
+def merge_source_states(a: dict, b: dict) -> dict:
+    """One source's state over two disjoint parts of the corpus, exactly as one pass over
+    both would have left it (see the merge functions of each statistic)."""
+    return {
+        "topk": merge_topk_states(a["topk"], b["topk"]),
+        "intervals": merge_interval_states(a["intervals"], b["intervals"]),
+        "correlation": StreamingCorrelation.merge_states(a["correlation"], b["correlation"]),
+    }
 
 
 class PassStats:
@@ -139,14 +208,28 @@ class PassStats:
         self.model.activations(tokens, sorted(self._by_hook), visit=visit)
 
 
-def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
-    """Index every neuron of the chosen MLP layers over the corpus."""
+@dataclass
+class Plan:
+    """A checked configuration with its model and sources loaded."""
+
+    cfg: IndexConfig
+    model: Model
+    sources: list[Source]
+    options: dict
+
+
+def plan_index(cfg: IndexConfig, model: Model | None = None) -> Plan:
+    """Check ``cfg`` and load what it names; every bad setting raises ValueError."""
     if cfg.seq_len < 2:
         raise ValueError("--seq-len must be at least 2")
     if cfg.tokens is not None and cfg.tokens < cfg.seq_len:
         raise ValueError(f"--tokens must be at least one sequence ({cfg.seq_len} tokens)")
-    slug = cfg.name or default_slug(cfg.model)
-    storage.check_slug(slug)
+    i, n = cfg.shard
+    if not 0 <= i < n:
+        raise ValueError(f"--shard must be I/N with 0 <= I < N, got {i}/{n}")
+    if cfg.checkpoint_every < 0:
+        raise ValueError("--checkpoint-every must be at least 0 seconds")
+    storage.check_slug(cfg.slug())
     options = sae_model_options(cfg.saes)
     model = model or load_model(cfg.model, cfg.device, options or None)
     if cfg.seq_len > model.n_ctx:
@@ -164,6 +247,54 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
     names = [src.name for src in sources]
     if len(set(names)) < len(names):
         raise ValueError(f"two sources share a name: {sorted(names)}")
+    return Plan(cfg, model, sources, options)
+
+
+def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
+    """Index the chosen MLP layers' neurons and SAEs' latents over the corpus, resuming
+    from the checkpoint an interrupted run of the same settings left. One shard of n
+    (``cfg.shard``) leaves its result in its work folder for ``merge_shards``; a whole run
+    writes the database in one transaction and removes its work folder."""
+    plan = plan_index(cfg, model)
+    work = ShardWork(shard_dir(cfg.work_folder(), cfg.shard))
+    try:
+        progress = run_pass(plan, work)
+    finally:
+        work.close()
+    report = IndexReport(
+        slug=cfg.slug(),
+        n_sequences=progress.n_sequences,
+        n_tokens=progress.n_sequences * cfg.seq_len,
+        pass_seconds=progress.seconds,
+        seconds=progress.seconds,
+        sources=[src.name for src in plan.sources],
+    )
+    if cfg.shard != (0, 1):
+        return report
+    report = write_index(plan, progress.states, [read_sequences(work.folder)], progress)
+    work.remove()
+    return report
+
+
+def run_pass(plan: Plan, work: ShardWork) -> Progress:
+    """The streaming pass over this shard's batches, from the last checkpoint on."""
+    cfg, model = plan.cfg, plan.model
+    stats = PassStats(model, plan.sources, cfg)
+    progress = None if cfg.restart else work.load()
+    if progress is not None and progress.fingerprint != cfg.fingerprint():
+        raise CheckpointMismatch(
+            f"{work.folder} holds a checkpoint of a run with other settings; "
+            "run with --restart to discard it, or with the settings it was made with"
+        )
+    if progress is None:
+        progress = Progress(cfg.fingerprint(), cfg.shard)
+        work.resume(progress, cfg.batch_size)  # an old run's sequences go too
+    else:
+        work.resume(progress, cfg.batch_size)
+        for st in stats.sources:
+            st.load_state_dict(progress.states[st.source.name])
+    if progress.done:
+        return progress
 
     max_sequences = cfg.tokens // cfg.seq_len if cfg.tokens else None
     seqs = iter_sequences(
@@ -182,52 +313,134 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
             "(documents shorter than one sequence are skipped; try a smaller --seq-len)"
         )
     seqs = itertools.chain([head], seqs)
-    # Only once the model and corpus are known to load: a failed run leaves no empty database.
-    engine = storage.make_engine(cfg.db, create=True)
-    report = IndexReport(slug=slug)
-    started = time.perf_counter()
-    stats = PassStats(model, sources, cfg)
-    with engine.begin() as conn:
-        model_id = storage.replace_model(
-            conn,
-            slug,
-            spec=cfg.model,
-            corpus=cfg.corpus,
-            n_layers=model.n_layers,
-            d_model=model.d_model,
-            d_vocab=model.d_vocab,
-            seq_len=cfg.seq_len,
-            skip_first=0 if cfg.include_first_token else 1,
-            top_k=cfg.top_k,
-            options=json.dumps(options) if options else None,
-        )
-        bar = tqdm(
-            total=max_sequences * cfg.seq_len if max_sequences else None,
-            unit="tok",
-            unit_scale=True,
-            desc=f"indexing {slug}",
-            disable=not cfg.progress,
-        )
-        with bar:
-            for first, batch in _batches(seqs, cfg.batch_size):
-                storage.add_sequences(
-                    conn,
-                    model_id,
-                    [(first + i, s.document, s.offset, s.tokens) for i, s in enumerate(batch)],
-                )
-                stats.update(torch.tensor([s.tokens for s in batch]), first)
-                report.n_sequences += len(batch)
-                bar.update(len(batch) * cfg.seq_len)
-        report.n_tokens = report.n_sequences * cfg.seq_len
-        report.pass_seconds = time.perf_counter() - started
+    shard, n_shards = cfg.shard
+    total = max_sequences * cfg.seq_len // n_shards if max_sequences else None
+    bar = tqdm(
+        total=total,
+        initial=progress.n_sequences * cfg.seq_len,
+        unit="tok",
+        unit_scale=True,
+        desc=f"indexing {cfg.slug()}" + (f" shard {shard}/{n_shards}" if n_shards > 1 else ""),
+        disable=not cfg.progress,
+    )
+    started = last_save = time.perf_counter()
+    spent = progress.seconds
 
-        storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
-        for st in tqdm(stats.sources, desc="writing", unit="source", disable=not cfg.progress):
-            _write_source(conn, model_id, st, model, cfg.seq_len)
-            report.sources.append(st.source.name)
-        report.seconds = time.perf_counter() - started
-        storage.finish_model(conn, model_id, n_sequences=report.n_sequences, seconds=report.seconds)
-    engine.dispose()
+    def checkpoint(next_batch: int, done: bool = False) -> None:
+        progress.next_batch, progress.done = next_batch, done
+        progress.seconds = spent + time.perf_counter() - started
+        progress.states = {st.source.name: st.state_dict() for st in stats.sources}
+        work.save(progress)
+
+    next_batch = progress.next_batch
+    with bar:
+        for first, batch in _batches(seqs, cfg.batch_size):
+            index = first // cfg.batch_size
+            if index < next_batch:
+                continue
+            next_batch = index + 1
+            if index % n_shards != shard:
+                continue
+            work.add_sequences(
+                [(first + i, s.document, s.offset, s.tokens) for i, s in enumerate(batch)]
+            )
+            stats.update(torch.tensor([s.tokens for s in batch]), first)
+            progress.n_sequences += len(batch)
+            bar.update(len(batch) * cfg.seq_len)
+            if time.perf_counter() - last_save >= cfg.checkpoint_every:
+                checkpoint(next_batch)
+                last_save = time.perf_counter()
+        checkpoint(next_batch, done=True)
+    return progress
+
+
+def merge_shards(folders: Iterable[Path], *, db: str, progress: bool = True) -> IndexReport:
+    """Join the finished shards in ``folders`` (all n of one run) into the database: each
+    source's state is their exact merge, as one pass over the whole corpus would have left
+    it, and the database is written as that pass would have written it."""
+    folders = sorted(set(folders))
+    found = [(f, load_progress(f)) for f in folders]
+    missing = [str(f) for f, p in found if p is None or not p.done]
+    if not found or missing:
+        raise ValueError(f"no finished shard in {', '.join(missing) or 'the given folders'}")
+    first = found[0][1]
+    for folder, prog in found[1:]:
+        if prog.fingerprint != first.fingerprint:
+            raise ValueError(f"{folder} is a shard of a run with other settings than {folders[0]}")
+    n = first.shard[1]
+    shards = sorted(p.shard[0] for _, p in found)
+    if shards != list(range(n)) or any(p.shard[1] != n for _, p in found):
+        raise ValueError(f"need shards 0..{n - 1} of {n} exactly once, got {shards}")
+    cfg = IndexConfig(**first.fingerprint, db=db, progress=progress)
+    plan = plan_index(cfg)
+    merged = first
+    for _, prog in found[1:]:
+        merged = merge_progress(merged, prog)
+    return write_index(plan, merged.states, [read_sequences(f) for f, _ in found], merged)
+
+
+def merge_progress(a: Progress, b: Progress) -> Progress:
+    """Two finished shards' progress as one (states merged source by source)."""
+    states = {name: merge_source_states(a.states[name], b.states[name]) for name in a.states}
+    return Progress(
+        a.fingerprint,
+        (0, 1),
+        n_sequences=a.n_sequences + b.n_sequences,
+        seconds=a.seconds + b.seconds,
+        done=True,
+        states=states,
+    )
+
+
+def write_index(
+    plan: Plan,
+    states: dict[str, dict],
+    sequences: list[Iterable[list[tuple]]],
+    progress: Progress,
+) -> IndexReport:
+    """Write the index from the streamed ``states`` and the ``sequences`` (chunks of
+    ``(id, document, offset, tokens)`` rows) in one transaction: readers see the previous
+    index until it commits."""
+    cfg, model = plan.cfg, plan.model
+    started = time.perf_counter()
+    report = IndexReport(
+        slug=cfg.slug(),
+        n_sequences=progress.n_sequences,
+        n_tokens=progress.n_sequences * cfg.seq_len,
+        pass_seconds=progress.seconds,
+    )
+    engine = storage.make_engine(cfg.db, create=True)
+    try:
+        with engine.begin() as conn:
+            model_id = storage.replace_model(
+                conn,
+                report.slug,
+                spec=cfg.model,
+                corpus=cfg.corpus,
+                n_layers=model.n_layers,
+                d_model=model.d_model,
+                d_vocab=model.d_vocab,
+                seq_len=cfg.seq_len,
+                skip_first=0 if cfg.include_first_token else 1,
+                top_k=cfg.top_k,
+                options=json.dumps(plan.options) if plan.options else None,
+            )
+            for chunks in sequences:
+                for rows in chunks:
+                    storage.add_sequences(conn, model_id, rows)
+            storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
+            sources = tqdm(plan.sources, desc="writing", unit="source", disable=not cfg.progress)
+            for src in sources:
+                st = SourceStats(src, cfg, model.device)
+                st.load_state_dict(states[src.name])
+                _write_source(conn, model_id, st, model, cfg.seq_len)
+                report.sources.append(src.name)
+            report.seconds = progress.seconds + time.perf_counter() - started
+            storage.finish_model(
+                conn, model_id, n_sequences=report.n_sequences, seconds=report.seconds
+            )
+    finally:
+        engine.dispose()
     return report
 
 

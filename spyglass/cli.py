@@ -43,6 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     _index_args(idx)
     idx.set_defaults(func=cmd_index)
 
+    merge = sub.add_parser(
+        "merge",
+        help="join the shards of an `index --shard I/N` run into the database",
+        description="Merge the finished shards of one run (all N of `spyglass index --shard "
+        "I/N` with the same settings) exactly, and write the index as one pass over the whole "
+        "corpus would have.",
+    )
+    merge.add_argument(
+        "folders",
+        nargs="+",
+        metavar="FOLDER",
+        help="shard folders (shard-I-of-N), or folders holding them",
+    )
+    merge.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
+    merge.set_defaults(func=cmd_merge)
+
     srv = sub.add_parser("serve", help="serve the dashboard")
     _serve_args(srv)
     srv.set_defaults(func=cmd_serve)
@@ -127,6 +143,38 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", help="text field of .jsonl / hf: corpora")
     p.add_argument("--split", default="train", help="split of an hf: dataset")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="index only shard I of N (every N-th batch) into the work folder; "
+        "`spyglass merge` joins them (default 0/1: everything, straight to --db)",
+    )
+    p.add_argument(
+        "--work",
+        help="folder for checkpoints and shard results (default: DB.work/ next to an "
+        "SQLite --db, else ./spyglass-work/)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds between checkpoints; an interrupted run resumes from the last one "
+        "when run again (default 300; 0: after every batch)",
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="discard a checkpoint instead of resuming from it"
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run --workers shards as Ray tasks ('auto' or a cluster address; a GPU per "
+        "worker when the cluster has them), then merge them into --db",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="shards (Ray tasks) with --ray (default 2)"
+    )
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -190,24 +238,88 @@ def cmd_index(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         split=args.split,
         device=args.device,
+        shard=_shard(args.shard),
+        work=args.work,
+        checkpoint_every=args.checkpoint_every,
+        restart=args.restart,
     )
-    _run_index(cfg)
+    if args.ray is not None and args.shard != "0/1":
+        raise CliError("--ray runs every shard itself; leave out --shard")
+    if args.ray is not None and args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    _run_index(cfg, ray=args.ray, workers=args.workers)
     return 0
 
 
-def _run_index(cfg) -> None:
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise CliError(f"--shard must look like I/N (e.g. 0/4), not {text!r}") from None
+    if not 0 <= i < n:
+        raise CliError(f"--shard I/N needs 0 <= I < N, got {text}")
+    return i, n
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from indexer.pipeline import merge_shards
+
+    folders = []
+    for name in args.folders:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise CliError(f"{name} is not a folder")
+        inner = sorted(folder.glob("shard-*-of-*")) if not folder.name.startswith("shard-") else []
+        folders.extend(inner or [folder])
+    _prepare_db(args.db)
+    try:
+        report = merge_shards(folders, db=args.db)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(
+        f"merged {len(folders)} shards of {report.slug}: {report.n_sequences} sequences, "
+        f"{report.n_tokens} tokens, {len(report.sources)} sources -> {args.db}"
+    )
+    return 0
+
+
+def _prepare_db(db: str) -> None:
+    if "://" not in db:
+        Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _run_index(cfg, *, ray: str | None = None, workers: int = 1) -> None:
     from indexer.corpus import CorpusError
     from indexer.pipeline import build_index
     from spyglass.model import ModelLoadError
 
     if cfg.batch_size < 1 or cfg.top_k < 1:
         raise CliError("--batch-size and --top-k must be positive")
-    if "://" not in cfg.db:
-        Path(cfg.db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    _prepare_db(cfg.db)
     try:
-        report = build_index(cfg)
+        if ray is not None:
+            from indexer.distributed import index_with_ray
+
+            report = index_with_ray(cfg, address=ray, workers=workers)
+        else:
+            report = build_index(cfg)
     except (ModelLoadError, CorpusError, ValueError) as exc:
         raise CliError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print(
+            "spyglass: interrupted; run the same command again to resume from the last "
+            "checkpoint (the database keeps its previous contents)",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    if cfg.shard != (0, 1):
+        print(
+            f"indexed {report.slug} shard {cfg.shard[0]}/{cfg.shard[1]}: "
+            f"{report.n_sequences} sequences, {report.n_tokens} tokens "
+            f"(pass {report.tokens_per_second:.0f} tok/s) -> {cfg.work_folder()}; "
+            "join all shards with `spyglass merge`"
+        )
+        return
     print(
         f"indexed {report.slug}: {report.n_sequences} sequences, {report.n_tokens} tokens, "
         f"{len(report.sources)} sources in {report.seconds:.0f} s "

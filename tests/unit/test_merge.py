@@ -1,0 +1,100 @@
+"""Shards merged exactly: any split of a stream's batches among shards, each shard's state
+merged in any order, equals the state of one pass over the whole stream."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from indexer.core import StreamingCorrelation, StreamingTopK, merge_topk_states
+from indexer.intervals import StreamingIntervals, merge_states
+
+
+@st.composite
+def sharded_streams(draw):
+    """Activations [S, T, U] in batches, ceilings growing mid-stream, ties common; and a
+    shard for every batch."""
+    n_batches = draw(st.integers(1, 6))
+    per_batch = draw(st.integers(1, 3))
+    seq_len = draw(st.integers(2, 7))
+    n_units = draw(st.integers(1, 4))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    n_seq = n_batches * per_batch
+    if draw(st.booleans()):
+        acts = torch.randint(-2, 6, (n_seq, seq_len, n_units), generator=gen).float()
+    else:
+        acts = torch.randn(n_seq, seq_len, n_units, generator=gen).exp() - 1.0
+    growth = torch.tensor(
+        draw(st.lists(st.sampled_from([1.0, 4.0, 50.0]), min_size=n_seq, max_size=n_seq))
+    )
+    acts = acts * growth.cumprod(0).view(-1, 1, 1) ** 0.5
+    if draw(st.booleans()):  # sparse, like SAE latents
+        acts = acts.relu()
+    n_shards = draw(st.integers(1, 4))
+    shard_of = draw(st.lists(st.integers(0, n_shards - 1), min_size=n_batches, max_size=n_batches))
+    return acts, per_batch, shard_of, n_shards, draw(st.randoms())
+
+
+def streamers(n_units, sparse):
+    return (
+        StreamingTopK(n_units, 3, before=2, after=1, skip_first=1),
+        StreamingIntervals(n_units, per_bin=2, before=2, after=1, skip_first=1),
+        StreamingCorrelation(n_units, rate=0.5, sparse=sparse, skip_first=1),
+    )
+
+
+def states(parts):
+    return tuple(p.state_dict() for p in parts)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sharded_streams(), st.booleans())
+def test_any_sharding_merges_to_the_single_pass_state(stream, sparse):
+    acts, per_batch, shard_of, n_shards, rnd = stream
+    n_units = acts.shape[2]
+    whole = streamers(n_units, sparse)
+    shards = [streamers(n_units, sparse) for _ in range(n_shards)]
+    for b, shard in enumerate(shard_of):
+        lo = b * per_batch
+        for part, other in zip(whole, shards[shard], strict=True):
+            part.update(acts[lo : lo + per_batch], lo)
+            other.update(acts[lo : lo + per_batch], lo)
+    expect = states(whole)
+    results = [states(s) for s in shards]
+    rnd.shuffle(results)
+    topk, intervals, corr = results[0]
+    for t, i, c in results[1:]:
+        topk = merge_topk_states(topk, t)
+        intervals = merge_states(intervals, i)
+        corr = StreamingCorrelation.merge_states(corr, c)
+    for name, value in expect[0].items():
+        assert torch.equal(value.nan_to_num(-7), topk[name].nan_to_num(-7)), name
+    for name, value in expect[1].items():
+        if name == "n_tokens":
+            assert value == intervals[name]
+        elif name == "windows":
+            assert torch.equal(value.nan_to_num(-7), intervals[name].nan_to_num(-7))
+        else:
+            assert torch.equal(value, intervals[name]), name
+    assert expect[2]["n_tokens"] == corr["n_tokens"]
+    torch.testing.assert_close(expect[2]["sum"], corr["sum"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(expect[2]["cross"], corr["cross"], rtol=1e-12, atol=1e-12)
+
+
+def test_a_state_reloads_exactly():
+    gen = torch.Generator().manual_seed(3)
+    acts = torch.randn(6, 5, 3, generator=gen)
+    first = streamers(3, False)
+    for part in first:
+        part.update(acts[:3], 0)
+    again = streamers(3, False)
+    for part, saved in zip(again, states(first), strict=True):
+        part.load_state_dict(saved)
+    for a, b in zip(first, again, strict=True):
+        a.update(acts[3:], 3)
+        b.update(acts[3:], 3)
+    for sa, sb in zip(states(first), states(again), strict=True):
+        for name, value in sa.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value.nan_to_num(-7), sb[name].nan_to_num(-7)), name
+            else:
+                assert value == sb[name]
