@@ -1,0 +1,94 @@
+"""Shards as Ray tasks on a local Ray cluster: 2 workers on this machine give the same
+database as one process."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import tiny_config
+from db_dump import assert_same_index
+
+from indexer.distributed import index_with_ray
+from indexer.pipeline import build_index
+
+ray = pytest.importorskip("ray", reason="Ray is in the test extra; install it")
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024 * 1024,
+        logging_level=logging.WARNING,
+    )
+    yield
+    ray.shutdown()
+
+
+def test_two_ray_workers_equal_one_process(
+    local_cluster, tiny_model_dir, tiny_corpus_dir, tmp_path
+):
+    one = tmp_path / "one.db"
+    build_index(tiny_config(tiny_model_dir, tiny_corpus_dir, one))
+    two = tmp_path / "two.db"
+    report = index_with_ray(
+        tiny_config(tiny_model_dir, tiny_corpus_dir, two), address="auto", workers=2
+    )
+    assert report.n_sequences > 0 and report.sources
+    assert ray.cluster_resources().get("CPU") == 2  # the tasks ran on this local cluster
+    assert_same_index(str(one), str(two))
+
+
+def test_ray_refuses_zero_workers(local_cluster, tiny_model_dir, tiny_corpus_dir, tmp_path):
+    with pytest.raises(ValueError, match="at least 1"):
+        index_with_ray(
+            tiny_config(tiny_model_dir, tiny_corpus_dir, tmp_path / "x.db"),
+            address="auto",
+            workers=0,
+        )
+
+
+def test_cli_ray_auto_indexes_with_two_workers(tiny_model_dir, tiny_corpus_dir, tmp_path):
+    """`spyglass index --ray auto --workers 2`: the cluster running on this machine (or a
+    new local one), then the merged database."""
+    import subprocess
+    import sys
+
+    windows = dict(window_before=24, window_after=8)  # the CLI's defaults
+    cfg = tiny_config(tiny_model_dir, tiny_corpus_dir, tmp_path / "cli.db", **windows)
+    one = tmp_path / "one.db"
+    build_index(tiny_config(tiny_model_dir, tiny_corpus_dir, one, **windows))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spyglass.cli",
+            "index",
+            "--model",
+            cfg.model,
+            "--corpus",
+            cfg.corpus,
+            "--db",
+            cfg.db,
+            "--name",
+            cfg.name,
+            "--seq-len",
+            str(cfg.seq_len),
+            "--batch-size",
+            str(cfg.batch_size),
+            "--top-k",
+            str(cfg.top_k),
+            "--ray",
+            "auto",
+            "--workers",
+            "2",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ray: 2 shards" in done.stderr
+    assert_same_index(str(one), cfg.db)
