@@ -50,7 +50,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(VENV)/.installed
-	$(BIN)/python bench/index.py --tokens 16384 --sae saes/embedded-12-res-topk-4608
+	$(BIN)/python bench/index.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

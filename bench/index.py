@@ -1,19 +1,24 @@
 """Indexer throughput beside a bare forward pass, on the same batches, in one run.
 
-    python bench/index.py [--model embedded] [--tokens 16384] [--batch-size 16]
+    python bench/index.py [--model embedded] [--tokens 65536] [--batch-size 16] [--sae DIR]
 
 (a) bare: the forward pass through the hooked MLP layers, nothing else;
-(b) indexer: the same forward plus every streaming statistic of every neuron;
-(b') with --sae FOLDER: (b) plus the SAE's latents (encode + statistics);
+(b) full indexer: the same forward plus every streaming statistic of every neuron of every
+    layer and of every latent of the SAE (the shipped one by default; --sae none for none),
+    encode included, exactly as ``spyglass index`` runs it (each layer's statistics on a
+    background thread while the forward computes the next);
+(s) with --serial-arm: (b) with the statistics folded on the main thread, for reference;
 (c) write: turning the statistics into rows and writing them (once per run).
 Prints tokens/s for each and the ratios to (a). The runs are interleaved batch by batch
-(a, b, b', a, b, b', ...), so a burst of CPU stolen by the host hits all of them alike.
+(a, b, s, a, b, s, ...), so a burst of CPU stolen by the host hits all of them alike.
+Peak RSS is printed too (of this process, which holds every arm's state at once).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +28,7 @@ import torch
 from indexer.corpus import iter_sequences
 from indexer.pipeline import IndexConfig, PassStats, _write_source
 from spyglass import storage
+from spyglass.cli import SHIPPED_SAE
 from spyglass.model import load_model
 from spyglass.sources import mlp_sources, sae_source
 
@@ -31,9 +37,9 @@ class Timed:
     """The indexer's streaming statistics of ``sources``, fed one batch at a time as
     ``build_index`` feeds them, with the seconds spent."""
 
-    def __init__(self, model, cfg, sources):
+    def __init__(self, model, cfg, sources, overlap=False):
         self.seconds, self.first = 0.0, 0
-        self.stats = PassStats(model, sources, cfg)
+        self.stats = PassStats(model, sources, cfg, overlap=overlap)
 
     def step(self, batch: torch.Tensor) -> None:
         t0 = time.perf_counter()
@@ -46,10 +52,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--corpus", default="embedded")
-    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--tokens", type=int, default=65536)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--sae", help="also time the indexer with this SAE's latents")
+    ap.add_argument(
+        "--sae", default=str(SHIPPED_SAE), help="SAE indexed in (b) ('none': neurons only)"
+    )
+    ap.add_argument(
+        "--serial-arm",
+        action="store_true",
+        help="also time (b) with the statistics folded on the main thread",
+    )
     args = ap.parse_args()
 
     model = load_model(args.model)
@@ -67,24 +80,21 @@ def main() -> None:
     ]
     n_tokens = sum(b.numel() for b in batches)
     model.mlp_activations(batches[0], layers)  # warm-up: the model ...
-    warm = Timed(model, cfg, mlp_sources(model, layers[:1]))  # ... and the compiled kernels
+    sae = [] if args.sae == "none" else [sae_source(args.sae, model)]
+    warm = Timed(model, cfg, mlp_sources(model, layers[:1]) + sae)  # ... and the kernels
     warm.step(batches[0][:2])
 
-    neurons = Timed(model, cfg, mlp_sources(model, layers))
-    with_sae = (
-        Timed(model, cfg, mlp_sources(model, layers) + [sae_source(args.sae, model)])
-        if args.sae
-        else None
-    )
+    full = Timed(model, cfg, mlp_sources(model, layers) + sae, overlap=True)
+    serial = Timed(model, cfg, mlp_sources(model, layers) + sae) if args.serial_arm else None
     bare = 0.0
     for b in batches:
         t0 = time.perf_counter()
         model.mlp_activations(b, layers)
         bare += time.perf_counter() - t0
-        neurons.step(b)
-        if with_sae is not None:
-            with_sae.step(b)
-    stats, full = neurons.stats.sources, neurons.seconds
+        full.step(b)
+        if serial is not None:
+            serial.step(b)
+    stats = full.stats.sources
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = storage.make_engine(str(Path(tmp) / "bench.db"), create=True)
@@ -107,18 +117,22 @@ def main() -> None:
         write = time.perf_counter() - t0
         size = (Path(tmp) / "bench.db").stat().st_size
 
-    a, b = n_tokens / bare, n_tokens / full
+    a, b = n_tokens / bare, n_tokens / full.seconds
     print(
         f"model {args.model}, {n_tokens} tokens, batch {args.batch_size}x{args.seq_len}, "
-        f"{len(layers)} layers x {model.d_mlp} neurons, {torch.get_num_threads()} threads"
+        f"{len(layers)} layers x {model.d_mlp} neurons"
+        + (f" + {sae[0].n_units} latents ({args.sae})" if sae else "")
+        + f", {torch.get_num_threads()} threads, device {model.device}"
     )
     print(f"(a) bare forward:   {a:8.1f} tok/s")
     print(f"(b) full indexer:   {b:8.1f} tok/s")
     print(f"ratio b/a:          {b / a:8.3f}")
-    if with_sae is not None:
-        c = n_tokens / with_sae.seconds
-        print(f"(b') with the SAE:  {c:8.1f} tok/s  ratio b'/a {c / a:.3f} ({args.sae})")
+    if serial is not None:
+        c = n_tokens / serial.seconds
+        print(f"(s) (b) serially:   {c:8.1f} tok/s  ratio s/a {c / a:.3f}")
     print(f"(c) write phase:    {write:8.1f} s ({size / 1e6:.0f} MB, not in b)")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS:           {rss:8.0f} MB")
 
 
 if __name__ == "__main__":

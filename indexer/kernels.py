@@ -137,7 +137,7 @@ def half_bits(f: np.uint32) -> np.uint16:  # pragma: no cover - compiled
     return np.uint16(sign | half)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _column_max(acts, skip, out, chunks):  # pragma: no cover - compiled
     n_seq, seq_len, n_units = acts.shape
     width = (n_units + chunks - 1) // chunks
@@ -153,7 +153,7 @@ def _column_max(acts, skip, out, chunks):  # pragma: no cover - compiled
         out[u0:u1] = best
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def grow(
     batch_max, exp, started, counts, fresh, keys, tokens, values, windows
 ):  # pragma: no cover - compiled
@@ -208,7 +208,7 @@ def grow(
                     windows[u, new, m] = old_windows[s, q]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _fold(
     acts, bits, skip, token0, keys,
     t_values, t_tokens, t_windows, t_before,
@@ -321,7 +321,7 @@ def _fold(
                         s_bar[i, s] = s_keys[u, s, q]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def sparse_moments(acts, skip, sums, cross, chunks):  # pragma: no cover - compiled
     """Add to ``sums`` [U] and ``cross`` [U, U] (float64) the values and pairwise
     products of ``acts`` [B, T, U] at positions ``skip..``, visiting non-zero values only.

@@ -7,10 +7,12 @@ state, and readers see the previous index until the new one is complete.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,21 +193,40 @@ def merge_source_states(a: dict, b: dict) -> dict:
 
 class PassStats:
     """Every source's statistics, fed one batch at a time: each hook's activation is
-    folded in as the forward pass reaches it, so only one is held at a time."""
+    folded in as the forward pass reaches it, so only a few are held at a time.
 
-    def __init__(self, model: Model, sources: list[Source], cfg: IndexConfig):
+    With ``overlap`` the folding runs on one background thread while the forward goes on
+    to the next layers (the kernels release the GIL); the sources still see their
+    batches in order, so the result is the same. ``close`` ends the thread.
+    """
+
+    def __init__(
+        self, model: Model, sources: list[Source], cfg: IndexConfig, *, overlap: bool = False
+    ):
         self.model = model
         self.sources = [SourceStats(src, cfg, model.device) for src in sources]
         self._by_hook: dict[str, list[SourceStats]] = {}
         for st in self.sources:
             self._by_hook.setdefault(st.source.hook, []).append(st)
+        self._pool = ThreadPoolExecutor(1, "spyglass-stats") if overlap else None
 
     def update(self, tokens: torch.Tensor, first_sequence: int) -> None:  # [B, T]
+        pending: list[Future] = []
+
         def visit(hook: str, act: torch.Tensor) -> None:
             for st in self._by_hook[hook]:
-                st.update(act, first_sequence)
+                if self._pool is None:
+                    st.update(act, first_sequence)
+                else:
+                    pending.append(self._pool.submit(st.update, act, first_sequence))
 
         self.model.activations(tokens, sorted(self._by_hook), visit=visit)
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 @dataclass
@@ -279,22 +300,20 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
 def run_pass(plan: Plan, work: ShardWork) -> Progress:
     """The streaming pass over this shard's batches, from the last checkpoint on."""
     cfg, model = plan.cfg, plan.model
-    stats = PassStats(model, plan.sources, cfg)
     progress = None if cfg.restart else work.load()
     if progress is not None and progress.fingerprint != cfg.fingerprint():
         raise CheckpointMismatch(
             f"{work.folder} holds a checkpoint of a run with other settings; "
             "run with --restart to discard it, or with the settings it was made with"
         )
-    if progress is None:
-        progress = Progress(cfg.fingerprint(), cfg.shard)
-        work.resume(progress, cfg.batch_size)  # an old run's sequences go too
-    else:
-        work.resume(progress, cfg.batch_size)
-        for st in stats.sources:
-            st.load_state_dict(progress.states[st.source.name])
+    progress = progress or Progress(cfg.fingerprint(), cfg.shard)
+    work.resume(progress, cfg.batch_size)  # drops sequences past it (all, for a new run)
     if progress.done:
         return progress
+    # The statistics of one layer fold while the forward computes the next.
+    stats = PassStats(model, plan.sources, cfg, overlap=True)
+    for st in stats.sources if progress.states else ():
+        st.load_state_dict(progress.states[st.source.name])
 
     max_sequences = cfg.tokens // cfg.seq_len if cfg.tokens else None
     seqs = iter_sequences(
@@ -329,11 +348,14 @@ def run_pass(plan: Plan, work: ShardWork) -> Progress:
     def checkpoint(next_batch: int, done: bool = False) -> None:
         progress.next_batch, progress.done = next_batch, done
         progress.seconds = spent + time.perf_counter() - started
+        progress.states = {}  # the last checkpoint's states must not outlive it
         progress.states = {st.source.name: st.state_dict() for st in stats.sources}
         work.save(progress)
+        if not done:
+            progress.states = {}
 
     next_batch = progress.next_batch
-    with bar:
+    with bar, contextlib.closing(stats):
         for first, batch in _batches(seqs, cfg.batch_size):
             index = first // cfg.batch_size
             if index < next_batch:
@@ -432,8 +454,9 @@ def write_index(
             sources = tqdm(plan.sources, desc="writing", unit="source", disable=not cfg.progress)
             for src in sources:
                 st = SourceStats(src, cfg, model.device)
-                st.load_state_dict(states[src.name])
+                st.load_state_dict(states.pop(src.name))  # freed once written
                 _write_source(conn, model_id, st, model, cfg.seq_len)
+                del st
                 report.sources.append(src.name)
             report.seconds = progress.seconds + time.perf_counter() - started
             storage.finish_model(
@@ -487,12 +510,11 @@ def _write_source(conn, model_id: int, st: SourceStats, model: Model, seq_len: i
     values = top.values.cpu().numpy()  # [k, U]
     max_act = np.where(np.isfinite(values[0]), values[0], 0.0)
     directions = st.source.directions(model)
-    effects = model.logit_effects(directions)
-    logits = _logit_tables(effects)
+    logits, logit_hist = _logit_summaries(model, directions)
     state = st.intervals.state()
     max_act_t = torch.from_numpy(max_act).to(state.counts.device)
     iv = choose_intervals(state, max_act_t, per_interval=st.intervals.per_bin)
-    stats = _unit_stats(st, model, state, iv, effects, directions, max_act_t)
+    stats = _unit_stats(st, model, state, iv, logit_hist, directions, max_act_t)
     density = state.density.cpu().numpy()
     storage.add_units(conn, source_id, max_act, density, logits, stats)
     storage.add_examples(conn, source_id, _example_columns(top, st.topk.before, seq_len))
@@ -500,12 +522,22 @@ def _write_source(conn, model_id: int, st: SourceStats, model: Model, seq_len: i
     storage.add_examples(conn, source_id, ex, interval=interval)
 
 
-def _unit_stats(st: SourceStats, model: Model, state, iv, effects, directions, max_act):
+def _logit_summaries(model: Model, directions: torch.Tensor, chunk: int = 512):
+    """Each unit's top and bottom logit effects and their histogram over the vocabulary,
+    ``chunk`` units at a time (the effects of all of an SAE's latents would be GBs)."""
+    tables, hists = [], []
+    for lo in range(0, directions.shape[0], chunk):
+        effects = model.logit_effects(directions[lo : lo + chunk])  # [chunk, d_vocab]
+        tables += _logit_tables(effects)
+        hists += summaries.logit_histograms(effects)
+    return tables, hists
+
+
+def _unit_stats(st: SourceStats, model: Model, state, iv, logit_hist, directions, max_act):
     """Each unit's histograms, intervals and neighbours, for its page."""
     src = st.source
     hist = summaries.activation_histograms(state, max_act.to(state.ceiling.device))
     intervals = summaries.interval_tables(iv)
-    logit_hist = summaries.logit_histograms(effects)
     corr = summaries.pairs(*st.correlation.top(summaries.NEIGHBOURS))
     decoder, neurons = _latent_neighbours(src, model, directions) if src.sae else (None, None)
     out_stats = []
