@@ -5,13 +5,11 @@
 (a) bare: the forward pass through the hooked MLP layers, nothing else;
 (b) full indexer: the same forward plus every streaming statistic of every neuron of every
     layer and of every latent of the SAE (the shipped one by default; --sae none for none),
-    encode included, exactly as ``spyglass index`` runs it (each layer's statistics on a
-    background thread while the forward computes the next);
-(s) with --serial-arm: (b) with the statistics folded on the main thread, for reference;
+    encode included, exactly as ``spyglass index`` runs it;
 (c) write: turning the statistics into rows and writing them (once per run).
 Prints tokens/s for each and the ratios to (a). The runs are interleaved batch by batch
-(a, b, s, a, b, s, ...), so a burst of CPU stolen by the host hits all of them alike.
-Peak RSS is printed too (of this process, which holds every arm's state at once).
+(a, b, a, b, ...), so a burst of CPU stolen by the host hits all of them alike.
+Peak RSS is printed too.
 """
 
 from __future__ import annotations
@@ -37,9 +35,9 @@ class Timed:
     """The indexer's streaming statistics of ``sources``, fed one batch at a time as
     ``build_index`` feeds them, with the seconds spent."""
 
-    def __init__(self, model, cfg, sources, overlap=False):
+    def __init__(self, model, cfg, sources):
         self.seconds, self.first = 0.0, 0
-        self.stats = PassStats(model, sources, cfg, overlap=overlap)
+        self.stats = PassStats(model, sources, cfg)
 
     def step(self, batch: torch.Tensor) -> None:
         t0 = time.perf_counter()
@@ -57,11 +55,6 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument(
         "--sae", default=str(SHIPPED_SAE), help="SAE indexed in (b) ('none': neurons only)"
-    )
-    ap.add_argument(
-        "--serial-arm",
-        action="store_true",
-        help="also time (b) with the statistics folded on the main thread",
     )
     args = ap.parse_args()
 
@@ -84,16 +77,13 @@ def main() -> None:
     warm = Timed(model, cfg, mlp_sources(model, layers[:1]) + sae)  # ... and the kernels
     warm.step(batches[0][:2])
 
-    full = Timed(model, cfg, mlp_sources(model, layers) + sae, overlap=True)
-    serial = Timed(model, cfg, mlp_sources(model, layers) + sae) if args.serial_arm else None
+    full = Timed(model, cfg, mlp_sources(model, layers) + sae)
     bare = 0.0
     for b in batches:
         t0 = time.perf_counter()
         model.mlp_activations(b, layers)
         bare += time.perf_counter() - t0
         full.step(b)
-        if serial is not None:
-            serial.step(b)
     stats = full.stats.sources
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,9 +117,6 @@ def main() -> None:
     print(f"(a) bare forward:   {a:8.1f} tok/s")
     print(f"(b) full indexer:   {b:8.1f} tok/s")
     print(f"ratio b/a:          {b / a:8.3f}")
-    if serial is not None:
-        c = n_tokens / serial.seconds
-        print(f"(s) (b) serially:   {c:8.1f} tok/s  ratio s/a {c / a:.3f}")
     print(f"(c) write phase:    {write:8.1f} s ({size / 1e6:.0f} MB, not in b)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS:           {rss:8.0f} MB")

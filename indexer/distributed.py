@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 from indexer.checkpoint import ShardResult, ShardWork, load_result, shard_dir
@@ -53,6 +54,7 @@ def index_with_ray(cfg: IndexConfig, *, address: str, workers: int) -> IndexRepo
             "a GPU" if gpus >= 1 else f"{cpus} CPU",
         )
         task = ray.remote(max_retries=2)(_run_shard).options(**options)
+        started = time.perf_counter()
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "shard"}
         pending = [
             task.remote(fields, (i, workers), "cuda" if gpus >= 1 else "cpu", cpus)
@@ -65,6 +67,7 @@ def index_with_ray(cfg: IndexConfig, *, address: str, workers: int) -> IndexRepo
             merged = result.progress if merged is None else merge_progress(merged, result.progress)
             sequences.append([result.sequences])
             del result
+        merged.seconds = time.perf_counter() - started  # wall time of the sharded pass
     finally:
         if started_here:
             ray.shutdown()
