@@ -97,8 +97,14 @@ class ShardWork:
         self._db.close()
 
     def remove(self) -> None:
+        """Delete the folder, and its parents up to the work root if that leaves them empty."""
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+        for parent in (self.folder.parent, self.folder.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (other runs' work), or already gone
+                break
 
 
 def load_progress(folder: Path) -> Progress | None:

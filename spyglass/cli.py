@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 DEMO_TOKENS = 131_072
-"""Demo corpus size: about 6 minutes of indexing on 2 CPU cores (see README)."""
+"""Demo corpus size: about 6 minutes of indexing and writing on 2 CPU cores (see README)."""
 SHIPPED_SAE = Path(__file__).resolve().parent.parent / "saes" / "embedded-12-res-topk-4608"
 """The SAE trained for the embedded model with `spyglass train-sae`, committed in the repo."""
 
