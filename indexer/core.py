@@ -266,18 +266,28 @@ class StreamingCorrelation:
             "n_tokens": a["n_tokens"] + b["n_tokens"],
         }
 
-    def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def top(self, k: int, *, rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """Each unit's ``k`` most correlated other units: ([U, k] indices, [U, k] r).
-        r is NaN where fewer remain (units constant on the sample have no correlation)."""
+        r is NaN where fewer remain (units constant on the sample have no correlation).
+        Computed ``rows`` units at a time: an SAE's full [U, U] float64 temporaries would
+        take GBs."""
         n = max(self.n_tokens, 1)
+        n_units = self._sum.shape[0]
         mean = self._sum / n
-        cov = self._cross.double() / n - torch.outer(mean, mean)
-        std = cov.diagonal().clamp(min=0).sqrt()
-        corr = cov / torch.outer(std, std)
+        std = (self._cross.diagonal() / n - mean * mean).clamp(min=0).sqrt()
         usable = (std > 1e-12 * std.max().clamp(min=1e-30)) if std.numel() else std > 0
-        corr = corr.masked_fill(~(usable.unsqueeze(0) & usable.unsqueeze(1)), -torch.inf)
-        corr.fill_diagonal_(-torch.inf)
-        k = min(k, max(corr.shape[0] - 1, 0))
-        values, indices = corr.topk(k, dim=1)
-        values = values.clamp(-1, 1).masked_fill(values == -torch.inf, torch.nan)
-        return indices, values.float()
+        k = min(k, max(n_units - 1, 0))
+        indices, values = [], []
+        for lo in range(0, n_units, rows):
+            hi = min(n_units, lo + rows)
+            cov = self._cross[lo:hi] / n - torch.outer(mean[lo:hi], mean)
+            corr = cov / torch.outer(std[lo:hi], std)
+            corr = corr.masked_fill(~(usable[lo:hi, None] & usable[None, :]), -torch.inf)
+            own = torch.arange(hi - lo, device=corr.device)
+            corr[own, own + lo] = -torch.inf
+            v, i = corr.topk(k, dim=1)
+            indices.append(i)
+            values.append(v.clamp(-1, 1).masked_fill(v == -torch.inf, torch.nan))
+        if not indices:
+            return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
+        return torch.cat(indices), torch.cat(values).float()
