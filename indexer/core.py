@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from indexer import kernels
@@ -21,7 +22,6 @@ from indexer.intervals import (
     as_array,
     batch_keys,
     read_windows,
-    token_keys,
     use_compiled,
 )
 
@@ -228,8 +228,10 @@ class StreamingCorrelation:
         positions = torch.arange(self.skip_first, seq_len, device=acts.device)
         rows = (torch.arange(n_seq, device=acts.device).unsqueeze(1) * seq_len + positions).view(-1)
         if self.rate < 1:
-            tokens = rows + first_sequence * seq_len
-            rows = rows[token_keys(tokens).double() < self.rate * 2.0**63]
+            keys = batch_keys(first_sequence * seq_len, n_seq * seq_len)[rows.cpu().numpy()]
+            rows = rows[
+                torch.from_numpy(keys.astype(np.float64) < self.rate * 2.0**63).to(rows.device)
+            ]
         if not rows.shape[0]:
             return
         x = acts.reshape(-1, n_units).index_select(0, rows).double()  # [n, U]

@@ -29,6 +29,7 @@ the neighbour's side (on long-tailed synthetic data, about 1% of the samples).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,9 +76,13 @@ def as_array(acts: torch.Tensor) -> np.ndarray:
     return acts.detach().to(torch.float32).contiguous().numpy()
 
 
+@functools.lru_cache(maxsize=4)
 def batch_keys(token0: int, n: int) -> np.ndarray:
-    """The keys of tokens ``token0 .. token0 + n`` as a numpy array."""
-    return token_keys(torch.arange(token0, token0 + n)).numpy()
+    """The keys of tokens ``token0 .. token0 + n`` as a read-only numpy array, computed
+    once per batch however many sources ask."""
+    keys = token_keys(torch.arange(token0, token0 + n)).numpy()
+    keys.flags.writeable = False
+    return keys
 
 
 def ceiling_exponent(x: torch.Tensor) -> torch.Tensor:

@@ -265,16 +265,15 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
         progress = run_pass(plan, work)
     finally:
         work.close()
-    report = IndexReport(
-        slug=cfg.slug(),
-        n_sequences=progress.n_sequences,
-        n_tokens=progress.n_sequences * cfg.seq_len,
-        pass_seconds=progress.seconds,
-        seconds=progress.seconds,
-        sources=[src.name for src in plan.sources],
-    )
     if cfg.shard != (0, 1):
-        return report
+        return IndexReport(
+            slug=cfg.slug(),
+            n_sequences=progress.n_sequences,
+            n_tokens=progress.n_sequences * cfg.seq_len,
+            pass_seconds=progress.seconds,
+            seconds=progress.seconds,
+            sources=[src.name for src in plan.sources],
+        )
     report = write_index(plan, progress.states, [read_sequences(work.folder)], progress)
     work.remove()
     return report
