@@ -109,8 +109,8 @@ def brute_pearson(acts: torch.Tensor, skip: int, rows: torch.Tensor | None = Non
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.booleans(), st.integers(0, 2), BACKENDS)
-def test_correlation_equals_brute_force_pearson(seed, sparse, skip, backend):
+@given(st.integers(0, 2**31 - 1), st.booleans(), st.integers(0, 2), BACKENDS, st.integers(1, 64))
+def test_correlation_equals_brute_force_pearson(seed, sparse, skip, backend, flush_rows):
     from indexer.intervals import token_keys
 
     gen = torch.Generator().manual_seed(seed)
@@ -122,6 +122,7 @@ def test_correlation_equals_brute_force_pearson(seed, sparse, skip, backend):
         acts[..., 5] = 0
     rate = 1.0 if sparse else 0.5
     corr = StreamingCorrelation(n_units, rate=rate, sparse=sparse, skip_first=skip, backend=backend)
+    corr.FLUSH_ROWS = flush_rows  # dense rows are added in blocks of this many, or at the end
     for lo in range(0, n_seq, 5):
         corr.update(acts[lo : lo + 5], first_sequence=lo)
     tokens = torch.tensor([s * seq_len + p for s in range(n_seq) for p in range(skip, seq_len)])
