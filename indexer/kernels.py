@@ -24,6 +24,7 @@ import numpy as np
 _EMPTY = np.iinfo(np.int64).max
 _NAN32 = np.uint32(0x7FC00000)
 _NAN16 = np.uint16(0x7E00)
+_LOW = np.int64(1 << 57)  # keys (uniform on [0, 2^63)) below it: 1 row in 64
 
 
 class TopKArrays:
@@ -268,8 +269,20 @@ def _fold(
                 m = _largest(s_keys[u, s])
                 s_slot[i, s] = m
                 s_bar[i, s] = s_keys[u, s, m]
+        # Only sample bins from the first whose bar exceeds _LOW on may take a key >= _LOW
+        # (bars only fall), so rows with such keys (63 in 64) test only values above
+        # ``opens`` [fine bin]: after a few batches, mostly those in sparse high bins.
+        opens = np.full(n, n_fine, np.int32)
+        for i in range(n):
+            for s in range(1, n_sample):
+                if s_bar[i, s] > _LOW:
+                    opens[i] = (s - 1) * per
+                    break
         fine = np.zeros(n, np.int32)
         positive = np.zeros(n, np.int32)
+        open_ones = np.zeros(n, np.int32)
+        flat_counts = counts.reshape(-1)
+        count_row = np.uint64(counts.shape[1])
         for b in range(n_seq):
             for t in range(skip, seq_len):
                 row = acts[b, t, u0:u1]
@@ -300,14 +313,25 @@ def _fold(
                 for i in range(n):
                     positive[m] = i
                     m += fine[i] > 0
-                key = keys[b * seq_len + t]
                 for j in range(m):
                     i = positive[j]
-                    u = u0 + i
-                    f = fine[i]
-                    counts[u, f] += 1
-                    s = (f + per - 1) >> shift
+                    flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
+                key = keys[b * seq_len + t]
+                if key < _LOW:
+                    found = positive
+                else:  # those that might take this key
+                    found = open_ones
+                    mm = 0
+                    for j in range(m):
+                        i = positive[j]
+                        found[mm] = i
+                        mm += fine[i] > opens[i]
+                    m = mm
+                for j in range(m):
+                    i = found[j]
+                    s = (fine[i] + per - 1) >> shift
                     if key < s_bar[i, s]:
+                        u = u0 + i
                         q = s_slot[i, s]
                         s_keys[u, s, q] = key
                         s_tokens[u, s, q] = token

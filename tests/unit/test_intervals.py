@@ -133,6 +133,21 @@ def test_compiled_and_tensor_code_keep_the_same_state(stream, skip_first):
     assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_long_stream_keeps_the_tensor_codes_state(seed):
+    """Long enough that most sample bins fill and the compiled kernel stops testing most
+    values against them (``kernels._LOW``): that shortcut must change nothing."""
+    gen = torch.Generator().manual_seed(seed)
+    acts = torch.randn(512, 64, 3, generator=gen) * torch.tensor([1.0, 0.1, 30.0])
+    acts[..., 2] = acts[..., 2].exp() - 1  # a long tail
+    bounds = list(range(0, 513, 32))
+    a = run(acts, bounds, 1, backend="compiled")
+    b = run(acts, bounds, 1, backend="torch")
+    for name in ("ceiling", "counts", "keys", "tokens", "values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
+
+
 def test_every_interval_of_a_smooth_distribution_gets_its_five():
     gen = torch.Generator().manual_seed(0)
     acts = torch.rand(64, 64, 3, generator=gen) * torch.tensor([1.0, 10.0, 1e-3])
