@@ -271,7 +271,7 @@ class Sae:
             hidden = hidden * self.W_dec.norm(dim=-1)
         values, indices = torch.topk(hidden, k=self.cfg.k, dim=-1, sorted=False)  # [..., k]
         # The k largest are kept even when negative, then ReLU'd: fewer than k may be non-zero.
-        return torch.zeros_like(hidden).scatter(-1, indices, torch.relu(values))
+        return torch.zeros_like(hidden).scatter_(-1, indices, torch.relu(values))
 
     def _encode_gated(self, pre: torch.Tensor) -> torch.Tensor:
         # pre = x' @ W_enc: [..., d_sae]. Both paths share W_enc; the magnitude path scales

@@ -65,8 +65,8 @@ class Source:
         rows = act.reshape(-1, act.shape[-1])
         ok = typical_rows(rows)
         ok &= (torch.arange(rows.shape[0], device=rows.device) % act.shape[1]) >= skip_first
-        out = torch.zeros(rows.shape[0], self.n_units, device=rows.device)
-        out[ok] = self.sae.encode(rows[ok]).float()
+        out = self.sae.encode(rows).float()  # every row, then the others zeroed: no copies
+        out[~ok] = 0
         return out.reshape(*act.shape[:2], self.n_units)
 
     def activations_on(
