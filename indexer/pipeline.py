@@ -7,6 +7,9 @@ state, and readers see the previous index until the new one is complete.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import itertools
 import json
 import time
@@ -438,6 +441,7 @@ def write_index(
                 st.load_state_dict(states.pop(src.name))  # freed once written
                 _write_source(conn, model_id, st, model, cfg.seq_len)
                 del st
+                _return_freed_memory()
                 report.sources.append(src.name)
             report.seconds = progress.seconds + time.perf_counter() - started
             storage.finish_model(
@@ -446,6 +450,21 @@ def write_index(
     finally:
         engine.dispose()
     return report
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``). The
+    write phase frees each source's state as it goes; without this, glibc keeps what
+    fits below its (raised) mmap threshold, and the peak creeps up source by source."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def sae_model_options(specs: tuple[str, ...]) -> dict:
