@@ -10,16 +10,22 @@ The state is the tensor code's (``indexer.core.StreamingTopK``,
 ``indexer.intervals.StreamingIntervals``), except that slots are unordered: the kernel
 finds the slot to replace on entry, and ``result``/``state`` sort. Sample windows are
 float16, which numba cannot compute with, so they are handled as their bit patterns
-(``half_bits`` rounds like ``torch.Tensor.half``). Other devices (CUDA) keep the tensor
+(``half_bits`` rounds like ``torch.Tensor.half``; ``to_half_bits`` is the CPU's own
+conversion where it has one, else ``half_bits``). Other devices (CUDA) keep the tensor
 code, which is fast there.
 """
 
 from __future__ import annotations
 
 import math
+import platform
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 _EMPTY = np.iinfo(np.int64).max
 _NAN32 = np.uint32(0x7FC00000)
@@ -136,6 +142,34 @@ def half_bits(f: np.uint32) -> np.uint16:  # pragma: no cover - compiled
     if rem > np.uint32(0x1000) or (rem == np.uint32(0x1000) and (half & np.uint32(1))):
         half += np.uint32(1)  # a carry into the exponent is right, up to infinity
     return np.uint16(sign | half)
+
+
+@intrinsic
+def _fptrunc_half(typingctx, f):
+    """The float16 bit pattern of the float32 with bit pattern ``f``, by LLVM's fptrunc:
+    one instruction where the CPU converts (F16C on x86-64, any arm64)."""
+
+    def codegen(context, builder, signature, args):
+        value = builder.bitcast(args[0], ir.FloatType())
+        return builder.bitcast(builder.fptrunc(value, ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.uint32), codegen
+
+
+@numba.njit(cache=True)
+def hardware_half_bits(f: np.uint32) -> np.uint16:  # pragma: no cover - compiled
+    """``half_bits`` by the CPU's own conversion (only where it has one)."""
+    return _fptrunc_half(np.uint32(f))
+
+
+def _converts_halves() -> bool:
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    return bool(llvm.get_host_cpu_features().get("f16c", False))
+
+
+HARDWARE_HALVES = _converts_halves()
+to_half_bits = hardware_half_bits if HARDWARE_HALVES else half_bits
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -338,8 +372,8 @@ def _fold(
                         s_values[u, s, q] = row[i]
                         for jj in range(s_width):
                             at = t - s_before + jj
-                            inside = 0 <= at < seq_len
-                            s_windows[u, s, q, jj] = half_bits(bits[b, at, u]) if inside else _NAN16
+                            half = to_half_bits(bits[b, at, u]) if 0 <= at < seq_len else _NAN16
+                            s_windows[u, s, q, jj] = half
                         q = _largest(s_keys[u, s])
                         s_slot[i, s] = q
                         s_bar[i, s] = s_keys[u, s, q]

@@ -337,6 +337,7 @@ def run_pass(plan: Plan, work: ShardWork) -> Progress:
         work.save(progress)
         if not done:
             progress.states = {}
+            _return_freed_memory()  # the ranked top-k copies just saved
 
     next_batch = progress.next_batch
     with bar:
@@ -459,9 +460,10 @@ def _libc():
 
 
 def _return_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``). The
-    write phase frees each source's state as it goes; without this, glibc keeps what
-    fits below its (raised) mmap threshold, and the peak creeps up source by source."""
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``). A
+    checkpoint's copies and, while writing, each source's state are freed as the run goes
+    on; without this, glibc keeps what fits below its (raised) mmap threshold, and RSS
+    creeps up checkpoint by checkpoint and source by source."""
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
