@@ -165,7 +165,10 @@ def hardware_half_bits(f: np.uint32) -> np.uint16:  # pragma: no cover - compile
 def _converts_halves() -> bool:
     if platform.machine().lower() in ("aarch64", "arm64"):
         return True
-    return bool(llvm.get_host_cpu_features().get("f16c", False))
+    try:
+        return bool(llvm.get_host_cpu_features().get("f16c", False))
+    except RuntimeError:  # llvmlite cannot tell on this host: round in software
+        return False
 
 
 HARDWARE_HALVES = _converts_halves()
