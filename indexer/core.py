@@ -11,6 +11,7 @@ A token's global index is ``sequence_id * T + position``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,6 +171,18 @@ def fold_batch(
     kernels.fold(as_array(acts), topk.skip_first, token0, keys, topk.arrays(), intervals.arrays())
 
 
+@functools.lru_cache(maxsize=4)
+def sampled_rows(token0: int, n_seq: int, seq_len: int, skip: int, rate: float) -> torch.Tensor:
+    """The rows ``b * seq_len + t`` (t >= ``skip``) of a batch of tokens from ``token0``
+    whose key falls below ``rate``: the same for every source, so worked out once a batch
+    (shared: read it, never write it)."""
+    rows = (np.arange(n_seq)[:, None] * seq_len + np.arange(skip, seq_len)).reshape(-1)
+    if rate < 1:
+        keys = batch_keys(token0, n_seq * seq_len)[rows]
+        rows = rows[keys.astype(np.float64) < rate * 2.0**63]
+    return torch.from_numpy(rows)
+
+
 def _block_width(n_units: int, blocks: int) -> int:
     return max(1, -(-n_units // blocks))
 
@@ -239,13 +252,8 @@ class StreamingCorrelation:
                 as_array(acts), self.skip_first, self._sum.numpy(), self._cross.numpy(), chunks
             )
             return
-        positions = torch.arange(self.skip_first, seq_len, device=acts.device)
-        rows = (torch.arange(n_seq, device=acts.device).unsqueeze(1) * seq_len + positions).view(-1)
-        if self.rate < 1:
-            keys = batch_keys(first_sequence * seq_len, n_seq * seq_len)[rows.cpu().numpy()]
-            rows = rows[
-                torch.from_numpy(keys.astype(np.float64) < self.rate * 2.0**63).to(rows.device)
-            ]
+        rows = sampled_rows(first_sequence * seq_len, n_seq, seq_len, self.skip_first, self.rate)
+        rows = rows.to(acts.device)
         if not rows.shape[0]:
             return
         picked = acts.reshape(-1, n_units).index_select(0, rows).float()  # [n, U]
