@@ -30,7 +30,8 @@ from numba.extending import intrinsic
 _EMPTY = np.iinfo(np.int64).max
 _NAN32 = np.uint32(0x7FC00000)
 _NAN16 = np.uint16(0x7E00)
-_LOW = np.int64(1 << 57)  # keys (uniform on [0, 2^63)) below it: 1 row in 64
+_LOW_LOG2 = 57  # keys (uniform on [0, 2^63)) below 2^57: 1 row in 64
+_LEVELS = 63 - _LOW_LOG2 + 1  # key levels: below 2^57, then [2^(56+l), 2^(57+l)), l = 1..6
 
 
 class TopKArrays:
@@ -84,12 +85,16 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
         _column_max(acts, skip, batch_max, chunks)
         grow(batch_max, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
               iv.windows)  # fmt: skip
+    # Dense blocks (MLP neurons: about half positive) count every value, non-positive ones
+    # into the unused bin 0, rather than first listing the positive ones; sparse blocks
+    # (SAE latents) list them. Judged on each sequence's last row; either way is exact.
+    dense = bool(np.count_nonzero(acts[:, -1, :] > 0) * 4 > acts.shape[0] * n_units)
     bits = acts.view(np.uint32)
     _fold(
         acts, bits, skip, token0, keys,
         topk.values, topk.tokens, topk.windows, topk.before,
         iv.exp, iv.fresh, iv.keys, iv.tokens, iv.values, iv.windows, iv.before,
-        chunks,
+        dense, chunks,
     )  # fmt: skip
 
 
@@ -251,7 +256,7 @@ def _fold(
     acts, bits, skip, token0, keys,
     t_values, t_tokens, t_windows, t_before,
     exp, counts, s_keys, s_tokens, s_values, s_windows, s_before,
-    chunks,
+    dense, chunks,
 ):  # pragma: no cover - compiled  # fmt: skip
     """One pass over ``acts`` [B, T, U], units split into ``chunks`` contiguous ranges, one
     per thread, each read row by row (sequential memory).
@@ -261,7 +266,8 @@ def _fold(
     loses the tie (the earlier token ranks first): only a strictly larger value enters.
 
     Intervals: a positive value v adds 1 to ``counts`` [U, F+1] at fine bin
-    ceil(v * F / 2^exp) (exact: a power-of-two scale, and v <= 2^exp after ``grow``).
+    ceil(v * F / 2^exp) (exact: a power-of-two scale, and v <= 2^exp after ``grow``); if
+    ``dense``, the others add 1 to bin 0, which no reader uses.
     Sample bin s = ceil(fine / per) keeps in ``s_keys``/``s_tokens``/``s_values``
     [U, S+1, r] (unordered) the r entries with the smallest ``keys``; bin 0 takes none.
 
@@ -306,18 +312,21 @@ def _fold(
                 m = _largest(s_keys[u, s])
                 s_slot[i, s] = m
                 s_bar[i, s] = s_keys[u, s, m]
-        # Only sample bins from the first whose bar exceeds _LOW on may take a key >= _LOW
-        # (bars only fall), so rows with such keys (63 in 64) test only values above
-        # ``opens`` [fine bin]: after a few batches, mostly those in sparse high bins.
-        opens = np.full(n, n_fine, np.int32)
+        # A key in [2^(56+l), 2^(57+l)) (level l = 1..6) can only enter the sample bins
+        # whose bar exceeds 2^(56+l): those from the first such bin on, as bars only fall.
+        # Rows at level l test only fine bins above ``opens`` [l, unit]: after a few
+        # batches, mostly sparse high bins. Level 0 (keys below 2^57) tests every positive.
+        opens = np.zeros((_LEVELS, n), np.int32)
         for i in range(n):
-            for s in range(1, n_sample):
-                if s_bar[i, s] > _LOW:
-                    opens[i] = (s - 1) * per
-                    break
+            for lv in range(1, _LEVELS):
+                opens[lv, i] = n_fine
+                floor = np.int64(1) << (_LOW_LOG2 - 1 + lv)
+                for s in range(1, n_sample):
+                    if s_bar[i, s] > floor:
+                        opens[lv, i] = (s - 1) * per
+                        break
         fine = np.zeros(n, np.int32)
-        positive = np.zeros(n, np.int32)
-        open_ones = np.zeros(n, np.int32)
+        found = np.zeros(n, np.int32)
         flat_counts = counts.reshape(-1)
         count_row = np.uint64(counts.shape[1])
         for b in range(n_seq):
@@ -346,23 +355,27 @@ def _fold(
                             t_bar[i] = t_values[u, q]
                 if not with_counts:
                     continue
-                m = 0  # the positive values, compacted without a branch
-                for i in range(n):
-                    positive[m] = i
-                    m += fine[i] > 0
-                for j in range(m):
-                    i = positive[j]
-                    flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
                 key = keys[b * seq_len + t]
-                if key < _LOW:
-                    found = positive
-                else:  # those that might take this key
-                    found = open_ones
+                lv = 0
+                while lv < _LEVELS - 1 and key >= np.int64(1) << (_LOW_LOG2 + lv):
+                    lv += 1
+                m = 0  # the units that might take this key, listed without a branch
+                if dense:
+                    for i in range(n):
+                        flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
+                    for i in range(n):
+                        found[m] = i
+                        m += fine[i] > opens[lv, i]
+                else:
+                    for i in range(n):
+                        found[m] = i
+                        m += fine[i] > 0
                     mm = 0
                     for j in range(m):
-                        i = positive[j]
+                        i = found[j]
+                        flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
                         found[mm] = i
-                        mm += fine[i] > opens[i]
+                        mm += fine[i] > opens[lv, i]
                     m = mm
                 for j in range(m):
                     i = found[j]

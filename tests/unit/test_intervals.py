@@ -134,12 +134,16 @@ def test_compiled_and_tensor_code_keep_the_same_state(stream, skip_first):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_a_long_stream_keeps_the_tensor_codes_state(seed):
+@pytest.mark.parametrize("shift", [0.0, -1.5], ids=["dense", "sparse"])
+def test_a_long_stream_keeps_the_tensor_codes_state(seed, shift):
     """Long enough that most sample bins fill and the compiled kernel stops testing most
-    values against them (``kernels._LOW``): that shortcut must change nothing."""
+    values against them (``kernels._LEVELS``): that shortcut must change nothing. Half
+    the values positive (the kernel counts every value) or about 1 in 15 (it lists the
+    positive ones first)."""
     gen = torch.Generator().manual_seed(seed)
     acts = torch.randn(512, 64, 3, generator=gen) * torch.tensor([1.0, 0.1, 30.0])
     acts[..., 2] = acts[..., 2].exp() - 1  # a long tail
+    acts += shift * torch.tensor([1.0, 0.1, 30.0])
     bounds = list(range(0, 513, 32))
     a = run(acts, bounds, 1, backend="compiled")
     b = run(acts, bounds, 1, backend="torch")
