@@ -35,6 +35,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 CFG_FILENAME = "cfg.json"
+ENCODE_ROWS = 256
+"""Rows a top-k SAE encodes at a time on a CPU (see ``Sae._encode_topk``)."""
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 # Written next to cfg.json by SAELens's trainer in mid-training checkpoints; it holds the
 # expected_average_only_in scaling factor that is only folded into the weights at the end.
@@ -253,25 +255,35 @@ class Sae:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations ``[..., d_sae]`` for activations ``x [..., d_in]``."""
         sae_in = self._sae_in(x)  # [..., d_in]
-        pre = sae_in @ self.W_enc  # [..., d_sae], shared by every architecture
         arch = self.cfg.architecture
+        if arch == "topk":
+            return self._encode_topk(sae_in)
+        pre = sae_in @ self.W_enc  # [..., d_sae], shared by every architecture
         if arch == "standard":
             return torch.relu(pre + self.b_enc)
-        if arch == "topk":
-            return self._encode_topk(pre + self.b_enc)
         if arch == "jumprelu":
             hidden = pre + self.b_enc
             # ReLU then the jump: a negative threshold still never lets a negative through.
             return torch.relu(hidden) * (hidden > self.threshold).to(hidden.dtype)
         return self._encode_gated(pre)
 
-    def _encode_topk(self, hidden: torch.Tensor) -> torch.Tensor:
-        # hidden: [..., d_sae]
-        if self.cfg.rescale_acts_by_decoder_norm:
-            hidden = hidden * self.W_dec.norm(dim=-1)
-        values, indices = torch.topk(hidden, k=self.cfg.k, dim=-1, sorted=False)  # [..., k]
-        # The k largest are kept even when negative, then ReLU'd: fewer than k may be non-zero.
-        return torch.zeros_like(hidden).scatter_(-1, indices, torch.relu(values))
+    def _encode_topk(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """``sae_in`` [..., d_in] to latents [..., d_sae], ``ENCODE_ROWS`` rows at a time on
+        a CPU: each slice's [rows, d_sae] pre-activations stay in cache between the matmul
+        (bias added inside it) and the top-k, and only the output goes out to memory."""
+        flat = sae_in.reshape(-1, sae_in.shape[-1])
+        out = torch.zeros(flat.shape[0], self.cfg.d_sae, dtype=flat.dtype, device=flat.device)
+        scale = self.W_dec.norm(dim=-1) if self.cfg.rescale_acts_by_decoder_norm else None
+        step = ENCODE_ROWS if flat.device.type == "cpu" else max(flat.shape[0], 1)
+        for lo in range(0, flat.shape[0], step):
+            hidden = torch.addmm(self.b_enc, flat[lo : lo + step], self.W_enc)
+            if scale is not None:
+                hidden *= scale
+            values, indices = torch.topk(hidden, k=self.cfg.k, dim=-1, sorted=False)
+            # The k largest are kept even when negative, then ReLU'd: fewer than k may be
+            # non-zero.
+            out[lo : lo + step].scatter_(-1, indices, values.relu_())
+        return out.reshape(*sae_in.shape[:-1], self.cfg.d_sae)
 
     def _encode_gated(self, pre: torch.Tensor) -> torch.Tensor:
         # pre = x' @ W_enc: [..., d_sae]. Both paths share W_enc; the magnitude path scales

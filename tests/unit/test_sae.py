@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from spyglass.sae import (
     ARCHITECTURES,
+    ENCODE_ROWS,
     Sae,
     SaeConfig,
     SaeLoadError,
@@ -100,6 +101,21 @@ def test_topk_rescale_by_decoder_norm_selects_on_scaled_preacts_and_undoes_it_on
     f = sae.encode(x)
     torch.testing.assert_close(f, expected)
     torch.testing.assert_close(sae.decode(f), (f / norms) @ sae.W_dec + sae.b_dec)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_topk_encodes_a_long_batch_slice_by_slice_like_all_at_once(rescale):
+    """More rows than ``ENCODE_ROWS``, the last slice partial: each row's latents are the
+    formula's, wherever the slices fall."""
+    sae = make_sae("topk", k=4, rescale_acts_by_decoder_norm=rescale)
+    x = inputs(shape=(3, ENCODE_ROWS - 6))
+    scale = sae.W_dec.norm(dim=-1) if rescale else 1.0
+    pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc) * scale
+    vals, idx = pre.topk(4, dim=-1)
+    expected = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    f = sae.encode(x)
+    assert f.shape == (3, ENCODE_ROWS - 6, D_SAE)
+    torch.testing.assert_close(f, expected)
 
 
 def test_jumprelu_zeroes_below_threshold_and_passes_the_rest_unchanged():
