@@ -186,8 +186,9 @@ class StreamingIntervals:
             return False
         n = n_seq * (seq_len - self.skip_first)
         self.n_tokens += n
-        if not self.compiled:
-            self._grow(acts[:, self.skip_first :, :].amax(dim=(0, 1)).float())
+        if not self.compiled:  # ceilings cover finite values (infinities: the top bin)
+            rows = acts[:, self.skip_first :, :].nan_to_num(nan=0.0, posinf=0.0)
+            self._grow(rows.amax(dim=(0, 1)).float())
             return True
         if self._fresh_tokens + n >= 1 << 31:  # int32 counts could overflow
             self._spill()
@@ -222,6 +223,7 @@ class StreamingIntervals:
         ones = torch.ones(n_units, device=acts.device)
         scale = torch.ldexp(ones, COUNT_BINS_LOG2 - self._exp)  # exact: a power of two
         fine = (rows.float() * scale).ceil_().clamp_(0, COUNT_BINS)  # 0: not positive
+        torch.maximum(fine, (rows > 0).float(), out=fine)  # positive, if far below 2^exp too
         offsets = torch.arange(n_units, device=acts.device) * (COUNT_BINS + 1)
         if self._counts.numel() <= 1 << 24:  # exact in float32: add there, count int32
             flat = fine.add_(offsets.float()).view(-1).int()
@@ -279,6 +281,7 @@ class StreamingIntervals:
         n_units = rows.shape[1]
         values = rows.take(row * n_units + unit).float()
         sbin = (values * sample_scale[unit]).ceil_().clamp_(0, SAMPLE_BINS).long()
+        sbin = torch.where(values > 0, sbin.clamp(min=1), sbin)  # a product may underflow
         thresholds = self._keys[:, :, -1].reshape(-1)  # [U * bins]
         exact = keys[row] < thresholds.take(unit * (SAMPLE_BINS + 1) + sbin)
         return row[exact], unit[exact], sbin[exact], values[exact]

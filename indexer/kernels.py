@@ -80,11 +80,6 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
             0,
         )
         keys = np.empty(0, np.int64)
-    else:
-        batch_max = np.empty(n_units, np.float32)
-        _column_max(acts, skip, batch_max, chunks)
-        grow(batch_max, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
-              iv.windows)  # fmt: skip
     # Dense blocks (MLP neurons: about half positive) count every value, non-positive ones
     # into the unused bin 0, rather than first listing the positive ones; sparse blocks
     # (SAE latents) list them. Judged on each sequence's last row; either way is exact.
@@ -93,8 +88,8 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
     _fold(
         acts, bits, skip, token0, keys,
         topk.values, topk.tokens, topk.windows, topk.before,
-        iv.exp, iv.fresh, iv.keys, iv.tokens, iv.values, iv.windows, iv.before,
-        dense, chunks,
+        iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values, iv.windows,
+        iv.before, dense, chunks,
     )  # fmt: skip
 
 
@@ -181,81 +176,106 @@ to_half_bits = hardware_half_bits if HARDWARE_HALVES else half_bits
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _column_max(acts, skip, out, chunks):  # pragma: no cover - compiled
-    n_seq, seq_len, n_units = acts.shape
-    width = (n_units + chunks - 1) // chunks
-    for c in numba.prange(chunks):
-        u0 = c * width
-        u1 = min(n_units, u0 + width)
-        best = np.full(u1 - u0, -np.inf, np.float32)
-        for b in range(n_seq):
-            for t in range(skip, seq_len):
-                row = acts[b, t, u0:u1]
-                for i in range(u1 - u0):
-                    best[i] = max(best[i], row[i])
-        out[u0:u1] = best
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
 def grow(
     batch_max, exp, started, counts, fresh, keys, tokens, values, windows
 ):  # pragma: no cover - compiled
-    """Raise each unit's ceiling 2^exp to cover ``batch_max``: 2^d fine bins merge into
-    one, and the sample bins merge likewise, each keeping its r smallest keys."""
-    n_units, n_sample, r = keys.shape
+    """Raise each unit's ceiling to cover ``batch_max`` (``_raise_ceiling``)."""
+    for u in numba.prange(batch_max.shape[0]):
+        if batch_max[u] > 0:
+            _raise_ceiling(u, batch_max[u], exp, started, counts, fresh, keys, tokens, values,
+                           windows)  # fmt: skip
+
+
+@numba.njit(cache=True, inline="always")
+def _raise_ceiling(
+    u, x, exp, started, counts, fresh, keys, tokens, values, windows
+):  # pragma: no cover - compiled
+    """Raise unit ``u``'s ceiling 2^exp to cover ``x`` > 0 (the first positive value sets
+    it): 2^d fine bins merge into one, and the sample bins likewise, each keeping its r
+    smallest keys. Exact at any point of the stream: a value in fine bin i lands in bin
+    ceil(i / 2^d) either way, and the r smallest keys of a union do not depend on order."""
+    n_sample, r = keys.shape[1], keys.shape[2]
     n_fine = counts.shape[1] - 1
-    for u in numba.prange(n_units):
-        x = batch_max[u]
-        if not x > 0:
-            continue
-        mantissa, target = math.frexp(x)
-        if mantissa == 0.5:
-            target -= 1
-        if not started[u]:
-            exp[u] = target
-            started[u] = True
-            continue
-        if target <= exp[u]:
-            continue
-        d = min(target - exp[u], 62)
+    mantissa, target = math.frexp(x)
+    if mantissa == 0.5:
+        target -= 1
+    if not started[u]:
         exp[u] = target
-        # Counts: fine bin i (1-based) lands in ceil(i / 2^d).
-        merged = np.zeros(n_fine + 1, np.int64)
-        for i in range(1, n_fine + 1):
-            j = min(((i - 1) >> d) + 1, n_fine)
-            merged[j] += counts[u, i] + fresh[u, i]
-        merged[0] = counts[u, 0] + fresh[u, 0]
-        counts[u] = merged
-        fresh[u] = 0
-        # Samples: every kept entry moves to bin ceil(b / 2^d); each keeps r smallest keys.
-        old_keys = keys[u].copy()
-        old_tokens = tokens[u].copy()
-        old_values = values[u].copy()
-        old_windows = windows[u].copy()
+        started[u] = True
+        return
+    if target <= exp[u]:
+        return
+    d = min(target - exp[u], 62)
+    exp[u] = target
+    # Counts: fine bin i (1-based) lands in ceil(i / 2^d).
+    merged = np.zeros(n_fine + 1, np.int64)
+    for i in range(1, n_fine + 1):
+        j = min(((i - 1) >> d) + 1, n_fine)
+        merged[j] += counts[u, i] + fresh[u, i]
+    merged[0] = counts[u, 0] + fresh[u, 0]
+    counts[u] = merged
+    fresh[u] = 0
+    # Samples: every kept entry moves to bin ceil(b / 2^d); each keeps r smallest keys.
+    old_keys = keys[u].copy()
+    old_tokens = tokens[u].copy()
+    old_values = values[u].copy()
+    old_windows = windows[u].copy()
+    for s in range(1, n_sample):
+        keys[u, s] = _EMPTY
+        tokens[u, s] = -1
+        values[u, s] = 0.0
+        windows[u, s] = _NAN16
+    for s in range(1, n_sample):
+        new = min(((s - 1) >> d) + 1, n_sample - 1)
+        for q in range(r):
+            key = old_keys[s, q]
+            if key == _EMPTY:
+                continue
+            m = _largest(keys[u, new])
+            if key < keys[u, new, m]:
+                keys[u, new, m] = key
+                tokens[u, new, m] = old_tokens[s, q]
+                values[u, new, m] = old_values[s, q]
+                windows[u, new, m] = old_windows[s, q]
+
+
+@numba.njit(cache=True, inline="always")
+def _fine_bin(v, scale, n_fine):  # pragma: no cover - compiled
+    """ceil(v * scale) in [1, n_fine] for v > 0 (1 where the product underflows), else 0."""
+    return max(np.int32(math.ceil(min(max(v * scale, 0.0), n_fine))), np.int32(v > 0))
+
+
+@numba.njit(cache=True, inline="always")
+def _unit_bars(
+    i, u, exp, started, s_keys, ceiling, scale, s_bar, s_slot, opens, fine_log2, per
+):  # pragma: no cover - compiled
+    """What ``_fold`` keeps of unit ``u`` (its ``i``-th): ceiling, scale, each sample bin's
+    bar and slot, and ``opens``. A key in [2^(56+l), 2^(57+l)) (level l = 1..6) can only
+    enter the sample bins whose bar exceeds 2^(56+l): those from the first such bin on, as
+    bars only fall. Rows at level l test only fine bins above ``opens`` [l, unit]: after a
+    few batches, mostly sparse high bins. Level 0 (keys below 2^57) tests every positive."""
+    n_sample = s_keys.shape[1]
+    ceiling[i] = np.float32(math.ldexp(1.0, exp[u])) if started[u] else np.float32(0.0)
+    scale[i] = np.float32(math.ldexp(1.0, fine_log2 - exp[u]))
+    s_bar[i, 0] = -_EMPTY - 1
+    for s in range(1, n_sample):
+        m = _largest(s_keys[u, s])
+        s_slot[i, s] = m
+        s_bar[i, s] = s_keys[u, s, m]
+    for lv in range(1, _LEVELS):
+        opens[lv, i] = (n_sample - 1) * per
+        floor = np.int64(1) << (_LOW_LOG2 - 1 + lv)
         for s in range(1, n_sample):
-            keys[u, s] = _EMPTY
-            tokens[u, s] = -1
-            values[u, s] = 0.0
-            windows[u, s] = _NAN16
-        for s in range(1, n_sample):
-            new = min(((s - 1) >> d) + 1, n_sample - 1)
-            for q in range(r):
-                key = old_keys[s, q]
-                if key == _EMPTY:
-                    continue
-                m = _largest(keys[u, new])
-                if key < keys[u, new, m]:
-                    keys[u, new, m] = key
-                    tokens[u, new, m] = old_tokens[s, q]
-                    values[u, new, m] = old_values[s, q]
-                    windows[u, new, m] = old_windows[s, q]
+            if s_bar[i, s] > floor:
+                opens[lv, i] = (s - 1) * per
+                break
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _fold(
     acts, bits, skip, token0, keys,
     t_values, t_tokens, t_windows, t_before,
-    exp, counts, s_keys, s_tokens, s_values, s_windows, s_before,
+    exp, started, counts, fresh, s_keys, s_tokens, s_values, s_windows, s_before,
     dense, chunks,
 ):  # pragma: no cover - compiled  # fmt: skip
     """One pass over ``acts`` [B, T, U], units split into ``chunks`` contiguous ranges, one
@@ -265,9 +285,10 @@ def _fold(
     unordered. Tokens arrive in increasing order, so a value equal to the worst kept one
     loses the tie (the earlier token ranks first): only a strictly larger value enters.
 
-    Intervals: a positive value v adds 1 to ``counts`` [U, F+1] at fine bin
-    ceil(v * F / 2^exp) (exact: a power-of-two scale, and v <= 2^exp after ``grow``); if
-    ``dense``, the others add 1 to bin 0, which no reader uses.
+    Intervals: a value v above its unit's ceiling 2^exp first raises it
+    (``_raise_ceiling``); then a positive v adds 1 to ``fresh`` [U, F+1] (int32, added
+    into ``counts`` later) at fine bin ceil(v * F / 2^exp) (exact: a power-of-two scale);
+    if ``dense``, the others add 1 to bin 0, which no reader uses.
     Sample bin s = ceil(fine / per) keeps in ``s_keys``/``s_tokens``/``s_values``
     [U, S+1, r] (unordered) the r entries with the smallest ``keys``; bin 0 takes none.
 
@@ -276,8 +297,8 @@ def _fold(
     n_seq, seq_len, n_units = acts.shape
     k = t_values.shape[1]
     t_width = t_windows.shape[2]
-    with_counts = counts.shape[1] > 0
-    n_fine = counts.shape[1] - 1
+    with_counts = fresh.shape[1] > 0
+    n_fine = fresh.shape[1] - 1
     n_sample = s_keys.shape[1]
     s_width = s_windows.shape[3]
     per = n_fine // (n_sample - 1) if with_counts else 1
@@ -296,49 +317,46 @@ def _fold(
         # beat: the worst top-k slot's value; an empty sample slot or else the largest key.
         t_bar = np.full(n, np.inf, np.float32)
         t_slot = np.zeros(n, np.int64)
+        for i in range(n):
+            if k:
+                w = _worst_slot(t_values[u0 + i], t_tokens[u0 + i])
+                t_slot[i] = w
+                t_bar[i] = t_values[u0 + i, w]
         s_bar = np.empty((n, max(n_sample, 1)), np.int64)
         s_slot = np.zeros((n, max(n_sample, 1)), np.int64)
-        scale = np.zeros(n, np.float32)
-        for i in range(n):
-            u = u0 + i
-            if k:
-                w = _worst_slot(t_values[u], t_tokens[u])
-                t_slot[i] = w
-                t_bar[i] = t_values[u, w]
-            if with_counts:  # F / 2^exp, a power of two
-                scale[i] = np.float32(math.ldexp(1.0, fine_log2 - exp[u]))
-            s_bar[i, 0] = -_EMPTY - 1
-            for s in range(1, n_sample):
-                m = _largest(s_keys[u, s])
-                s_slot[i, s] = m
-                s_bar[i, s] = s_keys[u, s, m]
-        # A key in [2^(56+l), 2^(57+l)) (level l = 1..6) can only enter the sample bins
-        # whose bar exceeds 2^(56+l): those from the first such bin on, as bars only fall.
-        # Rows at level l test only fine bins above ``opens`` [l, unit]: after a few
-        # batches, mostly sparse high bins. Level 0 (keys below 2^57) tests every positive.
+        ceiling = np.full(n, np.inf, np.float32)  # 2^exp; 0 before the first positive
+        scale = np.zeros(n, np.float32)  # F / 2^exp, a power of two
         opens = np.zeros((_LEVELS, n), np.int32)
-        for i in range(n):
-            for lv in range(1, _LEVELS):
-                opens[lv, i] = n_fine
-                floor = np.int64(1) << (_LOW_LOG2 - 1 + lv)
-                for s in range(1, n_sample):
-                    if s_bar[i, s] > floor:
-                        opens[lv, i] = (s - 1) * per
-                        break
+        if with_counts:
+            for i in range(n):
+                _unit_bars(i, u0 + i, exp, started, s_keys, ceiling, scale, s_bar, s_slot, opens,
+                           fine_log2, per)  # fmt: skip
         fine = np.zeros(n, np.int32)
         found = np.zeros(n, np.int32)
-        flat_counts = counts.reshape(-1)
-        count_row = np.uint64(counts.shape[1])
+        flat_counts = fresh.reshape(-1)
+        count_row = np.uint64(fresh.shape[1])
         for b in range(n_seq):
             for t in range(skip, seq_len):
                 row = acts[b, t, u0:u1]
                 token = token0 + b * seq_len + t
-                # Vectorised: fine bins, and whether any value beats its top-k bar.
+                # Vectorised: fine bins, whether any value beats its top-k bar, and whether
+                # any is above its ceiling.
                 beats = False
+                over = False
                 for i in range(n):
                     v = row[i]
                     beats |= v > t_bar[i]
-                    fine[i] = np.int32(math.ceil(min(max(v * scale[i], 0.0), n_fine)))
+                    over |= v > ceiling[i]
+                    fine[i] = _fine_bin(v, scale[i], n_fine)
+                if over:
+                    for i in range(n):
+                        if ceiling[i] < row[i] < np.inf:  # infinities: the top bin
+                            u = u0 + i
+                            _raise_ceiling(u, row[i], exp, started, counts, fresh, s_keys,
+                                           s_tokens, s_values, s_windows)  # fmt: skip
+                            _unit_bars(i, u, exp, started, s_keys, ceiling, scale, s_bar,
+                                       s_slot, opens, fine_log2, per)  # fmt: skip
+                            fine[i] = _fine_bin(row[i], scale[i], n_fine)
                 if beats:
                     for i in range(n):
                         if row[i] > t_bar[i]:

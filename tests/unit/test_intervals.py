@@ -142,7 +142,7 @@ def test_a_long_stream_keeps_the_tensor_codes_state(seed, shift):
     positive ones first)."""
     gen = torch.Generator().manual_seed(seed)
     acts = torch.randn(512, 64, 3, generator=gen) * torch.tensor([1.0, 0.1, 30.0])
-    acts[..., 2] = acts[..., 2].exp() - 1  # a long tail
+    acts[..., 2] = (acts[..., 2] / 3).exp() - 1  # a long tail (finite: up to ~1e19)
     acts += shift * torch.tensor([1.0, 0.1, 30.0])
     bounds = list(range(0, 513, 32))
     a = run(acts, bounds, 1, backend="compiled")
@@ -150,6 +150,19 @@ def test_a_long_stream_keeps_the_tensor_codes_state(seed, shift):
     for name in ("ceiling", "counts", "keys", "tokens", "values"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
+
+
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_a_positive_value_far_below_the_ceiling_still_counts(backend):
+    """1e-30 against a ceiling of 2^127: its scaled value underflows to 0 in float32, yet it
+    is positive, so it counts (bin 1) and may be sampled; the ceiling arrives after it."""
+    acts = torch.tensor([0.0, 1e-30, 0.5, -1.0, 2.0**127, 2e-30]).reshape(3, 2, 1)
+    state = run(acts, [0, 2, 3], skip_first=0, backend=backend)
+    assert state.counts[0, 0].item() == 3  # 1e-30, 0.5, 2e-30: all below 2^127 / 512
+    assert state.counts[0, -1].item() == 1  # 2^127 itself
+    assert state.counts.sum().item() == 4
+    kept = sorted(state.tokens[0, 0][state.tokens[0, 0] >= 0].tolist())
+    assert kept == [1, 2, 5]
 
 
 def test_every_interval_of_a_smooth_distribution_gets_its_five():
