@@ -60,7 +60,11 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=14)
     ap.add_argument("--warm-up", type=int, default=4)
     args = ap.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="kernel_ab-"))
+    with tempfile.TemporaryDirectory(prefix="kernel_ab-") as folder:  # removed however it ends
+        compare(args, Path(folder))
+
+
+def compare(args: argparse.Namespace, folder: Path) -> None:
     versions = {name: load_kernels(path, f"kernels_{name}", folder) for name, path in
                 (("a", args.a), ("b", args.b))}  # fmt: skip
 
@@ -103,7 +107,6 @@ def main() -> None:
                 ):
                     differ.append(f"{hook} {part}.{key}")
     print("states equal" if not differ else "states differ: " + ", ".join(differ))
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -186,9 +186,13 @@ class StreamingIntervals:
             return False
         n = n_seq * (seq_len - self.skip_first)
         self.n_tokens += n
-        if not self.compiled:  # ceilings cover finite values (infinities: the top bin)
-            rows = acts[:, self.skip_first :, :].nan_to_num(nan=0.0, posinf=0.0)
-            self._grow(rows.amax(dim=(0, 1)).float())
+        if not self.compiled:
+            rows = acts[:, self.skip_first :, :]
+            top = rows.amax(dim=(0, 1))
+            if not torch.isfinite(top).all():  # ceilings cover finite values only (an
+                # infinity counts in the top bin): a second pass only when one is there
+                top = rows.nan_to_num(nan=0.0, posinf=0.0).amax(dim=(0, 1))
+            self._grow(top.float())
             return True
         if self._fresh_tokens + n >= 1 << 31:  # int32 counts could overflow
             self._spill()
