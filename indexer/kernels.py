@@ -80,16 +80,28 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
             0,
         )
         keys = np.empty(0, np.int64)
+    n_seq, seq_len = acts.shape[0], acts.shape[1]
+    rows = (np.arange(n_seq)[:, None] * seq_len + np.arange(skip, seq_len)).reshape(-1)
+    by_key = False
+    if keys.shape[0] and rows.shape[0] and not iv.started.any():
+        # A state's first batch: every sample slot is empty, so rows go in key order (a
+        # bin then takes its r smallest keys and is closed), and each ceiling is set once
+        # from the batch's largest finite value, not raised bin-merge by bin-merge.
+        top = _finite_column_max(acts, skip, chunks)
+        grow(top, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
+             iv.windows)  # fmt: skip
+        rows = rows[np.argsort(keys[rows], kind="stable")]
+        by_key = True
     # Dense blocks (MLP neurons: about half positive) count every value, non-positive ones
     # into the unused bin 0, rather than first listing the positive ones; sparse blocks
     # (SAE latents) list them. Judged on each sequence's last row; either way is exact.
-    dense = bool(np.count_nonzero(acts[:, -1, :] > 0) * 4 > acts.shape[0] * n_units)
+    dense = bool(np.count_nonzero(acts[:, -1, :] > 0) * 4 > n_seq * n_units)
     bits = acts.view(np.uint32)
     _fold(
-        acts, bits, skip, token0, keys,
+        acts, bits, rows, token0, keys,
         topk.values, topk.tokens, topk.windows, topk.before,
         iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values, iv.windows,
-        iv.before, dense, chunks,
+        iv.before, by_key, dense, chunks,
     )  # fmt: skip
 
 
@@ -176,6 +188,26 @@ to_half_bits = hardware_half_bits if HARDWARE_HALVES else half_bits
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
+def _finite_column_max(acts, skip, chunks):  # pragma: no cover - compiled
+    """[U] the largest finite value of each unit at positions ``skip..`` (-inf if none)."""
+    n_seq, seq_len, n_units = acts.shape
+    top = np.full(n_units, -np.inf, np.float32)
+    width = (n_units + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        u0 = c * width
+        u1 = min(n_units, u0 + width)
+        part = top[u0:u1]
+        for b in range(n_seq):
+            for t in range(skip, seq_len):
+                row = acts[b, t, u0:u1]
+                for i in range(row.shape[0]):  # vectorised
+                    v = row[i]
+                    x = v if v < np.inf else np.float32(-np.inf)  # NaN, +inf: skipped
+                    part[i] = x if x > part[i] else part[i]
+    return top
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
 def grow(
     batch_max, exp, started, counts, fresh, keys, tokens, values, windows
 ):  # pragma: no cover - compiled
@@ -246,14 +278,54 @@ def _fine_bin(v, scale, n_fine):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
+def _floor(lv) -> np.int64:
+    """The smallest key of level ``lv``: 0, then 2^(56+lv) (keys in [2^(56+lv), 2^(57+lv)),
+    the last level up to 2^63)."""
+    return np.int64(0) if lv == 0 else np.int64(1) << (_LOW_LOG2 - 1 + lv)
+
+
+@numba.njit(cache=True, inline="always")
+def _level(key) -> int:
+    lv = 0
+    while lv < _LEVELS - 1 and key >= np.int64(1) << (_LOW_LOG2 + lv):
+        lv += 1
+    return lv
+
+
+@numba.njit(cache=True, inline="always")
+def _listed(flag, flag_words, found) -> int:
+    """List in ``found`` the indices whose ``flag`` is 1, reading the flags 8 at a time
+    through ``flag_words`` (their uint64 view): most rows flag only a few."""
+    m = 0
+    for w in range(flag_words.shape[0]):
+        if flag_words[w]:
+            for i in range(w * 8, w * 8 + 8):
+                found[m] = i
+                m += flag[i]
+    return m
+
+
+@numba.njit(cache=True, inline="always")
+def _scan_row(row, t_bar, ceiling, scale, fine, n_fine, ties):  # pragma: no cover - compiled
+    """Vectorised over a row: each value's fine bin; whether any may beat its top-k bar (a
+    tie may where ``ties``: rows out of token order, the earlier token wins it); whether
+    any is above its ceiling."""
+    beats = False
+    over = False
+    for i in range(row.shape[0]):
+        v = row[i]
+        beats |= (v >= t_bar[i]) if ties else (v > t_bar[i])
+        over |= v > ceiling[i]
+        fine[i] = _fine_bin(v, scale[i], n_fine)
+    return beats, over
+
+
+@numba.njit(cache=True, inline="always")
 def _unit_bars(
     i, u, exp, started, s_keys, ceiling, scale, s_bar, s_slot, opens, fine_log2, per
 ):  # pragma: no cover - compiled
     """What ``_fold`` keeps of unit ``u`` (its ``i``-th): ceiling, scale, each sample bin's
-    bar and slot, and ``opens``. A key in [2^(56+l), 2^(57+l)) (level l = 1..6) can only
-    enter the sample bins whose bar exceeds 2^(56+l): those from the first such bin on, as
-    bars only fall. Rows at level l test only fine bins above ``opens`` [l, unit]: after a
-    few batches, mostly sparse high bins. Level 0 (keys below 2^57) tests every positive."""
+    bar and slot, and ``opens`` [level, i] (``_open_from``)."""
     n_sample = s_keys.shape[1]
     ceiling[i] = np.float32(math.ldexp(1.0, exp[u])) if started[u] else np.float32(0.0)
     scale[i] = np.float32(math.ldexp(1.0, fine_log2 - exp[u]))
@@ -262,28 +334,36 @@ def _unit_bars(
         m = _largest(s_keys[u, s])
         s_slot[i, s] = m
         s_bar[i, s] = s_keys[u, s, m]
-    for lv in range(1, _LEVELS):
-        opens[lv, i] = (n_sample - 1) * per
-        floor = np.int64(1) << (_LOW_LOG2 - 1 + lv)
-        for s in range(1, n_sample):
-            if s_bar[i, s] > floor:
-                opens[lv, i] = (s - 1) * per
-                break
+    for lv in range(_LEVELS):
+        _open_from(1, lv, i, s_bar, opens, per)
+
+
+@numba.njit(cache=True, inline="always")
+def _open_from(s, lv, i, s_bar, opens, per):  # pragma: no cover - compiled
+    """A key of level ``lv`` (at least ``_floor(lv)``) can only enter the sample bins whose
+    bar is above that: set ``opens`` [lv, i] to the fine bin just below the first such bin
+    from bin ``s`` on, so rows of that level test only fine bins above it (after a few
+    batches, mostly sparse high bins). Bars only fall, so it only moves up."""
+    n_sample = s_bar.shape[1]
+    while s < n_sample and s_bar[i, s] <= _floor(lv):
+        s += 1
+    opens[lv, i] = (s - 1) * per
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _fold(
-    acts, bits, skip, token0, keys,
+    acts, bits, rows, token0, keys,
     t_values, t_tokens, t_windows, t_before,
     exp, started, counts, fresh, s_keys, s_tokens, s_values, s_windows, s_before,
-    dense, chunks,
+    by_key, dense, chunks,
 ):  # pragma: no cover - compiled  # fmt: skip
-    """One pass over ``acts`` [B, T, U], units split into ``chunks`` contiguous ranges, one
-    per thread, each read row by row (sequential memory).
+    """One pass over the ``rows`` (``b * T + t``, in that order: ascending, or ``by_key``
+    ascending key) of ``acts`` [B, T, U], units split into ``chunks`` contiguous ranges,
+    one per thread.
 
     Top-k: ``t_values``/``t_tokens`` [U, k] keep each unit's k best (value, token) slots,
-    unordered. Tokens arrive in increasing order, so a value equal to the worst kept one
-    loses the tie (the earlier token ranks first): only a strictly larger value enters.
+    unordered: higher value first, on a tie the earlier token. A value enters if it beats
+    the worst kept one on that order; rows in token order never win a tie.
 
     Intervals: a value v above its unit's ceiling 2^exp first raises it
     (``_raise_ceiling``); then a positive v adds 1 to ``fresh`` [U, F+1] (int32, added
@@ -314,14 +394,17 @@ def _fold(
         u1 = min(n_units, u0 + width)
         n = u1 - u0
         # Per unit (and sample bin) the slot an entry would replace and the bar it must
-        # beat: the worst top-k slot's value; an empty sample slot or else the largest key.
+        # beat: the worst top-k slot's value and token; an empty sample slot or else the
+        # largest key.
         t_bar = np.full(n, np.inf, np.float32)
+        t_tok = np.full(n, -1, np.int64)
         t_slot = np.zeros(n, np.int64)
         for i in range(n):
             if k:
                 w = _worst_slot(t_values[u0 + i], t_tokens[u0 + i])
                 t_slot[i] = w
                 t_bar[i] = t_values[u0 + i, w]
+                t_tok[i] = t_tokens[u0 + i, w]
         s_bar = np.empty((n, max(n_sample, 1)), np.int64)
         s_slot = np.zeros((n, max(n_sample, 1)), np.int64)
         ceiling = np.full(n, np.inf, np.float32)  # 2^exp; 0 before the first positive
@@ -333,84 +416,87 @@ def _fold(
                            fine_log2, per)  # fmt: skip
         fine = np.zeros(n, np.int32)
         found = np.zeros(n, np.int32)
+        # The units a row offers its key to, flagged one byte each (``_listed``).
+        flag = np.zeros((n + 7) // 8 * 8, np.uint8)
+        flag_words = flag.view(np.uint64)
         flat_counts = fresh.reshape(-1)
         count_row = np.uint64(fresh.shape[1])
-        for b in range(n_seq):
-            for t in range(skip, seq_len):
-                row = acts[b, t, u0:u1]
-                token = token0 + b * seq_len + t
-                # Vectorised: fine bins, whether any value beats its top-k bar, and whether
-                # any is above its ceiling.
-                beats = False
-                over = False
+        for o in range(rows.shape[0]):
+            b = rows[o] // seq_len
+            t = rows[o] - b * seq_len
+            row = acts[b, t, u0:u1]
+            token = token0 + rows[o]
+            if by_key:  # (a constant in each call: the loop stays vectorised)
+                beats, over = _scan_row(row, t_bar, ceiling, scale, fine, n_fine, True)
+            else:
+                beats, over = _scan_row(row, t_bar, ceiling, scale, fine, n_fine, False)
+            if over:
                 for i in range(n):
-                    v = row[i]
-                    beats |= v > t_bar[i]
-                    over |= v > ceiling[i]
-                    fine[i] = _fine_bin(v, scale[i], n_fine)
-                if over:
-                    for i in range(n):
-                        if ceiling[i] < row[i] < np.inf:  # infinities: the top bin
-                            u = u0 + i
-                            _raise_ceiling(u, row[i], exp, started, counts, fresh, s_keys,
-                                           s_tokens, s_values, s_windows)  # fmt: skip
-                            _unit_bars(i, u, exp, started, s_keys, ceiling, scale, s_bar,
-                                       s_slot, opens, fine_log2, per)  # fmt: skip
-                            fine[i] = _fine_bin(row[i], scale[i], n_fine)
-                if beats:
-                    for i in range(n):
-                        if row[i] > t_bar[i]:
-                            u = u0 + i
-                            q = t_slot[i]
-                            t_values[u, q] = row[i]
-                            t_tokens[u, q] = token
-                            for j in range(t_width):
-                                at = t - t_before + j
-                                inside = 0 <= at < seq_len
-                                t_windows[u, q, j] = acts[b, at, u] if inside else np.nan
-                            q = _worst_slot(t_values[u], t_tokens[u])
-                            t_slot[i] = q
-                            t_bar[i] = t_values[u, q]
-                if not with_counts:
-                    continue
-                key = keys[b * seq_len + t]
-                lv = 0
-                while lv < _LEVELS - 1 and key >= np.int64(1) << (_LOW_LOG2 + lv):
-                    lv += 1
-                m = 0  # the units that might take this key, listed without a branch
-                if dense:
-                    for i in range(n):
-                        flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
-                    for i in range(n):
-                        found[m] = i
-                        m += fine[i] > opens[lv, i]
-                else:
-                    for i in range(n):
-                        found[m] = i
-                        m += fine[i] > 0
-                    mm = 0
-                    for j in range(m):
-                        i = found[j]
-                        flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
-                        found[mm] = i
-                        mm += fine[i] > opens[lv, i]
-                    m = mm
+                    if ceiling[i] < row[i] < np.inf:  # infinities: the top bin
+                        u = u0 + i
+                        _raise_ceiling(u, row[i], exp, started, counts, fresh, s_keys,
+                                       s_tokens, s_values, s_windows)  # fmt: skip
+                        _unit_bars(i, u, exp, started, s_keys, ceiling, scale, s_bar, s_slot,
+                                   opens, fine_log2, per)  # fmt: skip
+                        fine[i] = _fine_bin(row[i], scale[i], n_fine)
+            if beats:
+                for i in range(n):
+                    if row[i] > t_bar[i] or (by_key and row[i] == t_bar[i] and token < t_tok[i]):
+                        u = u0 + i
+                        q = t_slot[i]
+                        t_values[u, q] = row[i]
+                        t_tokens[u, q] = token
+                        for j in range(t_width):
+                            at = t - t_before + j
+                            inside = 0 <= at < seq_len
+                            t_windows[u, q, j] = acts[b, at, u] if inside else np.nan
+                        q = _worst_slot(t_values[u], t_tokens[u])
+                        t_slot[i] = q
+                        t_bar[i] = t_values[u, q]
+                        t_tok[i] = t_tokens[u, q]
+            if not with_counts:
+                continue
+            key = keys[rows[o]]
+            lv = _level(key)
+            level_opens = opens[lv]
+            if dense:
+                for i in range(n):
+                    flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
+                for i in range(n):
+                    flag[i] = fine[i] > level_opens[i]
+                m = _listed(flag, flag_words, found)
+            else:  # the positives, counted, then those offered the key
+                for i in range(n):
+                    flag[i] = fine[i] > 0
+                m = _listed(flag, flag_words, found)
+                offered = 0
                 for j in range(m):
                     i = found[j]
-                    s = (fine[i] + per - 1) >> shift
-                    if key < s_bar[i, s]:
-                        u = u0 + i
-                        q = s_slot[i, s]
-                        s_keys[u, s, q] = key
-                        s_tokens[u, s, q] = token
-                        s_values[u, s, q] = row[i]
-                        for jj in range(s_width):
-                            at = t - s_before + jj
-                            half = to_half_bits(bits[b, at, u]) if 0 <= at < seq_len else _NAN16
-                            s_windows[u, s, q, jj] = half
-                        q = _largest(s_keys[u, s])
-                        s_slot[i, s] = q
-                        s_bar[i, s] = s_keys[u, s, q]
+                    flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
+                    found[offered] = i
+                    offered += fine[i] > level_opens[i]
+                m = offered
+            for j in range(m):
+                i = found[j]
+                s = (fine[i] + per - 1) >> shift
+                if key < s_bar[i, s]:
+                    u = u0 + i
+                    q = s_slot[i, s]
+                    s_keys[u, s, q] = key
+                    s_tokens[u, s, q] = token
+                    s_values[u, s, q] = row[i]
+                    for jj in range(s_width):
+                        at = t - s_before + jj
+                        half = to_half_bits(bits[b, at, u]) if 0 <= at < seq_len else _NAN16
+                        s_windows[u, s, q, jj] = half
+                    q = _largest(s_keys[u, s])
+                    s_slot[i, s] = q
+                    bar = s_keys[u, s, q]
+                    s_bar[i, s] = bar
+                    if by_key:  # bins fill and close fast: skip them at once
+                        for lv2 in range(_LEVELS):
+                            if bar <= _floor(lv2) and opens[lv2, i] == (s - 1) * per:
+                                _open_from(s + 1, lv2, i, s_bar, opens, per)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.core import StreamingCorrelation, StreamingTopK
+from indexer.core import StreamingCorrelation, StreamingTopK, fold_batch
+from indexer.intervals import StreamingIntervals
 
 
 @st.composite
@@ -96,6 +97,31 @@ def test_topk_values_do_not_depend_on_batch_cut(stream, k, backend):
     if backend == "compiled":
         assert torch.equal(one.tokens, cut.tokens)
         assert torch.equal(one.windows.nan_to_num(-9), cut.windows.nan_to_num(-9))
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams(), st.integers(1, 6), st.integers(0, 2))
+def test_one_pass_over_topk_and_intervals_keeps_both_states(stream, k, skip_first):
+    """``fold_batch`` folds top-k and intervals in one compiled pass, which visits a state's
+    first batch in key order, not token order: with ties common, it must leave the same
+    states as each one on its own (the tensor code for the intervals)."""
+    acts, bounds = stream
+    n_units = acts.shape[2]
+    topk = StreamingTopK(n_units, k, before=2, after=1, skip_first=skip_first)
+    intervals = StreamingIntervals(n_units, before=2, after=1, skip_first=skip_first)
+    alone = StreamingIntervals(n_units, before=2, after=1, skip_first=skip_first, backend="torch")
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        fold_batch(topk, intervals, acts[lo:hi], lo)
+        alone.update(acts[lo:hi], first_sequence=lo)
+    expect = run_topk(acts, bounds, k, 2, 1, skip_first)
+    got = topk.result()
+    assert torch.equal(got.values, expect.values)
+    assert torch.equal(got.tokens, expect.tokens)
+    assert torch.equal(got.windows.nan_to_num(-9), expect.windows.nan_to_num(-9))
+    a, b = intervals.state(), alone.state()
+    for name in ("ceiling", "counts", "keys", "tokens", "values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
 
 
 # ---- correlation ---------------------------------------------------------------------------
