@@ -331,15 +331,16 @@ def _listed(flag, flag_words, found) -> int:
 
 
 @numba.njit(cache=True, inline="always")
-def _scan_row(row, t_bar, ceiling, scale, fine, n_fine, ties):  # pragma: no cover - compiled
-    """Vectorised over a row: each value's fine bin; whether any may beat its top-k bar (a
-    tie may where ``ties``: rows out of token order, the earlier token wins it); whether
-    any is above its ceiling."""
-    beats = False
+def _scan_row(row, t_bar, ceiling, scale, fine, flag, n_fine, ties):  # pragma: no cover
+    """Vectorised over a row: each value's fine bin; ``flag`` 1 where it may beat its top-k
+    bar (a tie may where ``ties``: rows out of token order, the earlier token wins it), and
+    whether any does; whether any is above its ceiling."""
+    beats = np.uint8(0)
     over = False
     for i in range(row.shape[0]):
         v = row[i]
-        beats |= (v >= t_bar[i]) if ties else (v > t_bar[i])
+        flag[i] = (v >= t_bar[i]) if ties else (v > t_bar[i])
+        beats |= flag[i]
         over |= v > ceiling[i]
         fine[i] = _fine_bin(v, scale[i], n_fine)
     return beats, over
@@ -441,7 +442,8 @@ def _fold(
                            fine_log2, per)  # fmt: skip
         fine = np.zeros(n, np.int32)
         found = np.zeros(n, np.int32)
-        # The units a row offers its key to, flagged one byte each (``_listed``).
+        # A row's units that may beat their top-k bar, then those offered its key, flagged
+        # one byte each and listed in ``found`` (``_listed``).
         flag = np.zeros((n + 7) // 8 * 8, np.uint8)
         flag_words = flag.view(np.uint64)
         flat_counts = fresh.reshape(-1)
@@ -452,9 +454,9 @@ def _fold(
             row = acts[b, t, u0:u1]
             token = token0 + rows[o]
             if by_key:  # (a constant in each call: the loop stays vectorised)
-                beats, over = _scan_row(row, t_bar, ceiling, scale, fine, n_fine, True)
+                beats, over = _scan_row(row, t_bar, ceiling, scale, fine, flag, n_fine, True)
             else:
-                beats, over = _scan_row(row, t_bar, ceiling, scale, fine, n_fine, False)
+                beats, over = _scan_row(row, t_bar, ceiling, scale, fine, flag, n_fine, False)
             if over:
                 for i in range(n):
                     if ceiling[i] < row[i] < np.inf:  # infinities: the top bin
@@ -465,7 +467,8 @@ def _fold(
                                    opens, fine_log2, per)  # fmt: skip
                         fine[i] = _fine_bin(row[i], scale[i], n_fine)
             if beats:
-                for i in range(n):
+                for j in range(_listed(flag, flag_words, found)):
+                    i = found[j]
                     if row[i] > t_bar[i] or (by_key and row[i] == t_bar[i] and token < t_tok[i]):
                         u = u0 + i
                         q = t_slot[i]
