@@ -8,8 +8,10 @@
     encode included, exactly as ``spyglass index`` runs it;
 (c) write: turning the statistics into rows and writing them (once per run).
 Prints tokens/s for each and the ratios to (a). The runs are interleaved batch by batch
-(a, b, a, b, ...), so a burst of CPU stolen by the host hits all of them alike.
-Peak RSS is printed too.
+(a, b, a, b, ...), so a burst of CPU stolen by the host hits all of them alike. The ratio
+of the CPU seconds of (a) and (b) (every thread's, from ``time.process_time``) is printed
+as well: CPU time the host steals is not counted in it, so it varies less between runs.
+Then peak RSS.
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ class Timed:
     ``build_index`` feeds them, with the seconds spent."""
 
     def __init__(self, model, cfg, sources):
-        self.seconds, self.first = 0.0, 0
+        self.seconds, self.cpu_seconds, self.first = 0.0, 0.0, 0
         self.stats = PassStats(model, sources, cfg)
 
     def step(self, batch: torch.Tensor) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.stats.update(batch, self.first)
         self.first += batch.shape[0]
         self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.process_time() - c0
 
 
 def main() -> None:
@@ -78,11 +81,12 @@ def main() -> None:
     warm.step(batches[0][:2])
 
     full = Timed(model, cfg, mlp_sources(model, layers) + sae)
-    bare = 0.0
+    bare = bare_cpu = 0.0
     for b in batches:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.mlp_activations(b, layers)
         bare += time.perf_counter() - t0
+        bare_cpu += time.process_time() - c0
         full.step(b)
     stats = full.stats.sources
 
@@ -117,6 +121,8 @@ def main() -> None:
     print(f"(a) bare forward:   {a:8.1f} tok/s")
     print(f"(b) full indexer:   {b:8.1f} tok/s")
     print(f"ratio b/a:          {b / a:8.3f}")
+    cpu_ratio = bare_cpu / full.cpu_seconds
+    print(f"ratio b/a, CPU time:{cpu_ratio:8.3f} (all threads' CPU seconds; stolen time aside)")
     print(f"(c) write phase:    {write:8.1f} s ({size / 1e6:.0f} MB, not in b)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS:           {rss:8.0f} MB")

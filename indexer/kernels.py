@@ -2,9 +2,10 @@
 
 A chain of tensor ops reads and writes the whole [B, T, U] block once per op, and a
 dense ``topk`` sorts it; on a CPU that costs about as much as the forward pass that made
-the block. These numba kernels read each activation once, each thread a contiguous range
-of units row by row, and touch a unit's top-k or sample slots only when a value beats the
-slot it would replace, which after the first batches is rare.
+the block. These numba kernels read each activation once (twice in a state's first
+batch, whose column max sets the ceilings), each thread a contiguous range of units row by
+row, and touch a unit's top-k or sample slots only when a value beats the slot it would
+replace, which after the first batches is rare.
 
 The state is the tensor code's (``indexer.core.StreamingTopK``,
 ``indexer.intervals.StreamingIntervals``), except that slots are unordered: the kernel
@@ -320,7 +321,8 @@ def _prefetch(array, u, s, q):  # pragma: no cover - compiled
 @numba.njit(cache=True, inline="always")
 def _listed(flag, flag_words, found) -> int:
     """List in ``found`` the indices whose ``flag`` is 1, reading the flags 8 at a time
-    through ``flag_words`` (their uint64 view): most rows flag only a few."""
+    through ``flag_words`` (their uint64 view): most rows flag only a few. ``found`` is as
+    long as ``flag``: the branch-free listing writes one past the last flagged index."""
     m = 0
     for w in range(flag_words.shape[0]):
         if flag_words[w]:
@@ -441,9 +443,9 @@ def _fold(
                 _unit_bars(i, u0 + i, exp, started, s_keys, ceiling, scale, s_bar, s_slot, opens,
                            fine_log2, per)  # fmt: skip
         fine = np.zeros(n, np.int32)
-        found = np.zeros(n, np.int32)
         # A row's units that may beat their top-k bar, then those offered its key, flagged
-        # one byte each and listed in ``found`` (``_listed``).
+        # one byte each and listed in ``found`` (``_listed``; both padded to whole words).
+        found = np.zeros((n + 7) // 8 * 8, np.int32)
         flag = np.zeros((n + 7) // 8 * 8, np.uint8)
         flag_words = flag.view(np.uint64)
         flat_counts = fresh.reshape(-1)
