@@ -176,7 +176,7 @@ def sampled_rows(token0: int, n_seq: int, seq_len: int, skip: int, rate: float) 
     """The rows ``b * seq_len + t`` (t >= ``skip``) of a batch of tokens from ``token0``
     whose key falls below ``rate``: the same for every source, so worked out once a batch
     (shared: read it, never write it)."""
-    rows = (np.arange(n_seq)[:, None] * seq_len + np.arange(skip, seq_len)).reshape(-1)
+    rows = kernels.eligible_rows(n_seq, seq_len, skip)
     if rate < 1:
         keys = batch_keys(token0, n_seq * seq_len)[rows]
         rows = rows[keys.astype(np.float64) < rate * 2.0**63]

@@ -55,6 +55,11 @@ class IntervalArrays:
         self.before = before
 
 
+def eligible_rows(n_seq: int, seq_len: int, skip: int) -> np.ndarray:
+    """The rows ``b * seq_len + t`` with t >= ``skip`` of a [n_seq, seq_len] batch, in order."""
+    return (np.arange(n_seq)[:, None] * seq_len + np.arange(skip, seq_len)).reshape(-1)
+
+
 def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays | None) -> None:
     """Fold ``acts`` [B, T, U] float32 (tokens ``token0 + b*T + t``, keys ``keys`` [B*T])
     into a top-k and an interval state, either of which may be None."""
@@ -82,7 +87,7 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
         )
         keys = np.empty(0, np.int64)
     n_seq, seq_len = acts.shape[0], acts.shape[1]
-    rows = (np.arange(n_seq)[:, None] * seq_len + np.arange(skip, seq_len)).reshape(-1)
+    rows = eligible_rows(n_seq, seq_len, skip)
     by_key = False
     if keys.shape[0] and rows.shape[0] and not iv.started.any():
         # A state's first batch: every sample slot is empty, so rows go in key order (a
