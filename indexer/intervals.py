@@ -154,6 +154,11 @@ class StreamingIntervals:
             (n_units, COUNT_BINS + 1) if self.compiled else (0, 0), dtype=torch.int32
         )
         self._fresh_tokens = 0
+        # The compiled kernel's bars (each sample bin's largest key) and their slots: kept
+        # up to date by the kernels, worked out again when the keys change outside them.
+        bar_shape = (n_units, bins) if self.compiled else (0, 0)
+        self._bars, self._slots = np.zeros(bar_shape, np.int64), np.zeros(bar_shape, np.int64)
+        self._bars_stale = True
         self._keys = torch.full((n_units, bins, per_bin), EMPTY, dtype=torch.long, device=device)
         self._keys[:, 0, :] = torch.iinfo(torch.int64).min  # threshold no key is below
         self._tokens = torch.full((n_units, bins, per_bin), -1, dtype=torch.long, device=device)
@@ -201,6 +206,9 @@ class StreamingIntervals:
 
     def arrays(self) -> kernels.IntervalArrays:
         """The state as numpy views, for ``kernels.fold``."""
+        if self._bars_stale:
+            kernels.refresh_bars(self._keys.numpy(), self._bars, self._slots)
+            self._bars_stale = False
         return kernels.IntervalArrays(
             self._exp.numpy(),
             self._started.numpy(),
@@ -211,6 +219,8 @@ class StreamingIntervals:
             self._values.numpy(),
             self._windows.numpy().view(np.uint16),
             self.before,
+            self._bars,
+            self._slots,
         )
 
     def _spill(self) -> None:
@@ -434,6 +444,7 @@ class StreamingIntervals:
         for name in ("_keys", "_tokens", "_values"):
             setattr(self, name, getattr(self, name).gather(2, order))
         self._windows = self._windows.gather(2, order.unsqueeze(-1).expand_as(self._windows))
+        self._bars_stale = True  # the slots moved
 
     def state_dict(self) -> dict:
         """The whole streamed state, on the CPU: what a checkpoint saves and a merge adds.
@@ -450,6 +461,7 @@ class StreamingIntervals:
         self.n_tokens = int(state["n_tokens"])
         self._fresh.zero_()
         self._fresh_tokens = 0
+        self._bars_stale = True
 
     def state(self) -> IntervalState:
         self._canonical()

@@ -47,12 +47,16 @@ class IntervalArrays:
     """An interval state as numpy views (see ``StreamingIntervals``): ceiling exponents
     ``exp`` and ``started`` [U], ``counts`` [U, F+1] int64 and ``fresh`` [U, F+1] int32
     (kernel counts not yet added in), sample slots ``keys``/``tokens``/``values``
-    [U, S+1, r] and ``windows`` [U, S+1, r, W] as float16 bit patterns (uint16)."""
+    [U, S+1, r] and ``windows`` [U, S+1, r, W] as float16 bit patterns (uint16).
+    ``bars``/``slots`` [U, S+1] int64 are each sample bin's largest key and its slot
+    (``refresh_bars``), which the kernels keep up to date as they change the keys."""
 
-    def __init__(self, exp, started, counts, fresh, keys, tokens, values, windows, before):
+    def __init__(
+        self, exp, started, counts, fresh, keys, tokens, values, windows, before, bars, slots
+    ):
         self.exp, self.started, self.counts, self.fresh = exp, started, counts, fresh
         self.keys, self.tokens, self.values, self.windows = keys, tokens, values, windows
-        self.before = before
+        self.before, self.bars, self.slots = before, bars, slots
 
 
 def eligible_rows(n_seq: int, seq_len: int, skip: int) -> np.ndarray:
@@ -84,20 +88,27 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
             np.empty((n_units, 0, 0), np.float32),
             np.empty((n_units, 0, 0, 0), np.uint16),
             0,
+            np.empty((n_units, 1), np.int64),
+            np.empty((n_units, 1), np.int64),
         )
         keys = np.empty(0, np.int64)
     n_seq, seq_len = acts.shape[0], acts.shape[1]
     rows = eligible_rows(n_seq, seq_len, skip)
     by_key = False
+    t_floor = np.full(n_units, -np.inf, np.float32)
     if keys.shape[0] and rows.shape[0] and not iv.started.any():
         # A state's first batch: every sample slot is empty, so rows go in key order (a
         # bin then takes its r smallest keys and is closed), and each ceiling is set once
         # from the batch's largest finite value, not raised bin-merge by bin-merge.
-        top = _finite_column_max(acts, skip, chunks)
+        k = topk.values.shape[1] if (topk.tokens < 0).all() else 0  # an empty top-k too
+        top, floor = _first_batch_bounds(acts, skip, k, chunks)
         grow(top, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
              iv.windows)  # fmt: skip
+        refresh_bars(iv.keys, iv.bars, iv.slots)
         rows = rows[np.argsort(keys[rows], kind="stable")]
         by_key = True
+        if k and rows.shape[0] >= k:
+            t_floor = floor
     # Dense blocks (MLP neurons: about half positive) count every value, non-positive ones
     # into the unused bin 0, rather than first listing the positive ones; sparse blocks
     # (SAE latents) list them. Judged on each sequence's last row; either way is exact.
@@ -105,9 +116,9 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
     bits = acts.view(np.uint32)
     _fold(
         acts, bits, rows, token0, keys,
-        topk.values, topk.tokens, topk.windows, topk.before,
+        topk.values, topk.tokens, topk.windows, topk.before, t_floor,
         iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values, iv.windows,
-        iv.before, by_key, dense, chunks,
+        iv.before, iv.bars, iv.slots, by_key, dense, chunks,
     )  # fmt: skip
 
 
@@ -194,15 +205,22 @@ to_half_bits = hardware_half_bits if HARDWARE_HALVES else half_bits
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _finite_column_max(acts, skip, chunks):  # pragma: no cover - compiled
-    """[U] the largest finite value of each unit at positions ``skip..`` (-inf if none)."""
+def _first_batch_bounds(acts, skip, k, chunks):  # pragma: no cover - compiled
+    """Per unit, over positions ``skip..``: [U] the largest finite value (-inf if none),
+    and [U] a floor no value of the batch's top ``k`` is below (-inf if ``k`` is 0): the
+    smallest of the maxima of ``k`` disjoint groups of rows (NaN aside), since each of
+    those k maxima is at least that."""
     n_seq, seq_len, n_units = acts.shape
     top = np.full(n_units, -np.inf, np.float32)
+    floor = np.full(n_units, np.inf if k else -np.inf, np.float32)
+    n_rows = n_seq * max(seq_len - skip, 0)
     width = (n_units + chunks - 1) // chunks
     for c in numba.prange(chunks):
         u0 = c * width
         u1 = min(n_units, u0 + width)
-        part = top[u0:u1]
+        part, low = top[u0:u1], floor[u0:u1]
+        group = np.full(u1 - u0, -np.inf, np.float32)
+        o = 0
         for b in range(n_seq):
             for t in range(skip, seq_len):
                 row = acts[b, t, u0:u1]
@@ -210,7 +228,13 @@ def _finite_column_max(acts, skip, chunks):  # pragma: no cover - compiled
                     v = row[i]
                     x = v if v < np.inf else np.float32(-np.inf)  # NaN, +inf: skipped
                     part[i] = x if x > part[i] else part[i]
-    return top
+                    group[i] = v if v > group[i] else group[i]  # NaN skipped
+                o += 1
+                if k and (o * k) // n_rows != ((o - 1) * k) // n_rows:  # a group ends
+                    for i in range(row.shape[0]):
+                        low[i] = min(low[i], group[i])
+                        group[i] = -np.inf
+    return top, floor
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -278,9 +302,13 @@ def _raise_ceiling(
 
 
 @numba.njit(cache=True, inline="always")
-def _fine_bin(v, scale, n_fine):  # pragma: no cover - compiled
-    """ceil(v * scale) in [1, n_fine] for v > 0 (1 where the product underflows), else 0."""
-    return max(np.int32(math.ceil(min(max(v * scale, 0.0), n_fine))), np.int32(v > 0))
+def _fine_bin(v, scale, top):  # pragma: no cover - compiled
+    """ceil(v * scale) in [1, top] for v > 0 (1 where the product underflows), else 0
+    (NaN too); float32 throughout (``top``: F as a float32), so that rows vectorise."""
+    f = v * scale
+    f = f if f > np.float32(0.0) else np.float32(0.0)
+    f = f if f < top else top
+    return max(np.int32(np.ceil(f)), np.int32(v > np.float32(0.0)))
 
 
 @numba.njit(cache=True, inline="always")
@@ -338,47 +366,74 @@ def _listed(flag, flag_words, found) -> int:
 
 
 @numba.njit(cache=True, inline="always")
-def _scan_row(row, t_bar, ceiling, scale, fine, flag, n_fine, ties):  # pragma: no cover
+def _scan_row(row, t_bar, ceiling, scale, fine, flag, over, top, ties):  # pragma: no cover
     """Vectorised over a row: each value's fine bin; ``flag`` 1 where it may beat its top-k
-    bar (a tie may where ``ties``: rows out of token order, the earlier token wins it), and
-    whether any does; whether any is above its ceiling."""
-    beats = np.uint8(0)
-    over = False
+    bar (a tie may where ``ties``: rows out of token order, the earlier token wins it);
+    ``over`` 1 where it is above its ceiling. Flags only: a reduction in the loop would
+    widen its lanes to 64 bits."""
     for i in range(row.shape[0]):
         v = row[i]
         flag[i] = (v >= t_bar[i]) if ties else (v > t_bar[i])
-        beats |= flag[i]
-        over |= v > ceiling[i]
-        fine[i] = _fine_bin(v, scale[i], n_fine)
-    return beats, over
+        over[i] = v > ceiling[i]
+        fine[i] = _fine_bin(v, scale[i], top)
 
 
 @numba.njit(cache=True, inline="always")
-def _unit_bars(
-    i, u, exp, started, s_keys, ceiling, scale, s_bar, s_slot, opens, fine_log2, per
+def _any(words) -> bool:  # pragma: no cover - compiled
+    """Whether any flag is set, 8 at a time (a uint64 view of uint8 flags)."""
+    acc = np.uint64(0)
+    for w in range(words.shape[0]):
+        acc |= words[w]
+    return acc != 0
+
+
+@numba.njit(cache=True, inline="always")
+def _bin_bars(u, s_keys, bars, slots):  # pragma: no cover - compiled
+    """Unit ``u``'s sample bins' bars (largest key: an entry must be below it to enter)
+    and slots (where that key is); bin 0 takes nothing."""
+    bars[u, 0] = -_EMPTY - 1
+    for s in range(1, s_keys.shape[1]):
+        m = _largest(s_keys[u, s])
+        slots[u, s] = m
+        bars[u, s] = s_keys[u, s, m]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def refresh_bars(s_keys, bars, slots):  # pragma: no cover - compiled
+    """Every unit's ``_bin_bars``: for a state whose keys changed outside the kernels."""
+    for u in numba.prange(s_keys.shape[0]):
+        _bin_bars(u, s_keys, bars, slots)
+
+
+@numba.njit(cache=True, inline="always")
+def _unit_levels(
+    i, u, exp, started, bars, ceiling, scale, opens, fine_log2, per
 ):  # pragma: no cover - compiled
-    """What ``_fold`` keeps of unit ``u`` (its ``i``-th): ceiling, scale, each sample bin's
-    bar and slot, and ``opens`` [level, i] (``_open_from``)."""
-    n_sample = s_keys.shape[1]
+    """What ``_fold`` keeps of unit ``u`` (its ``i``-th): ceiling, scale, and ``opens``
+    [level, i]: level lv's keys (at least ``_floor(lv)``) can only enter the sample bins
+    whose bar is above that, so its rows test only fine bins above ``opens``, the one
+    just below the first such bin (after a few batches, mostly sparse high bins). Floors
+    rise with the level, so one pass over the bins sets the levels in order."""
+    n_sample = bars.shape[1]
     ceiling[i] = np.float32(math.ldexp(1.0, exp[u])) if started[u] else np.float32(0.0)
     scale[i] = np.float32(math.ldexp(1.0, fine_log2 - exp[u]))
-    s_bar[i, 0] = -_EMPTY - 1
+    lv = 0
     for s in range(1, n_sample):
-        m = _largest(s_keys[u, s])
-        s_slot[i, s] = m
-        s_bar[i, s] = s_keys[u, s, m]
-    for lv in range(_LEVELS):
-        _open_from(1, lv, i, s_bar, opens, per)
+        while lv < _LEVELS and bars[u, s] > _floor(lv):
+            opens[lv, i] = (s - 1) * per
+            lv += 1
+        if lv == _LEVELS:
+            break
+    for rest in range(lv, _LEVELS):
+        opens[rest, i] = (n_sample - 1) * per
 
 
 @numba.njit(cache=True, inline="always")
-def _open_from(s, lv, i, s_bar, opens, per):  # pragma: no cover - compiled
-    """A key of level ``lv`` (at least ``_floor(lv)``) can only enter the sample bins whose
-    bar is above that: set ``opens`` [lv, i] to the fine bin just below the first such bin
-    from bin ``s`` on, so rows of that level test only fine bins above it (after a few
-    batches, mostly sparse high bins). Bars only fall, so it only moves up."""
-    n_sample = s_bar.shape[1]
-    while s < n_sample and s_bar[i, s] <= _floor(lv):
+def _open_from(s, lv, i, u, bars, opens, per):  # pragma: no cover - compiled
+    """Move ``opens`` [lv, i] up to the first bin from ``s`` on whose bar is above
+    ``_floor(lv)`` (see ``_unit_levels``): bars only fall, so it only moves up."""
+    n_sample = bars.shape[1]
+    while s < n_sample and bars[u, s] <= _floor(lv):
         s += 1
     opens[lv, i] = (s - 1) * per
 
@@ -386,8 +441,8 @@ def _open_from(s, lv, i, s_bar, opens, per):  # pragma: no cover - compiled
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _fold(
     acts, bits, rows, token0, keys,
-    t_values, t_tokens, t_windows, t_before,
-    exp, started, counts, fresh, s_keys, s_tokens, s_values, s_windows, s_before,
+    t_values, t_tokens, t_windows, t_before, t_floor,
+    exp, started, counts, fresh, s_keys, s_tokens, s_values, s_windows, s_before, bars, slots,
     by_key, dense, chunks,
 ):  # pragma: no cover - compiled  # fmt: skip
     """One pass over the ``rows`` (``b * T + t``, in that order: ascending, or ``by_key``
@@ -396,7 +451,8 @@ def _fold(
 
     Top-k: ``t_values``/``t_tokens`` [U, k] keep each unit's k best (value, token) slots,
     unordered: higher value first, on a tie the earlier token. A value enters if it beats
-    the worst kept one on that order; rows in token order never win a tie.
+    the worst kept one on that order; rows in token order never win a tie. Values below
+    ``t_floor`` [U] (-inf but in an empty state's first batch) are not even tried.
 
     Intervals: a value v above its unit's ceiling 2^exp first raises it
     (``_raise_ceiling``); then a positive v adds 1 to ``fresh`` [U, F+1] (int32, added
@@ -404,6 +460,7 @@ def _fold(
     if ``dense``, the others add 1 to bin 0, which no reader uses.
     Sample bin s = ceil(fine / per) keeps in ``s_keys``/``s_tokens``/``s_values``
     [U, S+1, r] (unordered) the r entries with the smallest ``keys``; bin 0 takes none.
+    ``bars``/``slots`` [U, S+1] (``_bin_bars``) are kept up to date.
 
     A slot that takes a token takes its window (NaN off the sequence) at once.
     """
@@ -412,6 +469,7 @@ def _fold(
     t_width = t_windows.shape[2]
     with_counts = fresh.shape[1] > 0
     n_fine = fresh.shape[1] - 1
+    top = np.float32(n_fine)
     n_sample = s_keys.shape[1]
     s_width = s_windows.shape[3]
     per = n_fine // (n_sample - 1) if with_counts else 1
@@ -426,33 +484,36 @@ def _fold(
         u0 = c * width
         u1 = min(n_units, u0 + width)
         n = u1 - u0
-        # Per unit (and sample bin) the slot an entry would replace and the bar it must
-        # beat: the worst top-k slot's value and token; an empty sample slot or else the
-        # largest key.
+        # Per unit the top-k slot an entry would replace, with its value and token, and
+        # the bar a value must reach to be tried: that value, or the floor if higher.
         t_bar = np.full(n, np.inf, np.float32)
+        t_low = np.full(n, np.inf, np.float32)
         t_tok = np.full(n, -1, np.int64)
         t_slot = np.zeros(n, np.int64)
         for i in range(n):
             if k:
                 w = _worst_slot(t_values[u0 + i], t_tokens[u0 + i])
                 t_slot[i] = w
-                t_bar[i] = t_values[u0 + i, w]
+                t_low[i] = t_values[u0 + i, w]
+                t_bar[i] = max(t_low[i], t_floor[u0 + i])
                 t_tok[i] = t_tokens[u0 + i, w]
-        s_bar = np.empty((n, max(n_sample, 1)), np.int64)
-        s_slot = np.zeros((n, max(n_sample, 1)), np.int64)
         ceiling = np.full(n, np.inf, np.float32)  # 2^exp; 0 before the first positive
         scale = np.zeros(n, np.float32)  # F / 2^exp, a power of two
         opens = np.zeros((_LEVELS, n), np.int32)
         if with_counts:
             for i in range(n):
-                _unit_bars(i, u0 + i, exp, started, s_keys, ceiling, scale, s_bar, s_slot, opens,
-                           fine_log2, per)  # fmt: skip
+                _unit_levels(i, u0 + i, exp, started, bars, ceiling, scale, opens, fine_log2,
+                             per)  # fmt: skip
         fine = np.zeros(n, np.int32)
         # A row's units that may beat their top-k bar, then those offered its key, flagged
-        # one byte each and listed in ``found`` (``_listed``; both padded to whole words).
+        # one byte each and listed in ``found`` (``_listed``; all padded to whole words).
         found = np.zeros((n + 7) // 8 * 8, np.int32)
         flag = np.zeros((n + 7) // 8 * 8, np.uint8)
         flag_words = flag.view(np.uint64)
+        over = np.zeros((n + 7) // 8 * 8, np.uint8)
+        over_words = over.view(np.uint64)
+        taken = np.zeros(n, np.int64)  # accepted sample entries' slots, as rows of:
+        slot_windows = s_windows.reshape(n_units * n_sample * s_keys.shape[2], s_width)
         flat_counts = fresh.reshape(-1)
         count_row = np.uint64(fresh.shape[1])
         for o in range(rows.shape[0]):
@@ -461,22 +522,23 @@ def _fold(
             row = acts[b, t, u0:u1]
             token = token0 + rows[o]
             if by_key:  # (a constant in each call: the loop stays vectorised)
-                beats, over = _scan_row(row, t_bar, ceiling, scale, fine, flag, n_fine, True)
+                _scan_row(row, t_bar, ceiling, scale, fine, flag, over, top, True)
             else:
-                beats, over = _scan_row(row, t_bar, ceiling, scale, fine, flag, n_fine, False)
-            if over:
+                _scan_row(row, t_bar, ceiling, scale, fine, flag, over, top, False)
+            if _any(over_words):
                 for i in range(n):
                     if ceiling[i] < row[i] < np.inf:  # infinities: the top bin
                         u = u0 + i
                         _raise_ceiling(u, row[i], exp, started, counts, fresh, s_keys,
                                        s_tokens, s_values, s_windows)  # fmt: skip
-                        _unit_bars(i, u, exp, started, s_keys, ceiling, scale, s_bar, s_slot,
-                                   opens, fine_log2, per)  # fmt: skip
-                        fine[i] = _fine_bin(row[i], scale[i], n_fine)
-            if beats:
+                        _bin_bars(u, s_keys, bars, slots)
+                        _unit_levels(i, u, exp, started, bars, ceiling, scale, opens,
+                                     fine_log2, per)  # fmt: skip
+                        fine[i] = _fine_bin(row[i], scale[i], top)
+            if _any(flag_words):
                 for j in range(_listed(flag, flag_words, found)):
                     i = found[j]
-                    if row[i] > t_bar[i] or (by_key and row[i] == t_bar[i] and token < t_tok[i]):
+                    if row[i] > t_low[i] or (by_key and row[i] == t_low[i] and token < t_tok[i]):
                         u = u0 + i
                         q = t_slot[i]
                         t_values[u, q] = row[i]
@@ -487,13 +549,13 @@ def _fold(
                             t_windows[u, q, j] = acts[b, at, u] if inside else np.nan
                         q = _worst_slot(t_values[u], t_tokens[u])
                         t_slot[i] = q
-                        t_bar[i] = t_values[u, q]
+                        t_low[i] = t_values[u, q]
+                        t_bar[i] = max(t_low[i], t_floor[u])
                         t_tok[i] = t_tokens[u, q]
             if not with_counts:
                 continue
             key = keys[rows[o]]
-            lv = _level(key)
-            level_opens = opens[lv]
+            level_opens = opens[_level(key)]
             if dense:
                 for i in range(n):
                     flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
@@ -511,41 +573,48 @@ def _fold(
                     found[offered] = i
                     offered += fine[i] > level_opens[i]
                 m = offered
-            # The accepted entries first, their slots' cache lines fetched ahead (the
-            # state is far bigger than the caches): the misses overlap.
+            # The accepted entries: slots first (their cache lines fetched ahead, as the
+            # state is far bigger than the caches, so the misses overlap), then windows
+            # row by row (each row of the window read once for all of them).
             accepted = 0
             for j in range(m):
                 i = found[j]
+                u = u0 + i
                 s = (fine[i] + per - 1) >> shift
-                found[accepted] = i
-                accepted += key < s_bar[i, s]
+                if key < bars[u, s]:
+                    found[accepted] = i
+                    q = slots[u, s]
+                    taken[accepted] = (u * n_sample + s) * s_keys.shape[2] + q
+                    _prefetch(s_keys, u, s, q)
+                    _prefetch(s_tokens, u, s, q)
+                    _prefetch(s_values, u, s, q)
+                    _prefetch(s_windows, u, s, q)
+                    accepted += 1
+            for jj in range(s_width if accepted else 0):
+                at = t - s_before + jj
+                if 0 <= at < seq_len:
+                    window_row = bits[b, at, u0:u1]
+                    for j in range(accepted):
+                        slot_windows[taken[j], jj] = to_half_bits(window_row[found[j]])
+                else:
+                    for j in range(accepted):
+                        slot_windows[taken[j], jj] = _NAN16
             for j in range(accepted):
                 i = found[j]
+                u = u0 + i
                 s = (fine[i] + per - 1) >> shift
-                u, q = u0 + i, s_slot[i, s]
-                _prefetch(s_keys, u, s, q)
-                _prefetch(s_tokens, u, s, q)
-                _prefetch(s_values, u, s, q)
-                _prefetch(s_windows, u, s, q)
-            for j in range(accepted):
-                i = found[j]
-                s = (fine[i] + per - 1) >> shift
-                u, q = u0 + i, s_slot[i, s]
+                q = slots[u, s]
                 s_keys[u, s, q] = key
                 s_tokens[u, s, q] = token
                 s_values[u, s, q] = row[i]
-                for jj in range(s_width):
-                    at = t - s_before + jj
-                    half = to_half_bits(bits[b, at, u]) if 0 <= at < seq_len else _NAN16
-                    s_windows[u, s, q, jj] = half
                 q = _largest(s_keys[u, s])
-                s_slot[i, s] = q
+                slots[u, s] = q
                 bar = s_keys[u, s, q]
-                s_bar[i, s] = bar
+                bars[u, s] = bar
                 if by_key:  # bins fill and close fast: skip them at once
                     for lv2 in range(_LEVELS):
                         if bar <= _floor(lv2) and opens[lv2, i] == (s - 1) * per:
-                            _open_from(s + 1, lv2, i, s_bar, opens, per)
+                            _open_from(s + 1, lv2, i, u, bars, opens, per)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

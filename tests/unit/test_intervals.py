@@ -41,18 +41,35 @@ def streams(draw):
     return acts, bounds
 
 
-def run(acts, bounds, skip_first, per_bin=5, before=2, after=1, backend="compiled"):
+def run(
+    acts, bounds, skip_first, per_bin=5, before=2, after=1, backend="compiled", checkpoint=None
+):
+    """The state after streaming ``acts`` cut at ``bounds``. ``checkpoint`` "save": a
+    ``state_dict`` after every batch (it puts the slots in key order), "reload": after
+    every batch the state is loaded into another streamer, one that has streamed other
+    values first, and carried on there."""
     n_units = acts.shape[2]
-    si = StreamingIntervals(
-        n_units,
-        per_bin=per_bin,
-        before=before,
-        after=after,
-        skip_first=skip_first,
-        backend=backend,
-    )
+
+    def streamer():
+        return StreamingIntervals(
+            n_units,
+            per_bin=per_bin,
+            before=before,
+            after=after,
+            skip_first=skip_first,
+            backend=backend,
+        )
+
+    si = streamer()
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         si.update(acts[lo:hi], first_sequence=lo)
+        if checkpoint == "save":
+            si.state_dict()
+        elif checkpoint == "reload":
+            saved = {k: v.clone() if torch.is_tensor(v) else v for k, v in si.state_dict().items()}
+            si = streamer()
+            si.update(acts.flip(0)[: hi - lo] * 2, first_sequence=lo)
+            si.load_state_dict(saved)
     return si.state()
 
 
@@ -122,12 +139,29 @@ def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval, 
                         assert math.isnan(w)
 
 
-@settings(max_examples=100, deadline=None)
-@given(streams(), st.integers(0, 2))
-def test_compiled_and_tensor_code_keep_the_same_state(stream, skip_first):
+@settings(max_examples=150, deadline=None)
+@given(streams(), st.integers(0, 2), st.sampled_from([None, "save", "reload"]))
+def test_compiled_and_tensor_code_keep_the_same_state(stream, skip_first, checkpoint):
+    """Checkpoints between batches too: the kernel's bars (``kernels.refresh_bars``) must
+    follow slots that a ``state_dict`` or a reload moved."""
     acts, bounds = stream
-    a = run(acts, bounds, skip_first, backend="compiled")
+    a = run(acts, bounds, skip_first, backend="compiled", checkpoint=checkpoint)
     b = run(acts, [0, acts.shape[0]], skip_first, backend="torch")
+    for name in ("ceiling", "counts", "keys", "tokens", "values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
+
+
+@pytest.mark.parametrize("checkpoint", ["save", "reload"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_checkpoints_between_batches_change_nothing(checkpoint, seed):
+    """Long enough (few distinct values) that sample bins fill and then take smaller keys
+    after a checkpoint moved their slots."""
+    gen = torch.Generator().manual_seed(seed)
+    acts = torch.randint(-3, 9, (40, 9, 3), generator=gen).float()
+    bounds = list(range(0, 41, 4))
+    a = run(acts, bounds, 1, checkpoint=checkpoint)
+    b = run(acts, [0, 40], 1, backend="torch")
     for name in ("ceiling", "counts", "keys", "tokens", "values"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
