@@ -211,7 +211,9 @@ class StreamingCorrelation:
     batch, the full product took 4.2 ms a layer; blocked in 256 rows, 1.6 ms a batch's
     share). ``cross_rows`` mirrors the rest.
     ``sparse`` sources (SAE latents, mostly zero) use every token: each token adds the
-    products of its few active units only, m^2 per token for m active.
+    products of its few active units only, and of those only the pairs on and above the
+    diagonal, m(m+1)/2 per token for m active (on a CPU each is a scattered write into the
+    [U, U] matrix, so half the pairs is nearly half the time).
 
     The moments are float64 sums of exact float32 products, so adding two streams' moments
     (a merge of shards) matches one stream's to float64 rounding. Memory is one [U, U]
@@ -237,7 +239,9 @@ class StreamingCorrelation:
         self.compiled = use_compiled(device, backend)
         self._sum = torch.zeros(n_units, dtype=torch.float64, device=device)
         self._cross = torch.zeros(n_units, n_units, dtype=torch.float64, device=device)
-        self._block = 0 if sparse else _block_width(n_units, self.BLOCKS)
+        # Only the blocks on and above the diagonal are added to (``_flush``); sparse
+        # sources' blocks are single entries (the upper triangle).
+        self._block = 1 if sparse else _block_width(n_units, self.BLOCKS)
         self._pending = torch.zeros(0, n_units, device=device)
         self.n_tokens = 0
 
@@ -270,8 +274,9 @@ class StreamingCorrelation:
             return
         idx = x.abs().topk(active, dim=1).indices  # [n, m]: every non-zero, zeros pad
         vals = x.gather(1, idx)
-        pairs = (idx.unsqueeze(2) * n_units + idx.unsqueeze(1)).reshape(-1)
-        products = (vals.unsqueeze(2) * vals.unsqueeze(1)).reshape(-1)
+        upper = idx.unsqueeze(2) <= idx.unsqueeze(1)  # the upper triangle, as compiled
+        pairs = (idx.unsqueeze(2) * n_units + idx.unsqueeze(1))[upper]
+        products = (vals.unsqueeze(2) * vals.unsqueeze(1))[upper]
         self._cross.view(-1).index_add_(0, pairs, products)
 
     def _flush(self) -> None:
@@ -285,8 +290,6 @@ class StreamingCorrelation:
     def cross_rows(self, lo: int, hi: int) -> torch.Tensor:
         """Rows ``lo:hi`` of the symmetric [U, U] float64 sum of products (pending rows
         added in first)."""
-        if not self._block:
-            return self._cross[lo:hi]
         if self._pending.shape[0]:
             self._flush()
         block = torch.arange(self._cross.shape[0], device=self._cross.device) // self._block
@@ -295,8 +298,8 @@ class StreamingCorrelation:
 
     def state_dict(self) -> dict:
         """The moments, on the CPU (on a CPU the live tensors: save or copy them before
-        the next update). Dense sources' ``cross`` holds the blocks on and above the
-        diagonal only, and ``pending`` the rows not yet added in."""
+        the next update). ``cross`` holds the blocks on and above the diagonal only
+        (single entries for sparse sources), and ``pending`` the rows not yet added in."""
         return {
             "sum": self._sum.cpu(),
             "cross": self._cross.cpu(),

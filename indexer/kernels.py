@@ -269,36 +269,34 @@ def _raise_ceiling(
         return
     d = min(target - exp[u], 62)
     exp[u] = target
+    # In place, bins ascending: bin i >= 2 lands in a lower bin ceil(i / 2^d), which by
+    # then has handed its own content down, so it holds only what was merged into it.
     # Counts: fine bin i (1-based) lands in ceil(i / 2^d).
-    merged = np.zeros(n_fine + 1, np.int64)
-    for i in range(1, n_fine + 1):
+    for i in range(n_fine + 1):
+        counts[u, i] += fresh[u, i]
+        fresh[u, i] = 0
+    for i in range(2, n_fine + 1):
         j = min(((i - 1) >> d) + 1, n_fine)
-        merged[j] += counts[u, i] + fresh[u, i]
-    merged[0] = counts[u, 0] + fresh[u, 0]
-    counts[u] = merged
-    fresh[u] = 0
-    # Samples: every kept entry moves to bin ceil(b / 2^d); each keeps r smallest keys.
-    old_keys = keys[u].copy()
-    old_tokens = tokens[u].copy()
-    old_values = values[u].copy()
-    old_windows = windows[u].copy()
-    for s in range(1, n_sample):
-        keys[u, s] = _EMPTY
-        tokens[u, s] = -1
-        values[u, s] = 0.0
-        windows[u, s] = _NAN16
-    for s in range(1, n_sample):
+        counts[u, j] += counts[u, i]
+        counts[u, i] = 0
+    # Samples: every kept entry moves to bin ceil(s / 2^d), which keeps its r smallest
+    # keys; the slot it leaves is emptied (key EMPTY, token -1, value 0, NaN window).
+    for s in range(2, n_sample):
         new = min(((s - 1) >> d) + 1, n_sample - 1)
         for q in range(r):
-            key = old_keys[s, q]
+            key = keys[u, s, q]
             if key == _EMPTY:
                 continue
             m = _largest(keys[u, new])
             if key < keys[u, new, m]:
                 keys[u, new, m] = key
-                tokens[u, new, m] = old_tokens[s, q]
-                values[u, new, m] = old_values[s, q]
-                windows[u, new, m] = old_windows[s, q]
+                tokens[u, new, m] = tokens[u, s, q]
+                values[u, new, m] = values[u, s, q]
+                windows[u, new, m] = windows[u, s, q]
+            keys[u, s, q] = _EMPTY
+            tokens[u, s, q] = -1
+            values[u, s, q] = 0.0
+            windows[u, s, q] = _NAN16
 
 
 @numba.njit(cache=True, inline="always")
@@ -622,9 +620,12 @@ def sparse_moments(acts, skip, sums, cross, chunks):  # pragma: no cover - compi
     """Add to ``sums`` [U] and ``cross`` [U, U] (float64) the values and pairwise
     products of ``acts`` [B, T, U] at positions ``skip..``, visiting non-zero values only.
 
-    The non-zeros are listed by token (CSR), then by unit (CSC); each thread owns a range
-    of units i and adds, for every token where i is active, v_i * v_j to row i of
-    ``cross``: one row at a time, so the writes stay in cache.
+    ``cross`` is symmetric: only its upper triangle (j >= i) is added to (half the
+    scattered writes), and readers mirror it (``StreamingCorrelation.cross_rows``).
+
+    The non-zeros are listed by token (CSR), then by unit (CSC); each thread owns every
+    ``chunks``-th unit i and adds, for every token where i is active, v_i * v_j to row i
+    of ``cross`` for the token's units j >= i: one row at a time.
     """
     n_seq, seq_len, n_units = acts.shape
     n_rows = n_seq * max(seq_len - skip, 0)
@@ -639,14 +640,21 @@ def sparse_moments(acts, skip, sums, cross, chunks):  # pragma: no cover - compi
     starts = np.cumsum(per_row)
     unit = np.empty(starts[-1], np.int64)
     value = np.empty(starts[-1], np.float64)
-    for n in numba.prange(n_rows):
-        row = acts[n // eligible, skip + n % eligible]
-        at = starts[n]
-        for u in range(n_units):
-            if row[u] != 0:
-                unit[at] = u
-                value[at] = row[u]
-                at += 1
+    per_chunk = (n_rows + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        # Flagged in a vectorised pass, listed 8 flags at a time (``_listed``): a row
+        # holds a few dozen non-zeros among thousands, and a branch per value cost 4x.
+        flag = np.zeros((n_units + 7) // 8 * 8, np.uint8)
+        flag_words = flag.view(np.uint64)
+        found = np.zeros(flag.shape[0], np.int32)
+        for n in range(c * per_chunk, min(n_rows, (c + 1) * per_chunk)):
+            row = acts[n // eligible, skip + n % eligible]
+            for u in range(n_units):
+                flag[u] = row[u] != 0
+            at = starts[n]
+            for j in range(_listed(flag, flag_words, found)):
+                unit[at + j] = found[j]
+                value[at + j] = row[found[j]]
     # CSC: for each unit, the entries (token rows) where it is active.
     per_unit = np.zeros(n_units + 1, np.int64)
     for e in range(unit.shape[0]):
@@ -661,12 +669,11 @@ def sparse_moments(acts, skip, sums, cross, chunks):  # pragma: no cover - compi
             entry[fill[u]] = e
             owner[fill[u]] = n
             fill[u] += 1
-    width = (n_units + chunks - 1) // chunks
     for c in numba.prange(chunks):
-        for i in range(c * width, min(n_units, (c + 1) * width)):
+        for i in range(c, n_units, chunks):  # interleaved: row i holds U - i entries
             for p in range(col_starts[i], col_starts[i + 1]):
                 vi = value[entry[p]]
                 sums[i] += vi
                 n = owner[p]
-                for e in range(starts[n], starts[n + 1]):
+                for e in range(entry[p], starts[n + 1]):  # a token's units ascend: j >= i
                     cross[i, unit[e]] += vi * value[e]
