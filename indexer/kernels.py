@@ -510,8 +510,8 @@ def _fold(
         flag_words = flag.view(np.uint64)
         over = np.zeros((n + 7) // 8 * 8, np.uint8)
         over_words = over.view(np.uint64)
-        taken = np.zeros(n, np.int64)  # accepted sample entries' slots, as rows of:
         slot_windows = s_windows.reshape(n_units * n_sample * s_keys.shape[2], s_width)
+        taken = np.zeros(n, np.int64)  # a row's accepted sample slots (rows of slot_windows)
         flat_counts = fresh.reshape(-1)
         count_row = np.uint64(fresh.shape[1])
         for o in range(rows.shape[0]):
