@@ -102,9 +102,9 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
         # from the batch's largest finite value, not raised bin-merge by bin-merge.
         k = topk.values.shape[1] if (topk.tokens < 0).all() else 0  # an empty top-k too
         top, floor = _first_batch_bounds(acts, skip, k, chunks)
+        # No unit had started, so growing moves no key: the bars still hold.
         grow(top, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
              iv.windows)  # fmt: skip
-        refresh_bars(iv.keys, iv.bars, iv.slots)
         rows = rows[np.argsort(keys[rows], kind="stable")]
         by_key = True
         if k and rows.shape[0] >= k:
