@@ -33,6 +33,7 @@ _NAN32 = np.uint32(0x7FC00000)
 _NAN16 = np.uint16(0x7E00)
 _LOW_LOG2 = 57  # keys (uniform on [0, 2^63)) below 2^57: 1 row in 64
 _LEVELS = 63 - _LOW_LOG2 + 1  # key levels: below 2^57, then [2^(56+l), 2^(57+l)), l = 1..6
+_FLOOR_GROUPS = 4  # groups of rows per top-k slot in a first batch's floor
 
 
 class TopKArrays:
@@ -107,8 +108,7 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
              iv.windows)  # fmt: skip
         rows = rows[np.argsort(keys[rows], kind="stable")]
         by_key = True
-        if k and rows.shape[0] >= k:
-            t_floor = floor
+        t_floor = floor
     # Dense blocks (MLP neurons: about half positive) count every value, non-positive ones
     # into the unused bin 0, rather than first listing the positive ones; sparse blocks
     # (SAE latents) list them. Judged on each sequence's last row; either way is exact.
@@ -207,19 +207,24 @@ to_half_bits = hardware_half_bits if HARDWARE_HALVES else half_bits
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _first_batch_bounds(acts, skip, k, chunks):  # pragma: no cover - compiled
     """Per unit, over positions ``skip..``: [U] the largest finite value (-inf if none),
-    and [U] a floor no value of the batch's top ``k`` is below (-inf if ``k`` is 0): the
-    smallest of the maxima of ``k`` disjoint groups of rows (NaN aside), since each of
-    those k maxima is at least that."""
+    and [U] a floor no value of the batch's top ``k`` is below (-inf if ``k`` is 0 or the
+    batch has fewer than ``k`` rows): the k-th largest of the maxima of
+    ``_FLOOR_GROUPS * k`` disjoint groups of rows (NaN aside), since k of those maxima,
+    values of k different rows, are at least that."""
     n_seq, seq_len, n_units = acts.shape
     top = np.full(n_units, -np.inf, np.float32)
-    floor = np.full(n_units, np.inf if k else -np.inf, np.float32)
+    floor = np.full(n_units, -np.inf, np.float32)
     n_rows = n_seq * max(seq_len - skip, 0)
+    groups = min(_FLOOR_GROUPS * k, n_rows) if 0 < k <= n_rows else 0
     width = (n_units + chunks - 1) // chunks
     for c in numba.prange(chunks):
         u0 = c * width
         u1 = min(n_units, u0 + width)
-        part, low = top[u0:u1], floor[u0:u1]
+        part = top[u0:u1]
         group = np.full(u1 - u0, -np.inf, np.float32)
+        # Each unit's k largest group maxima so far, descending: a group's maxima go in by
+        # a compare-exchange down the list, vectorised over the units.
+        best = np.full((k if groups else 0, u1 - u0), -np.inf, np.float32)
         o = 0
         for b in range(n_seq):
             for t in range(skip, seq_len):
@@ -230,10 +235,16 @@ def _first_batch_bounds(acts, skip, k, chunks):  # pragma: no cover - compiled
                     part[i] = x if x > part[i] else part[i]
                     group[i] = v if v > group[i] else group[i]  # NaN skipped
                 o += 1
-                if k and (o * k) // n_rows != ((o - 1) * k) // n_rows:  # a group ends
-                    for i in range(row.shape[0]):
-                        low[i] = min(low[i], group[i])
-                        group[i] = -np.inf
+                if groups and (o * groups) // n_rows != ((o - 1) * groups) // n_rows:
+                    for j in range(k):  # a group ends
+                        kept = best[j]
+                        for i in range(row.shape[0]):  # vectorised
+                            x, y = group[i], kept[i]
+                            kept[i] = x if x > y else y
+                            group[i] = y if x > y else x
+                    group[:] = -np.inf
+        if groups:
+            floor[u0:u1] = best[k - 1]
     return top, floor
 
 

@@ -1,10 +1,13 @@
-"""The compiled kernels' float16 rounding against torch's."""
+"""The compiled kernels' float16 rounding against torch's, and a first batch's bounds
+against brute force."""
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from indexer.kernels import HARDWARE_HALVES, half_bits, hardware_half_bits
+from indexer.kernels import HARDWARE_HALVES, _first_batch_bounds, half_bits, hardware_half_bits
 
 CONVERSIONS = [half_bits] + ([hardware_half_bits] if HARDWARE_HALVES else [])
 
@@ -26,3 +29,32 @@ def test_half_bits_round_like_torch(convert):
     nan = torch.isnan(values).numpy()
     assert (got[~nan] == expect[~nan]).all()
     assert np.isnan(got[nan].view(np.float16)).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 2), st.integers(0, 9), st.integers(1, 3))
+def test_first_batch_bounds_against_brute_force(seed, skip, k, chunks):
+    """The column max skips NaN and infinity; the top-k floor is -inf without a k or
+    enough rows, never above a unit's k-th largest value, and tight enough to matter."""
+    rng = np.random.default_rng(seed)
+    n_seq, seq_len, n_units = rng.integers(1, 5), rng.integers(3, 12), rng.integers(1, 48)
+    acts = rng.integers(-3, 4, (n_seq, seq_len, n_units)).astype(np.float32)  # many ties
+    if seed % 2:
+        acts = rng.standard_normal(acts.shape).astype(np.float32)
+    for special, share in ((np.nan, 0.1), (np.inf, 0.05), (-np.inf, 0.05)):
+        acts[rng.random(acts.shape) < share] = special
+    top, floor = _first_batch_bounds(acts, skip, k, chunks)
+    rows = acts[:, skip:, :].reshape(-1, n_units)
+    for u in range(n_units):
+        column = rows[:, u][~np.isnan(rows[:, u])]
+        finite = column[column < np.inf]
+        assert top[u] == (finite.max() if finite.size else -np.inf)
+        if k == 0 or rows.shape[0] < k:
+            assert floor[u] == -np.inf
+        elif floor[u] > -np.inf:  # k different rows are at or above it
+            assert (column >= floor[u]).sum() >= k
+    if k and rows.shape[0] >= 4 * k:  # 4k groups: a unit's k-th largest group maximum
+        clean = np.where(np.isnan(rows), -np.inf, rows)
+        group = np.arange(rows.shape[0]) * (4 * k) // rows.shape[0]
+        maxima = np.stack([clean[group == g].max(0) for g in range(4 * k)])
+        assert (floor == np.sort(maxima, 0)[-k]).all()
