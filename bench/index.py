@@ -11,13 +11,16 @@ Prints tokens/s for each and the ratios to (a). The runs are interleaved batch b
 (a, b, a, b, ...), so a burst of CPU stolen by the host hits all of them alike. The ratio
 of the CPU seconds of (a) and (b) (every thread's, from ``time.process_time``) is printed
 as well: CPU time the host steals is not counted in it, so it varies less between runs.
-Then peak RSS.
+So are the seconds the host stole during each (the steal column of ``/proc/stat``, over
+all CPUs; Linux only). Then peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
 import resource
 import tempfile
 import time
@@ -33,20 +36,44 @@ from spyglass.model import load_model
 from spyglass.sources import mlp_sources, sae_source
 
 
-class Timed:
+def stolen_seconds() -> float:
+    """CPU seconds the hypervisor has stolen from this machine since boot, all CPUs
+    together (0 where ``/proc/stat`` has no steal column)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
+class Clock:
+    """Wall, CPU and stolen seconds, summed over the spans it times."""
+
+    def __init__(self):
+        self.seconds = self.cpu_seconds = self.stolen = 0.0
+
+    @contextlib.contextmanager
+    def span(self):
+        t0, c0, s0 = time.perf_counter(), time.process_time(), stolen_seconds()
+        yield
+        self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.process_time() - c0
+        self.stolen += stolen_seconds() - s0
+
+
+class Timed(Clock):
     """The indexer's streaming statistics of ``sources``, fed one batch at a time as
     ``build_index`` feeds them, with the seconds spent."""
 
     def __init__(self, model, cfg, sources):
-        self.seconds, self.cpu_seconds, self.first = 0.0, 0.0, 0
+        super().__init__()
+        self.first = 0
         self.stats = PassStats(model, sources, cfg)
 
     def step(self, batch: torch.Tensor) -> None:
-        t0, c0 = time.perf_counter(), time.process_time()
-        self.stats.update(batch, self.first)
+        with self.span():
+            self.stats.update(batch, self.first)
         self.first += batch.shape[0]
-        self.seconds += time.perf_counter() - t0
-        self.cpu_seconds += time.process_time() - c0
 
 
 def main() -> None:
@@ -81,12 +108,10 @@ def main() -> None:
     warm.step(batches[0][:2])
 
     full = Timed(model, cfg, mlp_sources(model, layers) + sae)
-    bare = bare_cpu = 0.0
+    bare = Clock()
     for b in batches:
-        t0, c0 = time.perf_counter(), time.process_time()
-        model.mlp_activations(b, layers)
-        bare += time.perf_counter() - t0
-        bare_cpu += time.process_time() - c0
+        with bare.span():
+            model.mlp_activations(b, layers)
         full.step(b)
     stats = full.stats.sources
 
@@ -111,7 +136,7 @@ def main() -> None:
         write = time.perf_counter() - t0
         size = (Path(tmp) / "bench.db").stat().st_size
 
-    a, b = n_tokens / bare, n_tokens / full.seconds
+    a, b = n_tokens / bare.seconds, n_tokens / full.seconds
     print(
         f"model {args.model}, {n_tokens} tokens, batch {args.batch_size}x{args.seq_len}, "
         f"{len(layers)} layers x {model.d_mlp} neurons"
@@ -121,8 +146,12 @@ def main() -> None:
     print(f"(a) bare forward:   {a:8.1f} tok/s")
     print(f"(b) full indexer:   {b:8.1f} tok/s")
     print(f"ratio b/a:          {b / a:8.3f}")
-    cpu_ratio = bare_cpu / full.cpu_seconds
+    cpu_ratio = bare.cpu_seconds / full.cpu_seconds
     print(f"ratio b/a, CPU time:{cpu_ratio:8.3f} (all threads' CPU seconds; stolen time aside)")
+    print(
+        f"stolen by the host: {bare.stolen:8.1f} s during (a) of {bare.seconds:.1f}, "
+        f"{full.stolen:.1f} s during (b) of {full.seconds:.1f} (all CPUs)"
+    )
     print(f"(c) write phase:    {write:8.1f} s ({size / 1e6:.0f} MB, not in b)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS:           {rss:8.0f} MB")
