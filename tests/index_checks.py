@@ -6,6 +6,7 @@ on sys.path.
 
 Nothing here calls the indexer or ``spyglass.model.Model``: the reference activations come
 from ``HookedTransformer.run_with_cache`` and the reference top-k from a plain sort.
+The unit tests share ``assert_same_state`` from here too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from pathlib import Path
 import torch
 
 from spyglass import storage
+
+
+def assert_same_state(a, b) -> None:
+    """Two ``indexer.intervals.IntervalState``s equal field by field (windows with NaN as
+    NaN)."""
+    for name in ("ceiling", "counts", "keys", "tokens", "values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
 
 
 @dataclass(frozen=True)

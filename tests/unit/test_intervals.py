@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from index_checks import assert_same_state
 
 from indexer.intervals import (
     COUNT_BINS,
@@ -84,13 +85,6 @@ def entries(acts, skip_first, u):
         if v > 0:
             out.append((v, t, k))
     return out
-
-
-def assert_same_state(a, b):
-    """Two ``IntervalState``s equal field by field (windows with NaN as NaN)."""
-    for name in ("ceiling", "counts", "keys", "tokens", "values"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
-    assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
 
 
 @settings(max_examples=250, deadline=None)
