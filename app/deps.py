@@ -1,30 +1,39 @@
-"""Request dependencies, as ``Annotated`` aliases for route signatures."""
+"""Request dependencies, as ``Annotated`` aliases for route signatures.
+
+They are ``async``, so they run on the event loop, not on a worker thread. None of them
+holds a database connection: routes read the index through the
+:class:`~app.reader.IndexReader`, one short call at a time (see app/reader.py for why).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import Connection
 
 from app.model_service import ModelService
+from app.reader import IndexReader
+from app.render import PageServer
 from spyglass.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _conn(request: Request) -> Iterator[Connection]:
-    with request.app.state.engine.connect() as conn:
-        yield conn
+async def _reader(request: Request) -> IndexReader:
+    return request.app.state.reader
 
 
-def _models(request: Request) -> ModelService:
+async def _pages(request: Request) -> PageServer:
+    return request.app.state.pages
+
+
+async def _models(request: Request) -> ModelService:
     return request.app.state.models
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-ConnDep = Annotated[Connection, Depends(_conn)]
+ReaderDep = Annotated[IndexReader, Depends(_reader)]
+PagesDep = Annotated[PageServer, Depends(_pages)]
 ModelsDep = Annotated[ModelService, Depends(_models)]

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import random
-from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection
 
+from app import urls
 from spyglass import storage
 
 LOG_DENSITY_BINS = 30
@@ -133,8 +133,6 @@ class UnitPage(View):
     """Latents only: highest decoder cosine similarity."""
     aligned_neurons: list[Neighbour] = []
     """Latents only: MLP neurons (up to the hook's layer) whose W_out row best aligns."""
-    prompt: str = ""
-    """A prompt carried over from the prompt page: the live box runs it on load."""
 
 
 class UnitRow(View):
@@ -197,25 +195,6 @@ class ExpandedExample(View):
     acts: list[float | None]
 
 
-# ---- urls ----------------------------------------------------------------------------------
-
-
-def model_url(slug: str) -> str:
-    return f"/{quote(slug)}"
-
-
-def source_url(slug: str, source: str) -> str:
-    return f"/{quote(slug)}/{quote(source)}"
-
-
-def unit_url(slug: str, source: str, index: int) -> str:
-    return f"{source_url(slug, source)}/{index}"
-
-
-def sequence_url(slug: str, seq_id: int) -> str:
-    return f"/{quote(slug)}/sequences/{seq_id}"
-
-
 # ---- builders --------------------------------------------------------------------------------
 
 
@@ -231,7 +210,7 @@ def _model_summary(m: storage.ModelRow) -> ModelSummary:
         skip_first=m.skip_first,
         top_k=m.top_k,
         created=m.created,
-        url=model_url(m.slug),
+        url=urls.model(m.slug),
     )
 
 
@@ -274,7 +253,7 @@ def _source_summary(slug: str, s: storage.SourceRow, stats: storage.SourceSummar
         mean_density=stats.mean_density if stats else 0.0,
         dead=stats.dead if stats else 0,
         max_act=stats.max_act if stats else 0.0,
-        url=source_url(slug, s.name),
+        url=urls.source(slug, s.name),
         sae=s.sae,
         info=s.info,
     )
@@ -316,7 +295,7 @@ def source_page(
             density=r.density,
             l0_share=r.density / density_sum if density_sum > 0 else None,
             top_logits=[vocab.get(i, "?") for i, _ in r.logits["top"][:3]],
-            url=unit_url(slug, name, r.idx),
+            url=urls.unit(slug, name, r.idx),
         )
         for r in rows
     ]
@@ -389,10 +368,10 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
         ],
         examples=examples,
         links=UnitLinks(
-            prev=unit_url(slug, name, i - 1) if i > 0 else None,
-            next=unit_url(slug, name, i + 1) if i + 1 < s.n_units else None,
-            random=f"{source_url(slug, name)}/random",
-            share=unit_url(slug, name, i),
+            prev=urls.unit(slug, name, i - 1) if i > 0 else None,
+            next=urls.unit(slug, name, i + 1) if i + 1 < s.n_units else None,
+            random=urls.random_unit(slug, name),
+            share=urls.unit(slug, name, i),
         ),
     )
     stats = unit.stats or {}
@@ -433,15 +412,15 @@ def _unit_stats(slug: str, s: storage.SourceRow, stats: dict, sampled, seqs, voc
         for k, (lo, hi, c) in enumerate(table)
     ]
     out["correlated"] = [
-        Neighbour(label=f"{s.name}/{j}", url=unit_url(slug, s.name, j), value=r)
+        Neighbour(label=f"{s.name}/{j}", url=urls.unit(slug, s.name, j), value=r)
         for j, r in stats.get("correlated", [])
     ]
     out["decoder_neighbours"] = [
-        Neighbour(label=f"{s.name}/{j}", url=unit_url(slug, s.name, j), value=c)
+        Neighbour(label=f"{s.name}/{j}", url=urls.unit(slug, s.name, j), value=c)
         for j, c in stats.get("decoder") or []
     ]
     out["aligned_neurons"] = [
-        Neighbour(label=f"{layer}-mlp/{j}", url=unit_url(slug, f"{layer}-mlp", j), value=c)
+        Neighbour(label=f"{layer}-mlp/{j}", url=urls.unit(slug, f"{layer}-mlp", j), value=c)
         for layer, j, c in stats.get("neurons") or []
     ]
     return out
@@ -481,7 +460,7 @@ def _example(
         tokens=[vocab[t] for t in ids],
         acts=e.acts,
         document=seq.document,
-        sequence_url=sequence_url(slug, e.sequence_id),
+        sequence_url=urls.sequence(slug, e.sequence_id),
     )
 
 
@@ -504,7 +483,7 @@ def expanded_example(conn: Connection, slug: str, name: str, index: str, rank: i
 def random_unit_url(conn: Connection, slug: str, name: str, rng: random.Random) -> str:
     m = require_model(conn, slug)
     s = _require_source(conn, m, name)
-    return unit_url(slug, name, rng.randrange(s.n_units))
+    return urls.unit(slug, name, rng.randrange(s.n_units))
 
 
 def sequence_page(conn: Connection, slug: str, seq_id: str | int) -> SequencePage:

@@ -31,3 +31,10 @@ class Settings(BaseSettings):
     """Live requests that may wait behind the running one; more get 503 at once."""
     request_timeout: float = 60.0
     """Seconds a live request may take, waiting included; past it, 503."""
+    db_threads: int = 8
+    """Worker threads (each with its own connection) that read the index at once; more
+    page requests wait their turn without holding either."""
+    page_cache_mb: int = 256
+    """Memory for rendered pages (kept compressed and plain) per server process."""
+    max_body_bytes: int = 65536
+    """Largest request body accepted; larger ones get 413."""

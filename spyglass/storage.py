@@ -10,6 +10,7 @@ Arrays (token ids, activation windows) are stored as little-endian blobs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -212,15 +213,16 @@ def make_engine(target: str, *, create: bool = False) -> Engine:
     return engine
 
 
-def make_read_engine(target: str) -> Engine:
-    """The server's engine. It refuses writes (SQLite: ``PRAGMA query_only``; PostgreSQL:
+def make_read_engine(target: str, *, pool_size: int = 5) -> Engine:
+    """The server's engine, with ``pool_size`` connections and no overflow. It refuses
+    writes (SQLite: ``PRAGMA query_only``; PostgreSQL:
     read-only transactions), and each connection reads one snapshot (SQLite: an explicit
     BEGIN; PostgreSQL: REPEATABLE READ), so a request never mixes an old index with a new
     one committed meanwhile. FileNotFoundError when there is no index to read."""
     url = database_url(target)
     if url.startswith("sqlite:///"):
         _sqlite_file(url)
-    engine = _create(url, readonly=True)
+    engine = _create(url, readonly=True, pool_size=pool_size)
     _check_schema(engine)
     if not inspect(engine).has_table(models.name):
         engine.dispose()
@@ -242,8 +244,12 @@ def _sqlite_file(url: str) -> None:
         raise FileNotFoundError(f"no index database at {path}")
 
 
-def _create(url: str, *, readonly: bool) -> Engine:
+def _create(url: str, *, readonly: bool, pool_size: int | None = None) -> Engine:
     kwargs: dict = {}
+    if pool_size is not None:
+        # A fixed pool: the server's reader runs at most pool_size calls at once, so a
+        # caller never waits for a connection (see app/reader.py).
+        kwargs |= dict(pool_size=pool_size, max_overflow=0)
     if url.startswith("sqlite"):
         # The server reads from a thread pool; SQLite connections may move between threads.
         kwargs["connect_args"] = {"check_same_thread": False}
@@ -607,11 +613,26 @@ def add_examples(
 def ping(engine: Engine) -> None:
     """Raises if the database cannot answer a query (for health checks)."""
     with engine.connect() as conn:
-        conn.execute(select(1)).scalar()
+        ping_conn(conn)
+
+
+def ping_conn(conn: Connection) -> None:
+    conn.execute(select(1)).scalar()
 
 
 def list_models(conn: Connection) -> list[ModelRow]:
     return [_model(r) for r in conn.execute(select(models).order_by(models.c.slug))]
+
+
+def index_identity(conn: Connection) -> str:
+    """A token that changes whenever a model is indexed, replaced or removed: the key under
+    which the server may keep pages rendered from this index. Every write to an index goes
+    through :func:`replace_model` (a fresh row, a new ``created``) in one transaction, so the
+    model rows alone tell one index from the next."""
+    rows = conn.execute(
+        select(models.c.id, models.c.slug, models.c.created, models.c.seconds).order_by(models.c.id)
+    ).all()
+    return hashlib.blake2b(repr([tuple(r) for r in rows]).encode(), digest_size=12).hexdigest()
 
 
 def get_model(conn: Connection, slug: str) -> ModelRow | None:

@@ -42,6 +42,15 @@
       }, { displayModeBar: false, responsive: true });
     });
   }
-  document.addEventListener("DOMContentLoaded", () => drawPlots(document));
+  // A unit page opened from the prompt page carries ?prompt=: fill the live box and run it.
+  // (The page itself is the same for every prompt, so the server can cache it.)
+  function runCarriedPrompt() {
+    const text = new URLSearchParams(location.search).get("prompt");
+    const box = document.getElementById("prompt-text");
+    if (!text || !box || !window.htmx) return;
+    box.value = text;
+    htmx.trigger("#prompt-form", "carried");
+  }
+  document.addEventListener("DOMContentLoaded", () => { drawPlots(document); runCarriedPrompt(); });
   document.addEventListener("htmx:afterSwap", (ev) => drawPlots(ev.target));
 })();

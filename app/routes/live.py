@@ -1,6 +1,8 @@
-"""Live model routes: htmx fragments for the unit page's forms, and their JSON API twins.
+"""Live model routes: htmx fragments for the unit page's forms, the live pages (prompt,
+steering, attribution) with their JSON twins, and the ``/api`` operations.
 
-The fragments take GET query parameters, so a live result has a shareable URL.
+GET pages and fragments take query parameters, so a live result has a shareable URL. None
+of these holds a thread or a database connection while it waits for the model.
 """
 
 from __future__ import annotations
@@ -8,14 +10,33 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 
-from app import live
-from app.deps import ConnDep, ModelsDep, SettingsDep
+from app.deps import ModelsDep, ReaderDep, SettingsDep
+from app.errors import LIVE_ERRORS
+from app.live import ablation, activations, attribution, prompt, steer
+from app.live.schema import (
+    AblationResult,
+    ActivationRequest,
+    ActivationResult,
+    AttributionRequest,
+    AttributionResult,
+    MultiSteerRequest,
+    MultiSteerResult,
+    PromptRequest,
+    PromptResult,
+    SteerQuery,
+    SteerRequest,
+    SteerResult,
+)
+from app.live.targets import find_target
 from app.render import render
 
 fragments = APIRouter(include_in_schema=False)
-api = APIRouter(prefix="/api", tags=["live"])
+twins = APIRouter(tags=["live pages"], responses=LIVE_ERRORS)
+api = APIRouter(prefix="/api", tags=["live"], responses=LIVE_ERRORS)
+
+
+# ---- the unit page's fragments --------------------------------------------------------------
 
 
 @fragments.get("/{model}/{source}/{index}/activations")
@@ -24,32 +45,14 @@ async def activations_fragment(
     model: str,
     source: str,
     index: str,
-    req: Annotated[live.ActivationRequest, Query()],
-    conn: ConnDep,
+    req: Annotated[ActivationRequest, Query()],
+    reader: ReaderDep,
     models: ModelsDep,
     settings: SettingsDep,
 ):
-    target = await run_in_threadpool(live.find_target, conn, model, source, index)
-    result = await live.unit_activations(models, settings, target, req)
+    target = await reader.run(find_target, model, source, index)
+    result = await activations.unit_activations(models, settings, target, req)
     return render(request, "_activations.html", result)
-
-
-@fragments.get("/{model}/{source}/{index}/examples/{rank}/ablation")
-@fragments.get("/{model}/{source}/{index}/examples/{rank}/ablation.json")
-async def ablation_fragment(
-    request: Request,
-    model: str,
-    source: str,
-    index: str,
-    rank: int,
-    conn: ConnDep,
-    models: ModelsDep,
-    settings: SettingsDep,
-):
-    """The effect on next-token loss along one top example of ablating this unit."""
-    target = await run_in_threadpool(live.find_target, conn, model, source, index)
-    result = await live.example_ablation(models, settings, conn, target, rank)
-    return render(request, "_ablation.html", result, as_json=request.url.path.endswith(".json"))
 
 
 @fragments.get("/{model}/{source}/{index}/steer")
@@ -58,51 +61,145 @@ async def steer_fragment(
     model: str,
     source: str,
     index: str,
-    req: Annotated[live.SteerRequest, Query()],
-    conn: ConnDep,
+    req: Annotated[SteerRequest, Query()],
+    reader: ReaderDep,
     models: ModelsDep,
     settings: SettingsDep,
 ):
-    target = await run_in_threadpool(live.find_target, conn, model, source, index)
-    result = await live.steer(models, settings, target, req)
+    target = await reader.run(find_target, model, source, index)
+    result = await steer.steer(models, settings, target, req)
     return render(request, "_steer.html", result)
 
 
+@twins.get(
+    "/{model}/{source}/{index}/examples/{rank}/ablation.json",
+    response_model=AblationResult,
+    summary="The effect on next-token loss of ablating a unit along one top example",
+)
+async def ablation_json(
+    request: Request,
+    model: str,
+    source: str,
+    index: str,
+    rank: int,
+    reader: ReaderDep,
+    models: ModelsDep,
+):
+    return await _ablation(request, model, source, index, rank, reader, models, as_json=True)
+
+
+@fragments.get("/{model}/{source}/{index}/examples/{rank}/ablation")
+async def ablation_fragment(
+    request: Request,
+    model: str,
+    source: str,
+    index: str,
+    rank: int,
+    reader: ReaderDep,
+    models: ModelsDep,
+):
+    return await _ablation(request, model, source, index, rank, reader, models, as_json=False)
+
+
+async def _ablation(request, model, source, index, rank, reader, models, *, as_json: bool):
+    target = await reader.run(find_target, model, source, index)
+    result = await ablation.example_ablation(models, reader, target, rank)
+    return render(request, "_ablation.html", result, as_json=as_json)
+
+
+# ---- live pages and their JSON twins --------------------------------------------------------
+
+
+@twins.get("/{model}/prompt.json", response_model=PromptResult, summary="Which units fire")
+async def prompt_json(
+    request: Request,
+    model: str,
+    req: Annotated[PromptRequest, Query()],
+    reader: ReaderDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await prompt.prompt_units(models, settings, reader, model, req)
+    return render(request, "prompt.html", result, as_json=True)
+
+
 @fragments.get("/{model}/prompt")
-@fragments.get("/{model}/prompt.json")
 async def prompt_page(
     request: Request,
     model: str,
-    req: Annotated[live.PromptRequest, Query()],
-    conn: ConnDep,
+    req: Annotated[PromptRequest, Query()],
+    reader: ReaderDep,
     models: ModelsDep,
     settings: SettingsDep,
 ):
-    result = await live.prompt_units(models, settings, conn, model, req)
-    return render(request, "prompt.html", result, as_json=request.url.path.endswith(".json"))
+    result = await prompt.prompt_units(models, settings, reader, model, req)
+    return render(request, "prompt.html", result)
+
+
+@twins.get(
+    "/{model}/steer.json", response_model=MultiSteerResult, summary="Steering with several units"
+)
+async def steer_json(
+    request: Request,
+    model: str,
+    query: Annotated[SteerQuery, Query()],
+    reader: ReaderDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await steer.steer_units(models, settings, reader, model, query.request())
+    return render(request, "steer.html", result, as_json=True)
 
 
 @fragments.get("/{model}/steer")
-@fragments.get("/{model}/steer.json")
 async def steer_page(
     request: Request,
     model: str,
-    query: Annotated[live.SteerQuery, Query()],
-    conn: ConnDep,
+    query: Annotated[SteerQuery, Query()],
+    reader: ReaderDep,
     models: ModelsDep,
     settings: SettingsDep,
 ):
-    result = await live.steer_units(models, settings, conn, model, query.request())
-    return render(request, "steer.html", result, as_json=request.url.path.endswith(".json"))
+    result = await steer.steer_units(models, settings, reader, model, query.request())
+    return render(request, "steer.html", result)
 
 
-@api.post("/{model}/steer", response_model=live.MultiSteerResult)
-async def steer_units_api(
+@twins.get(
+    "/{model}/attribution.json",
+    response_model=AttributionResult,
+    summary="Direct logit attribution",
+)
+async def attribution_json(
+    request: Request,
     model: str,
-    req: live.MultiSteerRequest,
-    conn: ConnDep,
+    req: Annotated[AttributionRequest, Query()],
+    reader: ReaderDep,
     models: ModelsDep,
     settings: SettingsDep,
+):
+    result = await attribution.attribution(models, settings, reader, model, req)
+    return render(request, "attribution.html", result, as_json=True)
+
+
+@fragments.get("/{model}/attribution")
+async def attribution_page(
+    request: Request,
+    model: str,
+    req: Annotated[AttributionRequest, Query()],
+    reader: ReaderDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await attribution.attribution(models, settings, reader, model, req)
+    return render(request, "attribution.html", result)
+
+
+# ---- /api -----------------------------------------------------------------------------------
+
+
+@api.post("/{model}/steer", response_model=MultiSteerResult)
+async def steer_units_api(
+    model: str, req: MultiSteerRequest, reader: ReaderDep, models: ModelsDep, settings: SettingsDep
 ):
     """Default and steered completions of ``prompt``, same seed, steering several units at
     once (neurons and latents, any layers), each with its own mode and strength.
@@ -110,75 +207,57 @@ async def steer_units_api(
     Caps (422 when exceeded): prompt length, max_new_tokens, number of units, |strength|,
     temperature. Unknown sources or unit indices are 422s too.
     """
-    return await live.steer_units(models, settings, conn, model, req)
+    return await steer.steer_units(models, settings, reader, model, req)
 
 
-@fragments.get("/{model}/attribution")
-@fragments.get("/{model}/attribution.json")
-async def attribution_page(
-    request: Request,
-    model: str,
-    req: Annotated[live.AttributionRequest, Query()],
-    conn: ConnDep,
-    models: ModelsDep,
-    settings: SettingsDep,
-):
-    result = await live.attribution(models, settings, conn, model, req)
-    return render(request, "attribution.html", result, as_json=request.url.path.endswith(".json"))
-
-
-@api.post("/{model}/attribution", response_model=live.AttributionResult)
+@api.post("/{model}/attribution", response_model=AttributionResult)
 async def attribution_api(
-    model: str,
-    req: live.AttributionRequest,
-    conn: ConnDep,
-    models: ModelsDep,
-    settings: SettingsDep,
+    model: str, req: AttributionRequest, reader: ReaderDep, models: ModelsDep, settings: SettingsDep
 ):
     """Direct logit attribution: the target token's logit at ``position`` (minus ``other``'s)
     split into the embedding, every head, every MLP layer, the top neurons and the top SAE
     latents, through the final norm's frozen scale. The parts sum to logit - bias.
     """
-    return await live.attribution(models, settings, conn, model, req)
+    return await attribution.attribution(models, settings, reader, model, req)
 
 
-@api.post("/{model}/prompt", response_model=live.PromptResult)
+@api.post("/{model}/prompt", response_model=PromptResult)
 async def prompt_api(
-    model: str, req: live.PromptRequest, conn: ConnDep, models: ModelsDep, settings: SettingsDep
+    model: str, req: PromptRequest, reader: ReaderDep, models: ModelsDep, settings: SettingsDep
 ):
     """Which units fire on ``text``: the top 25 by max over the prompt, merged exactly across
     the chosen ``source``s (default: all), and the top 10 at each token.
 
     Caps (422 when exceeded): prompt characters and tokens. An unknown source is a 422.
     """
-    return await live.prompt_units(models, settings, conn, model, req)
+    return await prompt.prompt_units(models, settings, reader, model, req)
 
 
-@api.post("/{model}/{source}/{index}/activations", response_model=live.ActivationResult)
+@api.post("/{model}/{source}/{index}/activations", response_model=ActivationResult)
 async def activations_api(
     model: str,
     source: str,
     index: str,
-    req: live.ActivationRequest,
-    conn: ConnDep,
+    req: ActivationRequest,
+    reader: ReaderDep,
     models: ModelsDep,
     settings: SettingsDep,
 ):
     """This unit's activation on each token of ``prompt``.
 
-    Caps (422 when exceeded): prompt characters and tokens (see the Settings page in README).
+    Caps (422 when exceeded): prompt characters and tokens, before and after tokenizing.
     """
-    target = await run_in_threadpool(live.find_target, conn, model, source, index)
-    return await live.unit_activations(models, settings, target, req)
+    target = await reader.run(find_target, model, source, index)
+    return await activations.unit_activations(models, settings, target, req)
 
 
-@api.post("/{model}/{source}/{index}/steer", response_model=live.SteerResult)
+@api.post("/{model}/{source}/{index}/steer", response_model=SteerResult)
 async def steer_api(
     model: str,
     source: str,
     index: str,
-    req: live.SteerRequest,
-    conn: ConnDep,
+    req: SteerRequest,
+    reader: ReaderDep,
     models: ModelsDep,
     settings: SettingsDep,
 ):
@@ -187,5 +266,5 @@ async def steer_api(
     Steering adds ``coefficient`` to this neuron's activation at every position.
     Caps (422 when exceeded): prompt length, max_new_tokens, |coefficient|, temperature.
     """
-    target = await run_in_threadpool(live.find_target, conn, model, source, index)
-    return await live.steer(models, settings, target, req)
+    target = await reader.run(find_target, model, source, index)
+    return await steer.steer(models, settings, target, req)

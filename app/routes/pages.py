@@ -1,92 +1,164 @@
-"""Page routes: each parses input, calls one view builder, renders HTML or its JSON twin."""
+"""Page routes: each parses input and serves one view builder's page, as HTML or as its
+JSON twin (documented in the OpenAPI), from the page cache.
+
+The ``.json`` routes come first: ``/{model}`` would match ``/gpt2.json`` too.
+"""
 
 from __future__ import annotations
 
 import random
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import views
-from app.deps import ConnDep, SettingsDep
-from app.render import render, split_json
+from app.deps import PagesDep, ReaderDep, SettingsDep
+from app.errors import PAGE_ERRORS
 from spyglass import storage
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["pages"], responses=PAGE_ERRORS)
+html = APIRouter(include_in_schema=False)
 _rng = random.Random()
 
+Sort = Literal["max_act", "density", "l0", "index"]
+Order = Literal["desc", "asc"]
+PageNumber = Annotated[int, Query(ge=1, le=10**9)]
+# Strings, as in the HTML routes: a path that names no unit (-1, abc) is a 404, not a 422.
+Index = Annotated[str, Path(description="The unit's index in its source, from 0.")]
+SeqId = Annotated[str, Path(description="The sequence's id in the index, from 0.")]
 
-@router.get("/")
-@router.get("/.json")
-def home(request: Request, conn: ConnDep):
-    return render(request, "home.html", views.home(conn), as_json=request.url.path == "/.json")
+
+# ---- JSON twins (documented) ----------------------------------------------------------------
 
 
-@router.get("/healthz")
-def healthz(request: Request) -> JSONResponse:
+@router.get("/.json", response_model=views.HomePage, summary="The indexed models")
+async def home_json(request: Request, pages: PagesDep):
+    return await pages.serve(request, "home.html", views.home, as_json=True)
+
+
+@router.get("/{model}.json", response_model=views.ModelPage, summary="A model and its sources")
+async def model_json(request: Request, model: str, pages: PagesDep):
+    return await pages.serve(request, "model.html", views.model_page, model, as_json=True)
+
+
+@router.get(
+    "/{model}/sequences/{seq_id}.json",
+    response_model=views.SequencePage,
+    summary="One indexed sequence, token by token",
+)
+async def sequence_json(request: Request, model: str, seq_id: SeqId, pages: PagesDep):
+    return await pages.serve(
+        request, "sequence.html", views.sequence_page, model, seq_id, as_json=True
+    )
+
+
+@router.get(
+    "/{model}/{source}.json",
+    response_model=views.SourcePage,
+    summary="A source's units, sorted and paginated",
+)
+async def source_json(
+    request: Request,
+    model: str,
+    source: str,
+    pages: PagesDep,
+    settings: SettingsDep,
+    sort: Sort = "max_act",
+    order: Order = "desc",
+    page: PageNumber = 1,
+):
+    return await _source(request, model, source, pages, settings, sort, order, page, True)
+
+
+@router.get(
+    "/{model}/{source}/{index}.json",
+    response_model=views.UnitPage,
+    summary="A unit: top examples, samples across its range, histograms, logits, neighbours",
+)
+async def unit_json(request: Request, model: str, source: str, index: Index, pages: PagesDep):
+    return await pages.serve(
+        request, "unit.html", views.unit_page, model, source, index, as_json=True
+    )
+
+
+# ---- HTML pages -----------------------------------------------------------------------------
+
+
+@html.get("/")
+async def home(request: Request, pages: PagesDep):
+    return await pages.serve(request, "home.html", views.home, as_json=False)
+
+
+@html.get("/healthz")
+async def healthz(reader: ReaderDep) -> JSONResponse:
     """For container health checks: 200 while the database answers, else 503."""
     try:
-        storage.ping(request.app.state.engine)
+        await reader.run(storage.ping_conn)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         return JSONResponse({"status": "unavailable", "detail": reason}, 503)
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/{model}")
-def model_page(request: Request, model: str, conn: ConnDep):
-    slug, as_json = split_json(model)
-    return render(request, "model.html", views.model_page(conn, slug), as_json=as_json)
+@html.get("/{model}")
+async def model_page(request: Request, model: str, pages: PagesDep):
+    return await pages.serve(request, "model.html", views.model_page, model, as_json=False)
 
 
-@router.get("/{model}/sequences/{seq_id}")
-def sequence_page(request: Request, model: str, seq_id: str, conn: ConnDep):
-    seq_id, as_json = split_json(seq_id)
-    return render(
-        request, "sequence.html", views.sequence_page(conn, model, seq_id), as_json=as_json
+@html.get("/{model}/sequences/{seq_id}")
+async def sequence_page(request: Request, model: str, seq_id: str, pages: PagesDep):
+    return await pages.serve(
+        request, "sequence.html", views.sequence_page, model, seq_id, as_json=False
     )
 
 
-@router.get("/{model}/{source}")
-def source_page(
+@html.get("/{model}/{source}")
+async def source_page(
     request: Request,
     model: str,
     source: str,
-    conn: ConnDep,
+    pages: PagesDep,
     settings: SettingsDep,
-    sort: Literal["max_act", "density", "l0", "index"] = "max_act",
-    order: Literal["desc", "asc"] = "desc",
-    page: Annotated[int, Query(ge=1)] = 1,
+    sort: Sort = "max_act",
+    order: Order = "desc",
+    page: PageNumber = 1,
 ):
-    name, as_json = split_json(source)
-    view = views.source_page(
-        conn, model, name, sort=sort, order=order, page=page, page_size=settings.page_size
+    return await _source(request, model, source, pages, settings, sort, order, page, False)
+
+
+async def _source(request, model, source, pages, settings, sort, order, page, as_json):
+    return await pages.serve(
+        request,
+        "source.html",
+        lambda conn: views.source_page(
+            conn, model, source, sort=sort, order=order, page=page, page_size=settings.page_size
+        ),
+        as_json=as_json,
+        query=(sort, order, page),
     )
-    return render(request, "source.html", view, as_json=as_json)
 
 
-@router.get("/{model}/{source}/random")
-def random_unit(model: str, source: str, conn: ConnDep):
-    return RedirectResponse(views.random_unit_url(conn, model, source, _rng), status_code=302)
+@html.get("/{model}/{source}/random")
+async def random_unit(model: str, source: str, reader: ReaderDep):
+    url = await reader.run(views.random_unit_url, model, source, _rng)
+    return RedirectResponse(url, status_code=302)
 
 
-@router.get("/{model}/{source}/{index}")
-def unit_page(
-    request: Request, model: str, source: str, index: str, conn: ConnDep, prompt: str = ""
+@html.get("/{model}/{source}/{index}")
+async def unit_page(request: Request, model: str, source: str, index: str, pages: PagesDep):
+    """``?prompt=`` (from the prompt page's links) fills the live box, and the script runs
+    it on load; the page itself is the same for every prompt."""
+    return await pages.serve(
+        request, "unit.html", views.unit_page, model, source, index, as_json=False
+    )
+
+
+@html.get("/{model}/{source}/{index}/examples/{rank}")
+async def expanded_example(
+    request: Request, model: str, source: str, index: str, rank: int, pages: PagesDep
 ):
-    """``prompt`` (from the prompt page's links) fills the live box and runs at once."""
-    index, as_json = split_json(index)
-    view = views.unit_page(conn, model, source, index)
-    if prompt:
-        view = view.model_copy(update={"prompt": prompt})
-    return render(request, "unit.html", view, as_json=as_json)
-
-
-@router.get("/{model}/{source}/{index}/examples/{rank}")
-def expanded_example(
-    request: Request, model: str, source: str, index: str, rank: int, conn: ConnDep
-):
-    view = views.expanded_example(conn, model, source, index, rank)
-    return render(request, "_expanded.html", view)
+    return await pages.serve(
+        request, "_expanded.html", views.expanded_example, model, source, index, rank, as_json=False
+    )
