@@ -26,7 +26,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # database cannot be opened.
     reader = make_reader(settings.db, settings.db_threads)
     service = ModelService(
-        settings.device, max_queue=settings.max_queue, timeout=settings.request_timeout
+        settings.device,
+        max_queue=settings.max_queue,
+        timeout=settings.request_timeout,
+        threads=settings.model_threads,
     )
 
     @asynccontextmanager

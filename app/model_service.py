@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
+import torch
 
 from spyglass.model import Model, ModelLoadError, load_model
 from spyglass.sae import Sae, SaeLoadError, load_sae
@@ -54,9 +55,16 @@ def deadline() -> float | None:
 
 class ModelService:
     def __init__(
-        self, device: str | None = None, *, max_queue: int = 8, timeout: float = 60.0
+        self,
+        device: str | None = None,
+        *,
+        max_queue: int = 8,
+        timeout: float = 60.0,
+        threads: int | None = None,
     ) -> None:
         self._device = device
+        self.threads = threads
+        """CPU threads for model work (torch's intra-op pool); None leaves torch's own."""
         self.max_queue = max_queue
         """Requests that may wait behind the running one."""
         self.timeout = timeout
@@ -119,6 +127,8 @@ class ModelService:
         until = time.monotonic() + self.timeout
 
         def job() -> T:
+            if self.threads is not None and torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
             _local.deadline = until
             try:
                 return fn(self.get(spec, options))

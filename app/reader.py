@@ -26,6 +26,9 @@ class IndexReader:
         self.engine = engine
         self.slots = slots
         self._limiter: anyio.CapacityLimiter | None = None
+        self._watch = storage.sqlite_watch(engine)
+        self._version: int | None = None
+        self._identity: str | None = None
 
     async def run(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -42,8 +45,19 @@ class IndexReader:
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
     async def identity(self) -> str:
-        """A token that changes whenever any model in the index is replaced or added."""
-        return await self.run(storage.index_identity)
+        """A token that changes whenever any model in the index is replaced or added.
+
+        Every cached page view asks for it, so on SQLite it is read on the event loop from
+        a connection of its own, and worked out again only when ``PRAGMA data_version``
+        says another connection has committed since (exact, and a few microseconds). Other
+        databases are asked on a worker thread each time."""
+        if self._watch is None:
+            return await self.run(storage.index_identity)
+        version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version or self._identity is None:
+            self._identity = storage.sqlite_identity(self._watch)
+            self._version = version
+        return self._identity
 
 
 def make_reader(target: str, slots: int) -> IndexReader:

@@ -3,7 +3,7 @@ immutable pages of an index served from the page cache with ETag, 304 and gzip."
 
 from __future__ import annotations
 
-import json
+import gzip
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from pydantic import BaseModel
 from sqlalchemy import Connection
 
@@ -20,11 +21,7 @@ from app.reader import IndexReader
 
 ROOT = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=ROOT / "templates")
-
-
-def split_json(name: str) -> tuple[str, bool]:
-    """``"12.json"`` -> ``("12", True)``: every page answers at its path plus ``.json``."""
-    return (name.removesuffix(".json"), True) if name.endswith(".json") else (name, False)
+templates.env.auto_reload = False  # templates ship with the code: no stat on every render
 
 
 def render(
@@ -35,14 +32,11 @@ def render(
     return templates.TemplateResponse(request, template, {"view": view}, status_code=status)
 
 
-def page_body(template: str, view: BaseModel, as_json: bool) -> tuple[bytes, str]:
-    """A page's bytes and media type, rendered without a request (cached pages use no
+def page_bodies(template: str, view: BaseModel) -> tuple[bytes, bytes]:
+    """A page's HTML and its JSON twin, rendered without a request (cached pages use no
     request state)."""
-    if as_json:
-        body = json.dumps(view.model_dump(mode="json"), ensure_ascii=False, allow_nan=False)
-        return body.encode(), "application/json"
     html = templates.get_template(template).render(view=view)
-    return html.encode(), "text/html; charset=utf-8"
+    return html.encode(), view.model_dump_json().encode()
 
 
 class PageServer:
@@ -66,21 +60,22 @@ class PageServer:
         ``query`` holds the parsed query parameters the page depends on (part of the key;
         unknown parameters never reach it)."""
         identity = await self.reader.identity()
-        key = (identity, request.url.path, query, as_json)
-        etag = etag_for(key)
+        path = request.url.path.removesuffix(".json") if as_json else request.url.path
+        key = (identity, path, query)
+        etag = etag_for(key, as_json)
         if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=_headers(etag))
 
         def make(conn: Connection) -> Page:
-            body, media_type = page_body(template, build(conn, *args), as_json)
-            return make_page(key, body, media_type)
+            return make_page(key, *page_bodies(template, build(conn, *args)))
 
         page = await self.cache.get(key, lambda: self.reader.run(make))
-        headers = _headers(page.etag)
+        body = page.json if as_json else page.html
+        headers = _headers(body.etag)
         if "gzip" in request.headers.get("accept-encoding", ""):
             headers["Content-Encoding"] = "gzip"
-            return Response(page.gzipped, media_type=page.media_type, headers=headers)
-        return Response(page.body, media_type=page.media_type, headers=headers)
+            return Response(body.gzipped, media_type=body.media_type, headers=headers)
+        return Response(gzip.decompress(body.gzipped), media_type=body.media_type, headers=headers)
 
 
 def _headers(etag: str) -> dict[str, str]:
@@ -110,6 +105,30 @@ def visible(token: str) -> str:
     return token.replace("\n", "↵").replace("\t", "⇥")
 
 
+def token_spans(
+    toks: list[str], acts: list, scale: float, focus: int | None = None, offset: int = 0
+) -> Markup:
+    """Tokens shaded by activation, each a ``span.tok`` with its exact value in ``data-v``
+    (static/spyglass.js shows it on hover). Built here rather than in a Jinja macro: a unit
+    page holds a few thousand tokens, and the macro took most of the page's render time."""
+    out = ['<span class="tokens">']
+    for i, (t, v) in enumerate(zip(toks, acts, strict=False)):
+        cls = "tok"
+        if focus is not None and i + offset == focus:
+            cls += " focus"
+        if v is None:
+            cls += " outside"
+            out.append(f'<span class="{cls}" style="background:transparent">')
+        else:
+            out.append(
+                f'<span class="{cls}" style="background:{shade(v, scale)}" data-v="{fmt(v, 4)}">'
+            )
+        out.append(escape(visible(t)))
+        out.append("</span>")
+    out.append("</span>")
+    return Markup("".join(out))
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     if value is None:
         return ""
@@ -117,4 +136,4 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 
 templates.env.filters.update(shade=shade, visible=visible, fmt=fmt)
-templates.env.globals["urls"] = urls
+templates.env.globals.update(urls=urls, token_spans=token_spans)

@@ -214,6 +214,23 @@ def _model_summary(m: storage.ModelRow) -> ModelSummary:
     )
 
 
+_VOCABS: dict[tuple, dict[int, str]] = {}
+_VOCABS_KEPT = 4
+
+
+def vocabulary(conn: Connection, m: storage.ModelRow) -> dict[int, str]:
+    """The model's whole vocabulary, read once per index and kept (a page's few thousand
+    token texts cost more to look up by id than the whole table costs to read once)."""
+    key = (conn.engine.url.render_as_string(), m.id, m.created, m.seconds)
+    texts = _VOCABS.get(key)
+    if texts is None:
+        texts = storage.all_token_texts(conn, m.id)
+        while len(_VOCABS) >= _VOCABS_KEPT:
+            _VOCABS.pop(next(iter(_VOCABS)), None)
+        _VOCABS[key] = texts
+    return texts
+
+
 def require_model(conn: Connection, slug: str) -> storage.ModelRow:
     m = storage.get_model(conn, slug)
     if m is None:
@@ -285,7 +302,7 @@ def source_page(
         offset=(page - 1) * page_size,
         limit=page_size,
     )
-    vocab = storage.token_texts(conn, m.id, {i for r in rows for i, _ in r.logits["top"][:3]})
+    vocab = vocabulary(conn, m)
     densities = storage.unit_densities(conn, s.id)
     density_sum = sum(densities) if s.kind == "sae" else 0.0
     units = [
@@ -330,16 +347,13 @@ def _examples(
     m: storage.ModelRow,
     s: storage.SourceRow,
     unit: int,
-    extra_ids=(),
     extra_sequences=(),
 ):
-    """The unit's top examples, their sequences (and ``extra_sequences``), and the token
-    texts of those sequences and of ``extra_ids``, read in one query."""
+    """The unit's top examples, their sequences (and ``extra_sequences``), and the model's
+    vocabulary."""
     rows = storage.get_examples(conn, s.id, unit)
     seqs = storage.get_sequences(conn, m.id, {e.sequence_id for e in rows} | set(extra_sequences))
-    vocab = storage.token_texts(
-        conn, m.id, [*extra_ids, *(t for q in seqs.values() for t in q.tokens)]
-    )
+    vocab = vocabulary(conn, m)
     return [_example(m.slug, e, seqs[e.sequence_id], vocab) for e in rows], seqs, vocab
 
 
@@ -347,10 +361,9 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
     m = require_model(conn, slug)
     s = _require_source(conn, m, name)
     unit = _require_unit(conn, s, index)
-    logit_ids = [i for i, _ in unit.logits["top"] + unit.logits["bottom"]]
     sampled = storage.get_samples(conn, s.id, unit.idx)
     sample_seq_ids = {e.sequence_id for rows in sampled.values() for e in rows}
-    examples, seqs, vocab = _examples(conn, m, s, unit.idx, logit_ids, sample_seq_ids)
+    examples, seqs, vocab = _examples(conn, m, s, unit.idx, sample_seq_ids)
     i = unit.idx
     page = UnitPage(
         model=slug,
@@ -495,7 +508,7 @@ def sequence_page(conn: Connection, slug: str, seq_id: str | int) -> SequencePag
     seq = storage.get_sequences(conn, m.id, [sid]).get(sid)
     if seq is None:
         raise NotFound(f"model {slug!r} has no sequence {seq_id} (it has 0..{m.n_sequences - 1})")
-    vocab = storage.token_texts(conn, m.id, seq.tokens)
+    vocab = vocabulary(conn, m)
     return SequencePage(
         model=slug,
         id=sid,

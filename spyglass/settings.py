@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_model_threads() -> int | None:
+    cores = os.cpu_count() or 2
+    return cores - 1 if cores <= 4 else None
 
 
 class Settings(BaseSettings):
@@ -31,6 +39,10 @@ class Settings(BaseSettings):
     """Live requests that may wait behind the running one; more get 503 at once."""
     request_timeout: float = 60.0
     """Seconds a live request may take, waiting included; past it, 503."""
+    model_threads: int | None = Field(default_factory=lambda: _default_model_threads())
+    """CPU threads for live model work. On a small machine (up to 4 cores) it leaves one
+    core to page views, which a busy model would otherwise starve; on larger ones (or with
+    a GPU) torch's own choice."""
     db_threads: int = 8
     """Worker threads (each with its own connection) that read the index at once; more
     page requests wait their turn without holding either."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -629,10 +630,30 @@ def index_identity(conn: Connection) -> str:
     which the server may keep pages rendered from this index. Every write to an index goes
     through :func:`replace_model` (a fresh row, a new ``created``) in one transaction, so the
     model rows alone tell one index from the next."""
-    rows = conn.execute(
-        select(models.c.id, models.c.slug, models.c.created, models.c.seconds).order_by(models.c.id)
-    ).all()
+    return _identity(conn.exec_driver_sql(_IDENTITY_SQL).all())
+
+
+_IDENTITY_SQL = "SELECT id, slug, created, seconds FROM models ORDER BY id"
+
+
+def _identity(rows) -> str:
     return hashlib.blake2b(repr([tuple(r) for r in rows]).encode(), digest_size=12).hexdigest()
+
+
+def sqlite_identity(conn: sqlite3.Connection) -> str:
+    """:func:`index_identity` read through a plain sqlite3 connection."""
+    return _identity(conn.execute(_IDENTITY_SQL).fetchall())
+
+
+def sqlite_watch(engine: Engine) -> sqlite3.Connection | None:
+    """For an SQLite index, a read-only autocommit connection of its own whose ``PRAGMA
+    data_version`` changes whenever another connection commits; None for other databases."""
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        return None
+    path = Path(engine.url.database).resolve()
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    conn.isolation_level = None
+    return conn
 
 
 def get_model(conn: Connection, slug: str) -> ModelRow | None:
@@ -769,6 +790,12 @@ def token_texts(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int
     q = select(vocab.c.token_id, vocab.c.text).where(
         vocab.c.model_id == model_id, vocab.c.token_id.in_(set(ids))
     )
+    return dict(conn.execute(q).all())
+
+
+def all_token_texts(conn: Connection, model_id: int) -> dict[int, str]:
+    """The whole vocabulary of a model's index, id -> display text."""
+    q = select(vocab.c.token_id, vocab.c.text).where(vocab.c.model_id == model_id)
     return dict(conn.execute(q).all())
 
 

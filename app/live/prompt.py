@@ -110,7 +110,7 @@ def _describe(
                 m.slug,
                 e,
                 seq,
-                storage.token_texts(conn, m.id, seq.tokens),
+                views.vocabulary(conn, m),
                 PREVIEW_BEFORE,
                 PREVIEW_AFTER,
             )

@@ -92,14 +92,15 @@ async def home(request: Request, pages: PagesDep):
 
 
 @html.get("/healthz")
-async def healthz(reader: ReaderDep) -> JSONResponse:
-    """For container health checks: 200 while the database answers, else 503."""
+async def healthz(reader: ReaderDep, pages: PagesDep) -> JSONResponse:
+    """For container health checks: 200 while the database answers, else 503; with the
+    page cache's figures."""
     try:
         await reader.run(storage.ping_conn)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         return JSONResponse({"status": "unavailable", "detail": reason}, 503)
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok", "page_cache": pages.cache.stats()})
 
 
 @html.get("/{model}")

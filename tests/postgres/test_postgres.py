@@ -192,7 +192,7 @@ def test_pages_show_the_last_complete_index_while_it_is_replaced(clients, indexe
 def test_health_check_answers_on_both(clients):
     for client in clients.values():
         r = client.get("/healthz")
-        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        assert r.status_code == 200 and r.json()["status"] == "ok"
     with pytest.raises(ValueError, match="invalid model name"):
         storage.check_slug("healthz")
 
