@@ -7,6 +7,13 @@ nothing loops per unit.
 Shapes: ``B`` sequences per batch, ``T`` positions per sequence, ``U`` units,
 ``k`` top examples kept per unit, ``W`` positions in a context window.
 A token's global index is ``sequence_id * T + position``.
+
+Eligible positions. Every statistic sees exactly the positions t of sequence b with
+``skip_first <= t < lengths[b]``: the first ``skip_first`` (the attention sink) are left
+out, and so is the right padding of a sequence shorter than T (``lengths``, each
+sequence's real tokens; None when all are full). Context windows end where the sequence's
+real tokens do: a padded position shows as NaN, like one past T. The tensor code and the
+compiled kernels take the same rows (``kernels.eligible_rows``), so they stay equal.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from indexer.intervals import (
     as_array,
     batch_keys,
     read_windows,
+    real_lengths,
     use_compiled,
 )
 
@@ -47,8 +55,9 @@ class StreamingTopK:
     Ties rank the earlier token first, so the result is one total order whatever the
     batching. ``skip_first`` positions of every sequence never enter the top-k
     (attention-sink maxima sit at position 0) but still appear inside other tokens'
-    windows. On a CPU a compiled kernel (``indexer.kernels``) folds each batch in one
-    pass; elsewhere tensor ops do, with ``backend="torch"`` to force them.
+    windows; padding neither enters nor appears. On a CPU a compiled kernel
+    (``indexer.kernels``) folds each batch in one pass; elsewhere tensor ops do, with
+    ``backend="torch"`` to force them.
     """
 
     def __init__(
@@ -72,17 +81,19 @@ class StreamingTopK:
         self._windows = torch.full((n_units, k, width), torch.nan, device=device)
         self._offsets = torch.arange(-before, after + 1, device=device)  # [W]
 
-    def update(self, acts: torch.Tensor, first_sequence: int) -> None:
-        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``."""
+    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> None:
+        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``, each of
+        ``lengths`` [B] real positions (None: all T)."""
         n_seq, seq_len, n_units = acts.shape
         if seq_len <= self.skip_first:
             return
+        ends = real_lengths(lengths, n_seq, seq_len)
         token0 = first_sequence * seq_len
         if self.compiled:
-            kernels.fold(as_array(acts), self.skip_first, token0, None, self.arrays(), None)
+            kernels.fold(as_array(acts), self.skip_first, token0, None, self.arrays(), None, ends)
         else:
-            self._torch_fold(acts, token0)
-            self._take_windows(acts, token0)
+            self._torch_fold(acts, token0, ends)
+            self._take_windows(acts, token0, ends)
 
     def arrays(self) -> kernels.TopKArrays:
         """The state as numpy views, for ``kernels.fold``."""
@@ -90,23 +101,27 @@ class StreamingTopK:
             self._values.numpy(), self._tokens.numpy(), self._windows.numpy(), self.before
         )
 
-    def _take_windows(self, acts: torch.Tensor, token0: int) -> None:
+    def _take_windows(self, acts: torch.Tensor, token0: int, ends=None) -> None:
         """Read the windows of the slots filled from this batch."""
         seq_len = acts.shape[1]
         unit, slot = (self._tokens >= token0).nonzero(as_tuple=True)
         if unit.numel():
             local = self._tokens[unit, slot] - token0
             seq, pos = local // seq_len, local % seq_len
-            self._windows[unit, slot] = read_windows(acts, seq, pos, unit, self._offsets)
+            self._windows[unit, slot] = read_windows(acts, seq, pos, unit, self._offsets, ends)
 
-    def _torch_fold(self, acts: torch.Tensor, token0: int) -> None:
+    def _torch_fold(self, acts: torch.Tensor, token0: int, ends=None) -> None:
         n_seq, seq_len, n_units = acts.shape
         flat = acts.reshape(n_seq * seq_len, n_units)  # a view: no copy
-        # One top-k over the whole batch, wide enough that after dropping the at most
-        # n_seq * skip_first ineligible rows at least k eligible candidates remain.
-        wide = min(self.k + n_seq * self.skip_first, flat.shape[0])
+        eligible = torch.zeros(flat.shape[0], dtype=torch.bool)
+        eligible[kernels.eligible_rows(n_seq, seq_len, self.skip_first, ends)] = True
+        eligible = eligible.to(acts.device)
+        # One top-k over the whole batch, wide enough that after dropping its ineligible
+        # rows (the first skip_first of each sequence, and padding) at least k eligible
+        # candidates remain.
+        wide = min(self.k + flat.shape[0] - int(eligible.sum()), flat.shape[0])
         batch_values, row = flat.topk(wide, dim=0)  # [wide, U]
-        ineligible = row % seq_len < self.skip_first
+        ineligible = ~eligible[row]
         batch_values = batch_values.masked_fill(ineligible, -torch.inf).t().float()
         batch_tokens = (row + token0).masked_fill(ineligible, -1).t()
         values = torch.cat([self._values, batch_values], dim=1)  # [U, k + wide]
@@ -155,28 +170,41 @@ def merge_topk_states(a: dict, b: dict) -> dict:
 
 
 def fold_batch(
-    topk: StreamingTopK, intervals: StreamingIntervals, acts: torch.Tensor, first_sequence: int
+    topk: StreamingTopK,
+    intervals: StreamingIntervals,
+    acts: torch.Tensor,
+    first_sequence: int,
+    lengths=None,
 ) -> None:
     """``topk.update`` and ``intervals.update`` on the same batch, in one compiled pass
     over it when both run compiled with the same ``skip_first``."""
     same = topk.compiled and intervals.compiled and topk.skip_first == intervals.skip_first
     if not same:
-        topk.update(acts, first_sequence)
-        intervals.update(acts, first_sequence)
+        topk.update(acts, first_sequence, lengths)
+        intervals.update(acts, first_sequence, lengths)
         return
-    if not intervals.prepare(acts):
+    ends = real_lengths(lengths, acts.shape[0], acts.shape[1])
+    if not intervals.prepare(acts, ends):
         return
     token0 = first_sequence * acts.shape[1]
     keys = batch_keys(token0, acts.shape[0] * acts.shape[1])
-    kernels.fold(as_array(acts), topk.skip_first, token0, keys, topk.arrays(), intervals.arrays())
+    arrays = topk.arrays(), intervals.arrays()
+    kernels.fold(as_array(acts), topk.skip_first, token0, keys, *arrays, ends)
 
 
 @functools.lru_cache(maxsize=4)
-def sampled_rows(token0: int, n_seq: int, seq_len: int, skip: int, rate: float) -> torch.Tensor:
-    """The rows ``b * seq_len + t`` (t >= ``skip``) of a batch of tokens from ``token0``
-    whose key falls below ``rate``: the same for every source, so worked out once a batch
-    (shared: read it, never write it)."""
-    rows = kernels.eligible_rows(n_seq, seq_len, skip)
+def sampled_rows(
+    token0: int,
+    n_seq: int,
+    seq_len: int,
+    skip: int,
+    rate: float,
+    ends: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """The eligible rows ``b * seq_len + t`` (``skip`` <= t < ``ends[b]``) of a batch of
+    tokens from ``token0`` whose key falls below ``rate``: the same for every source, so
+    worked out once a batch (shared: read it, never write it)."""
+    rows = kernels.eligible_rows(n_seq, seq_len, skip, ends)
     if rate < 1:
         keys = batch_keys(token0, n_seq * seq_len)[rows]
         rows = rows[keys.astype(np.float64) < rate * 2.0**63]
@@ -245,19 +273,24 @@ class StreamingCorrelation:
         self._pending = torch.zeros(0, n_units, device=device)
         self.n_tokens = 0
 
-    def update(self, acts: torch.Tensor, first_sequence: int) -> None:
+    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> None:
+        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``, each of
+        ``lengths`` [B] real positions (None: all T)."""
         n_seq, seq_len, n_units = acts.shape
         if seq_len <= self.skip_first:
             return
+        ends = real_lengths(lengths, n_seq, seq_len)
         if self.sparse and self.compiled:
-            self.n_tokens += n_seq * (seq_len - self.skip_first)
+            eligible = kernels.eligible_rows(n_seq, seq_len, self.skip_first, ends)
+            self.n_tokens += eligible.shape[0]
             chunks = max(1, min(torch.get_num_threads(), n_units // 16))
             kernels.sparse_moments(
-                as_array(acts), self.skip_first, self._sum.numpy(), self._cross.numpy(), chunks
+                as_array(acts), eligible, self._sum.numpy(), self._cross.numpy(), chunks
             )
             return
-        rows = sampled_rows(first_sequence * seq_len, n_seq, seq_len, self.skip_first, self.rate)
-        rows = rows.to(acts.device)
+        token0, skip = first_sequence * seq_len, self.skip_first
+        key = None if ends is None else tuple(ends.tolist())
+        rows = sampled_rows(token0, n_seq, seq_len, skip, self.rate, key).to(acts.device)
         if not rows.shape[0]:
             return
         picked = acts.reshape(-1, n_units).index_select(0, rows).float()  # [n, U]

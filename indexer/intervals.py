@@ -71,6 +71,23 @@ def use_compiled(device: torch.device | str, backend: str | None) -> bool:
     return on_cpu and backend != "torch"
 
 
+def real_lengths(lengths, n_seq: int, seq_len: int) -> np.ndarray | None:
+    """Each sequence's real length [B] as int64 numpy (``lengths``: a tensor, an array or
+    a list), or None where every sequence fills the batch (``lengths`` None or all
+    ``seq_len``), so that unpadded batches keep the plain paths. Positions at and after a
+    sequence's length are padding: they enter no statistic and show in no window."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.detach().cpu().numpy()
+    ends = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if ends.shape[0] != n_seq:
+        raise ValueError(f"{ends.shape[0]} lengths for a batch of {n_seq} sequences")
+    if ((ends < 0) | (ends > seq_len)).any():
+        raise ValueError(f"lengths must be in 0..{seq_len}, got {ends.tolist()}")
+    return None if (ends == seq_len).all() else ends
+
+
 def as_array(acts: torch.Tensor) -> np.ndarray:
     """A float32, C-ordered numpy view of a CPU activation block (a copy only if needed)."""
     return acts.detach().to(torch.float32).contiguous().numpy()
@@ -92,13 +109,22 @@ def ceiling_exponent(x: torch.Tensor) -> torch.Tensor:
 
 
 def read_windows(
-    acts: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor, unit: torch.Tensor, offsets
+    acts: torch.Tensor,
+    seq: torch.Tensor,
+    pos: torch.Tensor,
+    unit: torch.Tensor,
+    offsets,
+    ends: np.ndarray | None = None,
 ) -> torch.Tensor:
     """[n, W] values of ``unit`` at ``pos + offsets`` in sequence ``seq`` of ``acts``
-    [B, T, U]; NaN off the sequence."""
+    [B, T, U]; NaN off the sequence, which ends at ``ends[seq]`` (``real_lengths``)."""
     seq_len, n_units = acts.shape[1], acts.shape[2]
     at = pos.unsqueeze(1) + offsets
-    inside = (at >= 0) & (at < seq_len)
+    if ends is None:
+        inside = (at >= 0) & (at < seq_len)
+    else:
+        limit = torch.from_numpy(ends).to(acts.device)[seq].unsqueeze(1)
+        inside = (at >= 0) & (at < limit)
     flat = (seq.unsqueeze(1) * seq_len + at.clamp(0, seq_len - 1)) * n_units + unit.unsqueeze(1)
     return torch.where(inside, acts.reshape(-1).take(flat).float(), torch.nan)
 
@@ -118,7 +144,7 @@ class IntervalState:
     windows: torch.Tensor
     """[U, SAMPLE_BINS, per_bin, W] float16 windows; NaN off the sequence."""
     n_tokens: int
-    """Tokens per unit seen (positions before ``skip_first`` left out)."""
+    """Tokens per unit seen (positions before ``skip_first`` and padding left out)."""
 
     @property
     def density(self) -> torch.Tensor:
@@ -172,31 +198,43 @@ class StreamingIntervals:
 
     # ---- streaming
 
-    def update(self, acts: torch.Tensor, first_sequence: int) -> None:
-        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``."""
-        if not self.prepare(acts):
+    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> None:
+        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``, each of
+        ``lengths`` [B] real positions (None: all T; see ``real_lengths``)."""
+        ends = real_lengths(lengths, acts.shape[0], acts.shape[1])
+        if not self.prepare(acts, ends):
             return
         if not self.compiled:
-            self._torch_fold(acts, first_sequence)
+            self._torch_fold(acts, first_sequence, ends)
             return
         token0 = first_sequence * acts.shape[1]
         keys = batch_keys(token0, acts.shape[0] * acts.shape[1])
-        kernels.fold(as_array(acts), self.skip_first, token0, keys, None, self.arrays())
+        kernels.fold(as_array(acts), self.skip_first, token0, keys, None, self.arrays(), ends)
 
-    def prepare(self, acts: torch.Tensor) -> bool:
-        """Count the batch's tokens, and on the tensor path raise ceilings to its max (the
-        compiled kernel does that itself); False if it has no eligible position."""
-        n_seq, seq_len, _ = acts.shape
+    def prepare(self, acts: torch.Tensor, ends: np.ndarray | None = None) -> bool:
+        """Count the batch's eligible tokens (``skip_first`` <= position < its sequence's
+        end), and on the tensor path raise ceilings to their max (the compiled kernel does
+        that itself); False if it has no eligible position."""
+        n_seq, seq_len, n_units = acts.shape
         if seq_len <= self.skip_first:
             return False
-        n = n_seq * (seq_len - self.skip_first)
+        if ends is None:
+            n = n_seq * (seq_len - self.skip_first)
+        else:
+            n = int(np.clip(ends - self.skip_first, 0, None).sum())
+            if n == 0:
+                return False
         self.n_tokens += n
         if not self.compiled:
-            rows = acts[:, self.skip_first :, :]
-            top = rows.amax(dim=(0, 1))
+            if ends is None:
+                rows = acts[:, self.skip_first :, :]
+            else:
+                eligible = kernels.eligible_rows(n_seq, seq_len, self.skip_first, ends)
+                rows = acts.reshape(-1, n_units)[torch.from_numpy(eligible).to(acts.device)]
+            top = rows.amax(dim=tuple(range(rows.dim() - 1)))
             if not torch.isfinite(top).all():  # ceilings cover finite values only (an
                 # infinity counts in the top bin): a second pass only when one is there
-                top = rows.nan_to_num(nan=0.0, posinf=0.0).amax(dim=(0, 1))
+                top = rows.nan_to_num(nan=0.0, posinf=0.0).amax(dim=tuple(range(rows.dim() - 1)))
             self._grow(top.float())
             return True
         if self._fresh_tokens + n >= 1 << 31:  # int32 counts could overflow
@@ -230,10 +268,16 @@ class StreamingIntervals:
             self._fresh.zero_()
             self._fresh_tokens = 0
 
-    def _torch_fold(self, acts: torch.Tensor, first_sequence: int) -> None:
+    def _torch_fold(self, acts: torch.Tensor, first_sequence: int, ends=None) -> None:
         n_seq, seq_len, n_units = acts.shape
         skip = self.skip_first
-        rows = acts[:, skip:, :].reshape(-1, n_units)  # [N, U]
+        # The eligible rows b * T + t, in order: their index in ``rows`` is their rank here.
+        eligible = torch.from_numpy(kernels.eligible_rows(n_seq, seq_len, skip, ends))
+        eligible = eligible.to(acts.device)
+        if ends is None:
+            rows = acts[:, skip:, :].reshape(-1, n_units)  # [N, U]
+        else:
+            rows = acts.reshape(-1, n_units).index_select(0, eligible)
         ones = torch.ones(n_units, device=acts.device)
         scale = torch.ldexp(ones, COUNT_BINS_LOG2 - self._exp)  # exact: a power of two
         fine = (rows.float() * scale).ceil_().clamp_(0, COUNT_BINS)  # 0: not positive
@@ -252,9 +296,7 @@ class StreamingIntervals:
         # first batches would otherwise offer every positive entry). Per chunk, a cheap
         # first cut per unit: values above a level pass, and below it only keys under the
         # largest threshold there; then the exact test.
-        positions = torch.arange(skip, seq_len, device=acts.device)
-        seqs = torch.arange(n_seq, device=acts.device) + first_sequence
-        global_tokens = (seqs.unsqueeze(1) * seq_len + positions).reshape(-1)  # [N]
+        global_tokens = eligible + first_sequence * seq_len  # [N]
         keys = token_keys(global_tokens)
         order = keys.argsort()
         rows, keys = rows.index_select(0, order), keys[order]
@@ -267,7 +309,7 @@ class StreamingIntervals:
 
         def accept() -> None:
             offers = [torch.cat(parts) for parts in zip(*pending, strict=True)]
-            self._accept(acts, *offers, keys, order, global_tokens)
+            self._accept(acts, *offers, keys, order, global_tokens, eligible, ends)
 
         lo, size = 0, KEY_CHUNK
         while lo < rows.shape[0]:
@@ -300,11 +342,13 @@ class StreamingIntervals:
         exact = keys[row] < thresholds.take(unit * (SAMPLE_BINS + 1) + sbin)
         return row[exact], unit[exact], sbin[exact], values[exact]
 
-    def _accept(self, acts, row, unit, sbin, values, keys, order, global_tokens) -> None:
+    def _accept(
+        self, acts, row, unit, sbin, values, keys, order, global_tokens, eligible, ends
+    ) -> None:
         """Merge offers (rows of the key-sorted batch, in key order per unit) into the bins:
         each touched bin's kept entries and its first per_bin offers side by side, sorted
-        by key, the first per_bin kept."""
-        seq_len, skip, r = acts.shape[1], self.skip_first, self.per_bin
+        by key, the first per_bin kept. ``eligible`` maps a batch row to ``b * T + t``."""
+        seq_len, r = acts.shape[1], self.per_bin
         groups = unit * (SAMPLE_BINS + 1) + sbin
         by_group = groups.argsort(stable=True)  # stays in key order within a bin
         sorted_groups = groups[by_group]
@@ -315,7 +359,7 @@ class StreamingIntervals:
         touched, slot_row = torch.unique_consecutive(sorted_groups[keep], return_inverse=True)
         row, unit = row[pick], unit[pick]
         batch_row = order[row]
-        seq_in_batch, pos = batch_row // (seq_len - skip), batch_row % (seq_len - skip) + skip
+        seq_in_batch, pos = eligible[batch_row] // seq_len, eligible[batch_row] % seq_len
 
         n, width = touched.shape[0], self._windows.shape[-1]
         flat_keys = self._keys.view(-1, r)
@@ -331,9 +375,9 @@ class StreamingIntervals:
         new_keys[slot_row, rank] = keys[row]
         new_tokens[slot_row, rank] = global_tokens[batch_row]
         new_values[slot_row, rank] = values[pick]
-        new_windows[slot_row, rank] = read_windows(acts, seq_in_batch, pos, unit, self._offsets).to(
-            flat_windows.dtype
-        )
+        new_windows[slot_row, rank] = read_windows(
+            acts, seq_in_batch, pos, unit, self._offsets, ends
+        ).to(flat_windows.dtype)
 
         both_keys = torch.cat([flat_keys.index_select(0, touched), new_keys], dim=1)  # [n, 2r]
         best = both_keys.argsort(dim=1)[:, :r]  # stable enough: keys are distinct per token

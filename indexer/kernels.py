@@ -60,14 +60,24 @@ class IntervalArrays:
         self.before, self.bars, self.slots = before, bars, slots
 
 
-def eligible_rows(n_seq: int, seq_len: int, skip: int) -> np.ndarray:
-    """The rows ``b * seq_len + t`` with t >= ``skip`` of a [n_seq, seq_len] batch, in order."""
-    return (np.arange(n_seq)[:, None] * seq_len + np.arange(skip, seq_len)).reshape(-1)
+def eligible_rows(n_seq: int, seq_len: int, skip: int, ends=None) -> np.ndarray:
+    """The rows ``b * seq_len + t`` of a [n_seq, seq_len] batch with ``skip <= t`` and
+    ``t < ends[b]`` (sequence b's real length; None: every sequence fills the batch), in
+    order: the positions that enter the statistics."""
+    t = np.arange(skip, seq_len)
+    rows = np.arange(n_seq)[:, None] * seq_len + t  # [n_seq, seq_len - skip]
+    if ends is None:
+        return rows.reshape(-1)
+    return rows[t[None, :] < np.asarray(ends)[:, None]]  # row-major: still in order
 
 
-def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays | None) -> None:
+def fold(
+    acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays | None, ends=None
+) -> None:
     """Fold ``acts`` [B, T, U] float32 (tokens ``token0 + b*T + t``, keys ``keys`` [B*T])
-    into a top-k and an interval state, either of which may be None."""
+    into a top-k and an interval state, either of which may be None. ``ends`` [B]: each
+    sequence's real length (None: all T); positions at and after it (padding) are neither
+    folded in nor shown in a window, as if the sequence ended there."""
     n_units = acts.shape[2]
     chunks = max(1, min(numba.get_num_threads(), n_units // 16))
     if topk is None:
@@ -94,7 +104,8 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
         )
         keys = np.empty(0, np.int64)
     n_seq, seq_len = acts.shape[0], acts.shape[1]
-    rows = eligible_rows(n_seq, seq_len, skip)
+    rows = eligible_rows(n_seq, seq_len, skip, ends)
+    ends = np.full(n_seq, seq_len, np.int64) if ends is None else np.asarray(ends, np.int64)
     by_key = False
     t_floor = np.full(n_units, -np.inf, np.float32)
     if keys.shape[0] and rows.shape[0] and not iv.started.any():
@@ -102,7 +113,7 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
         # bin then takes its r smallest keys and is closed), and each ceiling is set once
         # from the batch's largest finite value, not raised bin-merge by bin-merge.
         k = topk.values.shape[1] if (topk.tokens < 0).all() else 0  # an empty top-k too
-        top, floor = _first_batch_bounds(acts, skip, k, chunks)
+        top, floor = _first_batch_bounds(acts, rows, k, chunks)
         # No unit had started, so growing moves no key: the bars still hold.
         grow(top, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
              iv.windows)  # fmt: skip
@@ -111,11 +122,12 @@ def fold(acts, skip, token0, keys, topk: TopKArrays | None, iv: IntervalArrays |
         t_floor = floor
     # Dense blocks (MLP neurons: about half positive) count every value, non-positive ones
     # into the unused bin 0, rather than first listing the positive ones; sparse blocks
-    # (SAE latents) list them. Judged on each sequence's last row; either way is exact.
-    dense = bool(np.count_nonzero(acts[:, -1, :] > 0) * 4 > n_seq * n_units)
+    # (SAE latents) list them. Judged on each sequence's last real row; either way is exact.
+    last = acts[np.arange(n_seq), np.maximum(ends, 1) - 1]  # [B, U]
+    dense = bool(np.count_nonzero(last > 0) * 4 > n_seq * n_units)
     bits = acts.view(np.uint32)
     _fold(
-        acts, bits, rows, token0, keys,
+        acts, bits, rows, ends, token0, keys,
         topk.values, topk.tokens, topk.windows, topk.before, t_floor,
         iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values, iv.windows,
         iv.before, iv.bars, iv.slots, by_key, dense, chunks,
@@ -205,16 +217,16 @@ to_half_bits = hardware_half_bits if HARDWARE_HALVES else half_bits
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _first_batch_bounds(acts, skip, k, chunks):  # pragma: no cover - compiled
-    """Per unit, over positions ``skip..``: [U] the largest finite value (-inf if none),
-    and [U] a floor no value of the batch's top ``k`` is below (-inf if ``k`` is 0 or the
-    batch has fewer than ``k`` rows): the k-th largest of the maxima of
-    ``_FLOOR_GROUPS * k`` disjoint groups of rows (NaN aside), since k of those maxima,
+def _first_batch_bounds(acts, rows, k, chunks):  # pragma: no cover - compiled
+    """Per unit, over the ``rows`` (``b * T + t``) of ``acts`` [B, T, U]: [U] the largest
+    finite value (-inf if none), and [U] a floor no value of the rows' top ``k`` is below
+    (-inf if ``k`` is 0 or there are fewer than ``k`` rows): the k-th largest of the maxima
+    of ``_FLOOR_GROUPS * k`` disjoint groups of rows (NaN aside), since k of those maxima,
     values of k different rows, are at least that."""
-    n_seq, seq_len, n_units = acts.shape
+    seq_len, n_units = acts.shape[1], acts.shape[2]
     top = np.full(n_units, -np.inf, np.float32)
     floor = np.full(n_units, -np.inf, np.float32)
-    n_rows = n_seq * max(seq_len - skip, 0)
+    n_rows = rows.shape[0]
     groups = min(_FLOOR_GROUPS * k, n_rows) if 0 < k <= n_rows else 0
     width = (n_units + chunks - 1) // chunks
     for c in numba.prange(chunks):
@@ -225,24 +237,22 @@ def _first_batch_bounds(acts, skip, k, chunks):  # pragma: no cover - compiled
         # Each unit's k largest group maxima so far, descending: a group's maxima go in by
         # a compare-exchange down the list, vectorised over the units.
         best = np.full((k if groups else 0, u1 - u0), -np.inf, np.float32)
-        o = 0
-        for b in range(n_seq):
-            for t in range(skip, seq_len):
-                row = acts[b, t, u0:u1]
-                for i in range(row.shape[0]):  # vectorised
-                    v = row[i]
-                    x = v if v < np.inf else np.float32(-np.inf)  # NaN, +inf: skipped
-                    part[i] = x if x > part[i] else part[i]
-                    group[i] = v if v > group[i] else group[i]  # NaN skipped
-                o += 1
-                if groups and (o * groups) // n_rows != ((o - 1) * groups) // n_rows:
-                    for j in range(k):  # a group ends
-                        kept = best[j]
-                        for i in range(row.shape[0]):  # vectorised
-                            x, y = group[i], kept[i]
-                            kept[i] = x if x > y else y
-                            group[i] = y if x > y else x
-                    group[:] = -np.inf
+        for o in range(1, n_rows + 1):
+            b = rows[o - 1] // seq_len
+            row = acts[b, rows[o - 1] - b * seq_len, u0:u1]
+            for i in range(row.shape[0]):  # vectorised
+                v = row[i]
+                x = v if v < np.inf else np.float32(-np.inf)  # NaN, +inf: skipped
+                part[i] = x if x > part[i] else part[i]
+                group[i] = v if v > group[i] else group[i]  # NaN skipped
+            if groups and (o * groups) // n_rows != ((o - 1) * groups) // n_rows:
+                for j in range(k):  # a group ends
+                    kept = best[j]
+                    for i in range(row.shape[0]):  # vectorised
+                        x, y = group[i], kept[i]
+                        kept[i] = x if x > y else y
+                        group[i] = y if x > y else x
+                group[:] = -np.inf
         if groups:
             floor[u0:u1] = best[k - 1]
     return top, floor
@@ -449,14 +459,14 @@ def _open_from(s, lv, i, u, bars, opens, per):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _fold(
-    acts, bits, rows, token0, keys,
+    acts, bits, rows, ends, token0, keys,
     t_values, t_tokens, t_windows, t_before, t_floor,
     exp, started, counts, fresh, s_keys, s_tokens, s_values, s_windows, s_before, bars, slots,
     by_key, dense, chunks,
 ):  # pragma: no cover - compiled  # fmt: skip
     """One pass over the ``rows`` (``b * T + t``, in that order: ascending, or ``by_key``
     ascending key) of ``acts`` [B, T, U], units split into ``chunks`` contiguous ranges,
-    one per thread.
+    one per thread. Sequence b ends at ``ends[b]``: windows read no position past it.
 
     Top-k: ``t_values``/``t_tokens`` [U, k] keep each unit's k best (value, token) slots,
     unordered: higher value first, on a tie the earlier token. A value enters if it beats
@@ -554,7 +564,7 @@ def _fold(
                         t_tokens[u, q] = token
                         for j in range(t_width):
                             at = t - t_before + j
-                            inside = 0 <= at < seq_len
+                            inside = 0 <= at < ends[b]
                             t_windows[u, q, j] = acts[b, at, u] if inside else np.nan
                         q = _worst_slot(t_values[u], t_tokens[u])
                         t_slot[i] = q
@@ -601,7 +611,7 @@ def _fold(
                     accepted += 1
             for jj in range(s_width if accepted else 0):
                 at = t - s_before + jj
-                if 0 <= at < seq_len:
+                if 0 <= at < ends[b]:
                     window_row = bits[b, at, u0:u1]
                     for j in range(accepted):
                         slot_windows[taken[j], jj] = to_half_bits(window_row[found[j]])
@@ -627,9 +637,10 @@ def _fold(
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def sparse_moments(acts, skip, sums, cross, chunks):  # pragma: no cover - compiled
+def sparse_moments(acts, rows, sums, cross, chunks):  # pragma: no cover - compiled
     """Add to ``sums`` [U] and ``cross`` [U, U] (float64) the values and pairwise
-    products of ``acts`` [B, T, U] at positions ``skip..``, visiting non-zero values only.
+    products of ``acts`` [B, T, U] at the ``rows`` ``b * T + t`` (``eligible_rows``),
+    visiting non-zero values only.
 
     ``cross`` is symmetric: only its upper triangle (j >= i) is added to (half the
     scattered writes), and readers mirror it (``StreamingCorrelation.cross_rows``).
@@ -638,12 +649,11 @@ def sparse_moments(acts, skip, sums, cross, chunks):  # pragma: no cover - compi
     ``chunks``-th unit i and adds, for every token where i is active, v_i * v_j to row i
     of ``cross`` for the token's units j >= i: one row at a time.
     """
-    n_seq, seq_len, n_units = acts.shape
-    n_rows = n_seq * max(seq_len - skip, 0)
-    eligible = max(seq_len - skip, 0)
+    seq_len, n_units = acts.shape[1], acts.shape[2]
+    n_rows = rows.shape[0]
     per_row = np.zeros(n_rows + 1, np.int64)
     for n in numba.prange(n_rows):
-        row = acts[n // eligible, skip + n % eligible]
+        row = acts[rows[n] // seq_len, rows[n] % seq_len]
         m = 0
         for u in range(n_units):
             m += row[u] != 0
@@ -659,7 +669,7 @@ def sparse_moments(acts, skip, sums, cross, chunks):  # pragma: no cover - compi
         flag_words = flag.view(np.uint64)
         found = np.zeros(flag.shape[0], np.int32)
         for n in range(c * per_chunk, min(n_rows, (c + 1) * per_chunk)):
-            row = acts[n // eligible, skip + n % eligible]
+            row = acts[rows[n] // seq_len, rows[n] % seq_len]
             for u in range(n_units):
                 flag[u] = row[u] != 0
             at = starts[n]

@@ -6,7 +6,7 @@ on sys.path.
 
 Nothing here calls the indexer or ``spyglass.model.Model``: the reference activations come
 from ``HookedTransformer.run_with_cache`` and the reference top-k from a plain sort.
-The unit tests share ``assert_same_state`` from here too.
+The unit tests share ``assert_same_state`` and the padding helpers from here too.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hypothesis import strategies as st
 
 from spyglass import storage
 
@@ -28,6 +29,41 @@ def assert_same_state(a, b) -> None:
     for name in ("ceiling", "counts", "keys", "tokens", "values"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
+
+
+# ---- padding: sequences shorter than their batch ----------------------------------------
+
+
+POISON = 50.0
+"""What padded positions hold in these tests: above every real value, so a statistic that
+let padding in would show it (a top-k value, a window entry, a count, a moment)."""
+
+
+def draw_lengths(draw, n_seq: int, seq_len: int) -> torch.Tensor | None:
+    """Each sequence's real length (1..T, the last ones of documents being short), or
+    None (every sequence full: the plain path) about a third of the time."""
+    if draw(st.integers(0, 2)) == 0:
+        return None
+    return torch.tensor(
+        draw(st.lists(st.integers(1, seq_len), min_size=n_seq, max_size=n_seq)),
+        dtype=torch.long,
+    )
+
+
+def pad(acts: torch.Tensor, lengths: torch.Tensor | None, value: float = POISON):
+    """``acts`` with every position at or after its sequence's length set to ``value``."""
+    if lengths is None:
+        return acts
+    padded = torch.arange(acts.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)  # [S, T]
+    return acts.masked_fill(padded.unsqueeze(-1), value)
+
+
+def ends_of(lengths: torch.Tensor | None, n_seq: int, seq_len: int) -> list[int]:
+    return [seq_len] * n_seq if lengths is None else lengths.tolist()
+
+
+def part(lengths: torch.Tensor | None, lo: int, hi: int):
+    return None if lengths is None else lengths[lo:hi]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from index_checks import assert_same_state
+from index_checks import assert_same_state, draw_lengths, ends_of, pad, part
 
 from indexer.core import StreamingCorrelation, StreamingTopK, fold_batch
 from indexer.intervals import StreamingIntervals
@@ -14,7 +14,8 @@ from indexer.intervals import StreamingIntervals
 
 @st.composite
 def streams(draw):
-    """A stream of activations [S, T, U] and a random cut of it into batches."""
+    """A stream of activations [S, T, U] (padded past each sequence's length, if drawn),
+    its lengths, and a random cut of it into batches."""
     n_seq = draw(st.integers(1, 7))
     seq_len = draw(st.integers(1, 9))
     n_units = draw(st.integers(1, 5))
@@ -25,21 +26,22 @@ def streams(draw):
         acts = torch.randint(-3, 4, (n_seq, seq_len, n_units), generator=gen).float()
     else:
         acts = torch.randn(n_seq, seq_len, n_units, generator=gen)
+    lengths = draw_lengths(draw, n_seq, seq_len)
     cuts = sorted(draw(st.sets(st.integers(1, max(n_seq - 1, 1)), max_size=n_seq)))
     bounds = [0, *[c for c in cuts if c < n_seq], n_seq]
-    return acts, bounds
+    return pad(acts, lengths), bounds, lengths
 
 
 BACKENDS = st.sampled_from(["compiled", "torch"])
 
 
-def run_topk(acts, bounds, k, before, after, skip_first, backend="compiled"):
+def run_topk(acts, bounds, k, before, after, skip_first, backend="compiled", lengths=None):
     n_seq, seq_len, n_units = acts.shape
     topk = StreamingTopK(
         n_units, k, before=before, after=after, skip_first=skip_first, backend=backend
     )
     for lo, hi in zip(bounds, bounds[1:], strict=False):
-        topk.update(acts[lo:hi], first_sequence=lo)
+        topk.update(acts[lo:hi], first_sequence=lo, lengths=part(lengths, lo, hi))
     return topk.result()
 
 
@@ -53,15 +55,17 @@ def run_topk(acts, bounds, k, before, after, skip_first, backend="compiled"):
     BACKENDS,
 )
 def test_topk_equals_brute_force_sort(stream, k, before, after, skip_first, backend):
-    acts, bounds = stream
+    acts, bounds, lengths = stream
     n_seq, seq_len, n_units = acts.shape
-    res = run_topk(acts, bounds, k, before, after, skip_first, backend)
+    ends = ends_of(lengths, n_seq, seq_len)
+    res = run_topk(acts, bounds, k, before, after, skip_first, backend, lengths)
     for u in range(n_units):
-        # Brute force: every eligible token of the whole stream, sorted.
+        # Brute force: every eligible token of the whole stream (real and past skip_first),
+        # sorted.
         eligible = [
             (acts[s, p, u].item(), s * seq_len + p)
             for s in range(n_seq)
-            for p in range(skip_first, seq_len)
+            for p in range(skip_first, ends[s])
         ]
         ranked = sorted(eligible, key=lambda e: (-e[0], e[1]))[:k]
         expect = [v for v, _ in ranked]
@@ -75,14 +79,15 @@ def test_topk_equals_brute_force_sort(stream, k, before, after, skip_first, back
         for slot in range(len(expect)):
             token = res.tokens[slot, u].item()
             s, p = divmod(token, seq_len)
-            assert p >= skip_first and token not in seen
+            assert skip_first <= p < ends[s] and token not in seen
             seen.add(token)
             # The recorded token really holds the recorded value ...
             assert acts[s, p, u].item() == got[slot]
-            # ... and the window is that sequence's values around it, NaN off the edge.
+            # ... and the window is that sequence's real values around it, NaN off its
+            # real tokens (past T, or padding).
             for j, q in enumerate(range(p - before, p + after + 1)):
                 w = res.windows[slot, u, j].item()
-                if 0 <= q < seq_len:
+                if 0 <= q < ends[s]:
                     assert w == acts[s, q, u].item()
                 else:
                     assert math.isnan(w)
@@ -91,9 +96,9 @@ def test_topk_equals_brute_force_sort(stream, k, before, after, skip_first, back
 @settings(max_examples=100, deadline=None)
 @given(streams(), st.integers(1, 6), BACKENDS)
 def test_topk_values_do_not_depend_on_batch_cut(stream, k, backend):
-    acts, bounds = stream
-    one = run_topk(acts, [0, acts.shape[0]], k, 2, 1, 1, backend)
-    cut = run_topk(acts, bounds, k, 2, 1, 1, backend)
+    acts, bounds, lengths = stream
+    one = run_topk(acts, [0, acts.shape[0]], k, 2, 1, 1, backend, lengths)
+    cut = run_topk(acts, bounds, k, 2, 1, 1, backend, lengths)
     assert torch.equal(one.values, cut.values)
     if backend == "compiled":
         assert torch.equal(one.tokens, cut.tokens)
@@ -106,15 +111,15 @@ def test_one_pass_over_topk_and_intervals_keeps_both_states(stream, k, skip_firs
     """``fold_batch`` folds top-k and intervals in one compiled pass, which visits a state's
     first batch in key order, not token order: with ties common, it must leave the same
     states as each one on its own (the tensor code for the intervals)."""
-    acts, bounds = stream
+    acts, bounds, lengths = stream
     n_units = acts.shape[2]
     topk = StreamingTopK(n_units, k, before=2, after=1, skip_first=skip_first)
     intervals = StreamingIntervals(n_units, before=2, after=1, skip_first=skip_first)
     alone = StreamingIntervals(n_units, before=2, after=1, skip_first=skip_first, backend="torch")
     for lo, hi in zip(bounds, bounds[1:], strict=False):
-        fold_batch(topk, intervals, acts[lo:hi], lo)
-        alone.update(acts[lo:hi], first_sequence=lo)
-    expect = run_topk(acts, bounds, k, 2, 1, skip_first)
+        fold_batch(topk, intervals, acts[lo:hi], lo, part(lengths, lo, hi))
+        alone.update(acts[lo:hi], first_sequence=lo, lengths=part(lengths, lo, hi))
+    expect = run_topk(acts, bounds, k, 2, 1, skip_first, lengths=lengths)
     got = topk.result()
     assert torch.equal(got.values, expect.values)
     assert torch.equal(got.tokens, expect.tokens)
@@ -125,16 +130,25 @@ def test_one_pass_over_topk_and_intervals_keeps_both_states(stream, k, skip_firs
 # ---- correlation ---------------------------------------------------------------------------
 
 
-def brute_pearson(acts: torch.Tensor, skip: int, rows: torch.Tensor | None = None):
-    x = acts[:, skip:, :].reshape(-1, acts.shape[2]).double()
+def brute_pearson(acts: torch.Tensor, tokens: list[int], rows: torch.Tensor | None = None):
+    """Pearson over the tokens (global indices) given, optionally a subset ``rows`` of them."""
+    seq_len = acts.shape[1]
+    x = torch.stack([acts[t // seq_len, t % seq_len] for t in tokens]).double()
     if rows is not None:
         x = x[rows]
     return torch.corrcoef(x.t()), x.shape[0]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.booleans(), st.integers(0, 2), BACKENDS, st.integers(1, 64))
-def test_correlation_equals_brute_force_pearson(seed, sparse, skip, backend, flush_rows):
+@given(
+    st.integers(0, 2**31 - 1),
+    st.booleans(),
+    st.integers(0, 2),
+    BACKENDS,
+    st.integers(1, 64),
+    st.booleans(),
+)
+def test_correlation_equals_brute_force_pearson(seed, sparse, skip, backend, flush_rows, padded):
     from indexer.intervals import token_keys
 
     gen = torch.Generator().manual_seed(seed)
@@ -144,14 +158,19 @@ def test_correlation_equals_brute_force_pearson(seed, sparse, skip, backend, flu
     if sparse:  # mostly zero, like SAE latents; unit 5 never fires
         acts = acts.relu() * (torch.rand(acts.shape, generator=gen) < 0.3)
         acts[..., 5] = 0
+    lengths = torch.randint(1, seq_len + 1, (n_seq,), generator=gen) if padded else None
+    # Padding that moved unit 5 (constant on real tokens) would give it a correlation.
+    acts = pad(acts, lengths)
     rate = 1.0 if sparse else 0.5
     corr = StreamingCorrelation(n_units, rate=rate, sparse=sparse, skip_first=skip, backend=backend)
     corr.FLUSH_ROWS = flush_rows  # dense rows are added in blocks of this many, or at the end
     for lo in range(0, n_seq, 5):
-        corr.update(acts[lo : lo + 5], first_sequence=lo)
-    tokens = torch.tensor([s * seq_len + p for s in range(n_seq) for p in range(skip, seq_len)])
-    picked = None if sparse else (token_keys(tokens).double() < rate * 2.0**63)
-    expect, n = brute_pearson(acts, skip, picked)
+        corr.update(acts[lo : lo + 5], first_sequence=lo, lengths=part(lengths, lo, lo + 5))
+    ends = ends_of(lengths, n_seq, seq_len)
+    tokens = [s * seq_len + p for s in range(n_seq) for p in range(skip, ends[s])]
+    keys = token_keys(torch.tensor(tokens, dtype=torch.long))
+    picked = None if sparse else (keys.double() < rate * 2.0**63)
+    expect, n = brute_pearson(acts, tokens, picked)
     assert corr.n_tokens == n
     idx, r = corr.top(3)
     for u in range(n_units):

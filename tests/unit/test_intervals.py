@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from index_checks import assert_same_state
+from index_checks import assert_same_state, draw_lengths, ends_of, pad, part
 
 from indexer.intervals import (
     COUNT_BINS,
@@ -39,11 +39,21 @@ def streams(draw):
     acts = acts * growth.cumprod(0).view(-1, 1, 1) ** 0.5
     cuts = sorted(draw(st.sets(st.integers(1, max(n_seq - 1, 1)), max_size=n_seq)))
     bounds = [0, *[c for c in cuts if c < n_seq], n_seq]
-    return acts, bounds
+    lengths = draw_lengths(draw, n_seq, seq_len)
+    # Padding far above every real value: let in, it would raise ceilings and fill bins.
+    return pad(acts, lengths, 1e6), bounds, lengths
 
 
 def run(
-    acts, bounds, skip_first, per_bin=5, before=2, after=1, backend="compiled", checkpoint=None
+    acts,
+    bounds,
+    skip_first,
+    per_bin=5,
+    before=2,
+    after=1,
+    backend="compiled",
+    checkpoint=None,
+    lengths=None,
 ):
     """The state after streaming ``acts`` cut at ``bounds``. ``checkpoint`` "save": a
     ``state_dict`` after every batch (it puts the slots in key order), "reload": after
@@ -63,7 +73,7 @@ def run(
 
     si = streamer()
     for lo, hi in zip(bounds, bounds[1:], strict=False):
-        si.update(acts[lo:hi], first_sequence=lo)
+        si.update(acts[lo:hi], first_sequence=lo, lengths=part(lengths, lo, hi))
         if checkpoint == "save":
             si.state_dict()
         elif checkpoint == "reload":
@@ -74,10 +84,11 @@ def run(
     return si.state()
 
 
-def entries(acts, skip_first, u):
+def entries(acts, skip_first, u, lengths=None):
     """Every eligible positive (value, token, key) of unit u, brute force."""
     n_seq, seq_len, _ = acts.shape
-    tokens = [s * seq_len + p for s in range(n_seq) for p in range(skip_first, seq_len)]
+    ends = ends_of(lengths, n_seq, seq_len)
+    tokens = [s * seq_len + p for s in range(n_seq) for p in range(skip_first, ends[s])]
     keys = token_keys(torch.tensor(tokens, dtype=torch.long)).tolist() if tokens else []
     out = []
     for t, k in zip(tokens, keys, strict=True):
@@ -90,14 +101,15 @@ def entries(acts, skip_first, u):
 @settings(max_examples=250, deadline=None)
 @given(streams(), st.integers(0, 2), st.integers(1, 5), st.sampled_from(["compiled", "torch"]))
 def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval, backend):
-    acts, bounds = stream
+    acts, bounds, lengths = stream
     n_seq, seq_len, n_units = acts.shape
-    state = run(acts, bounds, skip_first, backend=backend)
-    found = [entries(acts, skip_first, u) for u in range(n_units)]
+    ends = ends_of(lengths, n_seq, seq_len)
+    state = run(acts, bounds, skip_first, backend=backend, lengths=lengths)
+    found = [entries(acts, skip_first, u, lengths) for u in range(n_units)]
     max_act = torch.tensor([max((v for v, _, _ in e), default=0.0) for e in found])
     iv = choose_intervals(state, max_act, n=10, per_interval=per_interval)
     for u, unit_entries in enumerate(found):
-        n_tokens = n_seq * max(seq_len - skip_first, 0)
+        n_tokens = sum(max(end - skip_first, 0) for end in ends)
         assert state.n_tokens == n_tokens
         assert state.density[u].item() == pytest.approx(len(unit_entries) / max(n_tokens, 1))
         if not unit_entries:
@@ -134,7 +146,7 @@ def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval, 
                 s, p = divmod(t, seq_len)
                 window = iv.windows[u, k, slot].tolist()
                 for w, at in zip(window, range(p - 2, p + 2), strict=True):
-                    if 0 <= at < seq_len:
+                    if 0 <= at < ends[s]:  # NaN on padding, as past the sequence's end
                         assert w == torch.tensor(acts[s, at, u].item()).half().float().item()
                     else:
                         assert math.isnan(w)
@@ -145,9 +157,9 @@ def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval, 
 def test_compiled_and_tensor_code_keep_the_same_state(stream, skip_first, checkpoint):
     """Checkpoints between batches too: the kernel's bars (``kernels.refresh_bars``) must
     follow slots that a ``state_dict`` or a reload moved."""
-    acts, bounds = stream
-    a = run(acts, bounds, skip_first, backend="compiled", checkpoint=checkpoint)
-    b = run(acts, [0, acts.shape[0]], skip_first, backend="torch")
+    acts, bounds, lengths = stream
+    a = run(acts, bounds, skip_first, backend="compiled", checkpoint=checkpoint, lengths=lengths)
+    b = run(acts, [0, acts.shape[0]], skip_first, backend="torch", lengths=lengths)
     assert_same_state(a, b)
 
 
@@ -166,19 +178,28 @@ def test_checkpoints_between_batches_change_nothing(checkpoint, seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("shift", [0.0, -1.5], ids=["dense", "sparse"])
-def test_a_long_stream_keeps_the_tensor_codes_state(seed, shift):
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_long_stream_keeps_the_tensor_codes_state(seed, shift, padded):
     """Long enough that most sample bins fill and the compiled kernel stops testing most
     values against them (``kernels._LEVELS``): that shortcut must change nothing. Half
     the values positive (the kernel counts every value) or about 1 in 15 (it lists the
-    positive ones first)."""
+    positive ones first). Padded: a third of the sequences short, as from short
+    documents (the kernel judges density on each sequence's last real row)."""
     gen = torch.Generator().manual_seed(seed)
     acts = torch.randn(512, 64, 3, generator=gen) * torch.tensor([1.0, 0.1, 30.0])
     acts[..., 2] = (acts[..., 2] / 3).exp() - 1  # a long tail (finite: up to ~1e19)
     acts += shift * torch.tensor([1.0, 0.1, 30.0])
+    lengths = None
+    if padded:
+        short = torch.rand(512, generator=gen) < 1 / 3
+        lengths = torch.where(short, torch.randint(1, 64, (512,), generator=gen), 64)
+        acts = pad(acts, lengths, 1e30)
     bounds = list(range(0, 513, 32))
-    a = run(acts, bounds, 1, backend="compiled")
-    b = run(acts, bounds, 1, backend="torch")
+    a = run(acts, bounds, 1, backend="compiled", lengths=lengths)
+    b = run(acts, bounds, 1, backend="torch", lengths=lengths)
     assert_same_state(a, b)
+    if padded:
+        assert a.ceiling.max() < 1e25, "padding raised a ceiling"
 
 
 @pytest.mark.parametrize("backend", ["compiled", "torch"])

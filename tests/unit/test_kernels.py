@@ -7,7 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.kernels import HARDWARE_HALVES, _first_batch_bounds, half_bits, hardware_half_bits
+from indexer.kernels import (
+    HARDWARE_HALVES,
+    _first_batch_bounds,
+    eligible_rows,
+    half_bits,
+    hardware_half_bits,
+)
 
 CONVERSIONS = [half_bits] + ([hardware_half_bits] if HARDWARE_HALVES else [])
 
@@ -32,10 +38,17 @@ def test_half_bits_round_like_torch(convert):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(0, 2), st.integers(0, 9), st.integers(1, 3))
-def test_first_batch_bounds_against_brute_force(seed, skip, k, chunks):
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(0, 2),
+    st.integers(0, 9),
+    st.integers(1, 3),
+    st.booleans(),
+)
+def test_first_batch_bounds_against_brute_force(seed, skip, k, chunks, padded):
     """The column max skips NaN and infinity; the top-k floor is -inf without a k or
-    enough rows, never above a unit's k-th largest value, and tight enough to matter."""
+    enough rows, never above a unit's k-th largest value, and tight enough to matter.
+    Only the eligible rows count (padded ones hold values above all others)."""
     rng = np.random.default_rng(seed)
     n_seq, seq_len, n_units = rng.integers(1, 5), rng.integers(3, 12), rng.integers(1, 48)
     acts = rng.integers(-3, 4, (n_seq, seq_len, n_units)).astype(np.float32)  # many ties
@@ -43,8 +56,12 @@ def test_first_batch_bounds_against_brute_force(seed, skip, k, chunks):
         acts = rng.standard_normal(acts.shape).astype(np.float32)
     for special, share in ((np.nan, 0.1), (np.inf, 0.05), (-np.inf, 0.05)):
         acts[rng.random(acts.shape) < share] = special
-    top, floor = _first_batch_bounds(acts, skip, k, chunks)
-    rows = acts[:, skip:, :].reshape(-1, n_units)
+    ends = rng.integers(1, seq_len + 1, n_seq) if padded else None
+    if padded:
+        acts[np.arange(seq_len)[None, :] >= ends[:, None]] = 50.0
+    eligible = eligible_rows(n_seq, seq_len, skip, ends)
+    top, floor = _first_batch_bounds(acts, eligible, k, chunks)
+    rows = acts.reshape(-1, n_units)[eligible]
     for u in range(n_units):
         column = rows[:, u][~np.isnan(rows[:, u])]
         finite = column[column < np.inf]

@@ -4,6 +4,7 @@ merged in any order, equals the state of one pass over the whole stream."""
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from index_checks import draw_lengths, pad, part
 
 from indexer.core import StreamingCorrelation, StreamingTopK, merge_topk_states
 from indexer.intervals import StreamingIntervals, merge_states
@@ -29,9 +30,10 @@ def sharded_streams(draw):
     acts = acts * growth.cumprod(0).view(-1, 1, 1) ** 0.5
     if draw(st.booleans()):  # sparse, like SAE latents
         acts = acts.relu()
+    lengths = draw_lengths(draw, n_seq, seq_len)
     n_shards = draw(st.integers(1, 4))
     shard_of = draw(st.lists(st.integers(0, n_shards - 1), min_size=n_batches, max_size=n_batches))
-    return acts, per_batch, shard_of, n_shards, draw(st.randoms())
+    return pad(acts, lengths), lengths, per_batch, shard_of, n_shards, draw(st.randoms())
 
 
 def streamers(n_units, sparse):
@@ -51,15 +53,16 @@ def states(parts):
 @settings(max_examples=150, deadline=None)
 @given(sharded_streams(), st.booleans())
 def test_any_sharding_merges_to_the_single_pass_state(stream, sparse):
-    acts, per_batch, shard_of, n_shards, rnd = stream
+    acts, lengths, per_batch, shard_of, n_shards, rnd = stream
     n_units = acts.shape[2]
     whole = streamers(n_units, sparse)
     shards = [streamers(n_units, sparse) for _ in range(n_shards)]
     for b, shard in enumerate(shard_of):
         lo = b * per_batch
-        for part, other in zip(whole, shards[shard], strict=True):
-            part.update(acts[lo : lo + per_batch], lo)
-            other.update(acts[lo : lo + per_batch], lo)
+        ends = part(lengths, lo, lo + per_batch)
+        for one, other in zip(whole, shards[shard], strict=True):
+            one.update(acts[lo : lo + per_batch], lo, ends)
+            other.update(acts[lo : lo + per_batch], lo, ends)
     expect = states(whole)
     results = [states(s) for s in shards]
     rnd.shuffle(results)
@@ -96,11 +99,11 @@ def test_a_state_reloads_exactly():
     gen = torch.Generator().manual_seed(3)
     acts = torch.randn(6, 5, 3, generator=gen)
     first = streamers(3, False)
-    for part in first:
-        part.update(acts[:3], 0)
+    for one in first:
+        one.update(acts[:3], 0)
     again = streamers(3, False)
-    for part, saved in zip(again, states(first), strict=True):
-        part.load_state_dict(saved)
+    for one, saved in zip(again, states(first), strict=True):
+        one.load_state_dict(saved)
     for a, b in zip(first, again, strict=True):
         a.update(acts[3:], 3)
         b.update(acts[3:], 3)
