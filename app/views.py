@@ -374,7 +374,7 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
         n_units=s.n_units,
         max_act=unit.max_act,
         density=unit.density,
-        n_tokens=m.n_sequences * (m.seq_len - m.skip_first),
+        n_tokens=m.unit_tokens,
         logits_top=[LogitToken(token_id=t, token=vocab[t], value=v) for t, v in unit.logits["top"]],
         logits_bottom=[
             LogitToken(token_id=t, token=vocab[t], value=v) for t, v in unit.logits["bottom"]

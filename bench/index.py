@@ -93,7 +93,13 @@ def main() -> None:
     layers = list(range(model.n_layers))
     seqs = list(
         itertools.islice(
-            iter_sequences(args.corpus, model.tokenize, seq_len=args.seq_len, bos_id=model.bos_id),
+            iter_sequences(
+                args.corpus,
+                model.tokenize,
+                seq_len=args.seq_len,
+                bos_id=model.bos_id,
+                full_only=True,
+            ),
             args.tokens // args.seq_len,
         )
     )

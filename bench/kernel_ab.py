@@ -71,7 +71,9 @@ def compare(args: argparse.Namespace, folder: Path) -> None:
 
     model = load_model("embedded")
     cfg = IndexConfig(model="embedded")
-    seqs = iter_sequences("embedded", model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id)
+    seqs = iter_sequences(
+        "embedded", model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id, full_only=True
+    )
     sources = mlp_sources(model, list(range(model.n_layers)))
     states = {
         name: {s.hook: SourceStats(s, cfg, model.device) for s in sources} for name in versions

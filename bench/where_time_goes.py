@@ -46,7 +46,9 @@ def main() -> None:
 
     model = load_model("embedded")
     cfg = IndexConfig(model="embedded")
-    seqs = iter_sequences("embedded", model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id)
+    seqs = iter_sequences(
+        "embedded", model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id, full_only=True
+    )
     n = cfg.batch_size
     batches = [
         torch.tensor([s.tokens for s in itertools.islice(seqs, n)]) for _ in range(args.batches)

@@ -26,6 +26,10 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 SEQUENCES = "sequences.sqlite"
+FORMAT = 2
+"""Version of what a checkpoint holds. 2: sequences of every length (short documents and
+tails kept, padding left out), real-token counts. A checkpoint without it (1) was made
+with full-length sequences only, and its run cannot be resumed or merged."""
 
 
 class CheckpointMismatch(ValueError):
@@ -47,11 +51,22 @@ class Progress:
     """Global index of the next batch to look at (batches go to shards round-robin)."""
     n_sequences: int = 0
     """Sequences this shard has indexed."""
+    n_tokens: int = 0
+    """Real tokens (BOS included, padding not) of those sequences."""
+    n_documents: int = 0
+    """Documents this shard has indexed the first sequence of (offset 0): summed over
+    shards, every document indexed, once."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Documents skipped, by reason (``indexer.corpus``), in the corpus read so far. Every
+    shard reads the whole corpus stream (and skips others' batches), so all shards count
+    the same."""
     seconds: float = 0.0
     """Pass seconds spent so far, over every attempt."""
     done: bool = False
     states: dict[str, dict] = field(default_factory=dict)
     """Each source's ``SourceStats.state_dict()``."""
+    format: int = 1
+    """``FORMAT`` of the code that wrote it (1 when absent: an older checkpoint)."""
 
 
 class ShardWork:

@@ -1,4 +1,4 @@
-"""Corpus loading: turn a corpus spec into documents, and documents into fixed-length sequences.
+"""Corpus loading: turn a corpus spec into documents, and documents into sequences.
 
 A spec is one of:
 
@@ -9,6 +9,16 @@ A spec is one of:
 - a ``.txt`` file, or a directory searched recursively for ``*.txt`` files;
 - a ``.jsonl`` file with one JSON object per line;
 - ``"hf:NAME"``: a Hugging Face dataset (hub id or local dataset folder), streamed.
+
+Every document is indexed, and no sequence spans two. A document is cut into
+consecutive sequences of at most ``seq_len`` tokens (BOS first, when the model uses one);
+its last sequence, and the only one of a document shorter than ``seq_len``, holds just
+the tokens that remain. ``Sequence.tokens`` are real tokens only: whoever batches
+sequences pads them on the right to ``seq_len`` (``spyglass.model.Model.pad_batch``) and
+keeps their lengths, so that padded positions are left out of every statistic. A causal
+model's activations at a position never depend on later ones, so a real token's
+activations are the same padded or not. Documents with no text (empty or whitespace only)
+are skipped and counted by reason (``iter_sequences``' ``skipped``).
 
 Everything is lazy: documents are read and tokenized only as sequences are pulled.
 Pure Python on purpose (no torch), so corpus handling can be tested without a model.
@@ -26,10 +36,13 @@ import os
 import random
 import sysconfig
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 ACCEPTED_SPECS = (
     "expected 'embedded', a .txt file, a directory of .txt files, a .jsonl file, or 'hf:NAME'"
@@ -66,14 +79,27 @@ class Document:
 
 @dataclass(frozen=True)
 class Sequence:
-    """A fixed-length window of token ids taken from one document."""
+    """A window of at most seq_len token ids taken from one document."""
 
     tokens: list[int]
-    """Exactly seq_len token ids (including the BOS token when one is used)."""
+    """The real token ids, BOS first when one is used: seq_len of them, or fewer in a
+    document's last sequence (never padding; batches pad on the right)."""
     document: str
     """Name of the Document this sequence was cut from."""
     offset: int
-    """Index, in the document's token list, of the first document token in this sequence."""
+    """Index, in the document's token list, of the first document token in this sequence
+    (0: the document's first sequence)."""
+
+    @property
+    def length(self) -> int:
+        """Real tokens, BOS included: the positions of a padded batch row that count."""
+        return len(self.tokens)
+
+
+SKIPPED_BLANK = "empty or whitespace only"
+"""Reason a document is skipped: it has no text to index."""
+SKIPPED_NO_TOKENS = "no tokens"
+"""Reason a document is skipped: its text tokenizes to nothing."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,11 +141,25 @@ def iter_sequences(
     seq_len: int = 128,
     bos_id: int | None = None,
     max_sequences: int | None = None,
+    max_tokens: int | None = None,
     text_field: str = "text",
     split: str = "train",
+    skipped: Counter[str] | None = None,
+    full_only: bool = False,
 ) -> Iterator[Sequence]:
-    """Yield fixed-length sequences from the corpus, interleaving its document streams in
-    proportion to their sizes (the embedded families) or in turn (user corpora: one stream).
+    """Yield sequences of at most ``seq_len`` tokens from the corpus (see the module
+    docstring), interleaving its document streams in proportion to their sizes (the
+    embedded families) or in turn (user corpora: one stream).
+
+    ``max_sequences`` caps the sequences; ``max_tokens`` caps their real tokens (BOS
+    included, padding never counted): the stream stops before the first sequence that
+    would take the total past it. Each document skipped adds 1 to ``skipped[reason]``
+    (``SKIPPED_BLANK``, ``SKIPPED_NO_TOKENS``) as the stream reaches it.
+
+    ``full_only`` keeps only sequences of exactly ``seq_len`` tokens, for readers that need
+    a rectangular batch and a stream that does not change with the indexer's rules: SAE
+    training and evaluation (the shipped SAE's held-out sequences) and the benches'
+    forward baselines. The indexer never sets it.
 
     Argument and spec errors are raised immediately rather than on the first ``next()``.
     """
@@ -127,16 +167,38 @@ def iter_sequences(
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
     if max_sequences is not None and max_sequences < 0:
         raise ValueError(f"max_sequences must be non-negative, got {max_sequences}")
+    if max_tokens is not None and max_tokens < 0:
+        raise ValueError(f"max_tokens must be non-negative, got {max_tokens}")
+    skipped = Counter() if skipped is None else skipped
     streams = document_streams(spec, text_field=text_field, split=split)
     # The embedded families are shuffled and read EMBEDDED_OPEN_DOCUMENTS at a time, so a
     # capped demo sees many plays and modules, not the first few; user corpora keep their order.
     width = EMBEDDED_OPEN_DOCUMENTS if spec == "embedded" else 1
     weights = embedded_family_tokens(tokenize) if spec == "embedded" else [1.0] * len(streams)
     per_stream = [
-        _round_robin((_sequences_from_documents([d], tokenize, seq_len, bos_id) for d in s), width)
+        _round_robin(
+            (
+                _sequences_from_documents([d], tokenize, seq_len, bos_id, skipped, full_only)
+                for d in s
+            ),
+            width,
+        )
         for s in streams
     ]
-    return itertools.islice(_proportional(per_stream, weights), max_sequences)
+    merged = _proportional(per_stream, weights, size=lambda seq: seq.length)
+    seqs = itertools.islice(merged, max_sequences)
+    return seqs if max_tokens is None else _within_tokens(seqs, max_tokens)
+
+
+def _within_tokens(seqs: Iterator[Sequence], max_tokens: int) -> Iterator[Sequence]:
+    """The sequences up to the first whose real tokens would take the total past
+    ``max_tokens`` (that one is not yielded, nor any after it)."""
+    total = 0
+    for seq in seqs:
+        total += seq.length
+        if total > max_tokens:
+            return
+        yield seq
 
 
 def _sequences_from_documents(
@@ -144,31 +206,46 @@ def _sequences_from_documents(
     tokenize: Callable[[str], list[int]],
     seq_len: int,
     bos_id: int | None,
+    skipped: Counter[str],
+    full_only: bool = False,
 ) -> Iterator[Sequence]:
     body_len = seq_len - 1 if bos_id is not None else seq_len
     prefix = [bos_id] if bos_id is not None else []
     for doc in documents:
         if not doc.text.strip():
+            skipped[SKIPPED_BLANK] += 1
             continue
         ids = tokenize(doc.text)
-        # Stepping by body_len and stopping at the last full chunk drops the short tail, so
-        # every sequence is exactly seq_len long and comes from a single document.
-        for start in range(0, len(ids) - body_len + 1, body_len):
+        if not ids:
+            skipped[SKIPPED_NO_TOKENS] += 1
+            continue
+        # Consecutive chunks of one document, the last one as long as what remains: every
+        # token is in exactly one sequence, and no sequence reaches into the next document.
+        # (full_only: the whole chunks alone, the short tail dropped.)
+        stop = len(ids) - body_len + 1 if full_only else len(ids)
+        for start in range(0, stop, body_len):
             yield Sequence(prefix + list(ids[start : start + body_len]), doc.name, start)
 
 
-def _proportional(streams: list[Iterator[Sequence]], weights: list[float]) -> Iterator[Sequence]:
-    """Merge ``streams`` so that each one's share of any prefix follows its weight.
+def _proportional(
+    streams: list[Iterator[_T]],
+    weights: list[float],
+    size: Callable[[_T], float] = lambda _: 1,
+) -> Iterator[_T]:
+    """Merge ``streams`` so that each one's share of any prefix, in ``size`` (tokens, for
+    sequences), follows its weight.
 
-    Stride scheduling: the next item comes from the stream with the fewest items per unit
-    of weight so far (ties to the earlier stream), so the first round takes one item from
-    each stream and a stream of weight w then follows every 1/w-th turn. With weights
+    Stride scheduling: the next item comes from the stream with the least size taken per
+    unit of weight so far (ties to the earlier stream), so the first round takes one item
+    from each stream and a stream of weight w then follows every 1/w-th turn. With weights
     proportional to stream sizes, all streams run out at about the same time, instead of
     small ones early, which would leave the tail of a long run to the largest stream.
+    Sizing by tokens rather than items keeps that so when one family's sequences are
+    shorter (many short documents) than another's.
     """
     if any(w <= 0 for w in weights):
         raise ValueError(f"stream weights must be positive, got {weights}")
-    taken = [0] * len(streams)
+    taken = [0.0] * len(streams)
     live = list(range(len(streams)))
     while live:
         i = min(live, key=lambda j: (taken[j] / weights[j], j))
@@ -176,7 +253,7 @@ def _proportional(streams: list[Iterator[Sequence]], weights: list[float]) -> It
         if item is None:
             live.remove(i)
             continue
-        taken[i] += 1
+        taken[i] += size(item)
         yield item
 
 
@@ -308,8 +385,8 @@ def _hf_row_document(
     name: str, text_field: str, index: int, row: dict[str, Any]
 ) -> Iterator[Document]:
     text = row.get(text_field)
-    if text is None:  # null cells are common in hub datasets; treat as empty
-        return
+    if text is None:  # null cells are common in hub datasets: an empty document, skipped
+        text = ""  # and counted like any other
     if not isinstance(text, str):
         raise CorpusError(
             f"dataset {name} row {index}: column {text_field!r} is {type(text).__name__}, "

@@ -3,6 +3,11 @@
 Sequences are written as they stream by and the unit statistics at the end, all
 inside one transaction, so memory stays bounded by the batch and the per-unit
 state, and readers see the previous index until the new one is complete.
+
+Every document is indexed (``indexer.corpus``): a batch holds sequences of any length up
+to ``seq_len``, padded on the right (``Model.pad_batch``), and their lengths go with the
+activations to every statistic, which leaves padded positions out (``indexer.core``).
+Only real tokens are stored, counted and shown.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import functools
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +29,7 @@ from tqdm import tqdm
 
 from indexer import summaries
 from indexer.checkpoint import (
+    FORMAT,
     CheckpointMismatch,
     Progress,
     ShardWork,
@@ -61,7 +68,8 @@ class IndexConfig:
     name: str | None = None
     """URL name of the model; defaults to a slug of the spec."""
     tokens: int | None = None
-    """Cap on corpus tokens (rounded down to whole sequences)."""
+    """Cap on real corpus tokens (BOS included, padding not): sequences are taken in order
+    while their tokens fit (``indexer.corpus.iter_sequences``' ``max_tokens``)."""
     seq_len: int = 128
     batch_size: int = 16
     top_k: int = 20
@@ -123,6 +131,11 @@ class IndexReport:
     slug: str
     n_sequences: int = 0
     n_tokens: int = 0
+    """Real tokens indexed (BOS included, padding not)."""
+    n_documents: int = 0
+    """Documents indexed (each one's sequences all are)."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Documents skipped, by reason (``indexer.corpus``)."""
     seconds: float = 0.0
     pass_seconds: float = 0.0
     """Time in the streaming pass (model + statistics), without the final write."""
@@ -131,6 +144,25 @@ class IndexReport:
     @property
     def tokens_per_second(self) -> float:
         return self.n_tokens / self.pass_seconds if self.pass_seconds else 0.0
+
+    def corpus_summary(self) -> str:
+        """What was read and what was skipped, in one line: ``read 34 documents -> 40
+        sequences, 3,402 tokens; skipped 2 documents (empty or whitespace only)``."""
+        read = (
+            f"read {_count(self.n_documents, 'document')} -> "
+            f"{_count(self.n_sequences, 'sequence')}, {_count(self.n_tokens, 'token')}"
+        )
+        n_skipped = sum(self.skipped.values())
+        if len(self.skipped) == 1:
+            why = f" ({next(iter(self.skipped))})"
+        else:
+            why = ", ".join(f"{n:,} {reason}" for reason, n in sorted(self.skipped.items()))
+            why = f" ({why})" if why else ""
+        return f"{read}; skipped {_count(n_skipped, 'document')}{why}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def default_slug(spec: str) -> str:
@@ -176,10 +208,12 @@ class SourceStats:
         self.intervals.load_state_dict(state["intervals"])
         self.correlation.load_state_dict(state["correlation"])
 
-    def update(self, hook_act: torch.Tensor, first_sequence: int) -> None:  # [B, T, d]
-        acts = self.source.units(hook_act, self.skip)  # [B, T, units]
-        fold_batch(self.topk, self.intervals, acts, first_sequence)
-        self.correlation.update(acts, first_sequence)
+    def update(
+        self, hook_act: torch.Tensor, first_sequence: int, lengths: torch.Tensor | None = None
+    ) -> None:  # [B, T, d], lengths [B]
+        acts = self.source.units(hook_act, self.skip, lengths)  # [B, T, units]
+        fold_batch(self.topk, self.intervals, acts, first_sequence, lengths)
+        self.correlation.update(acts, first_sequence, lengths)
 
 
 def merge_source_states(a: dict, b: dict) -> dict:
@@ -207,10 +241,12 @@ class PassStats:
         for st in self.sources:
             self._by_hook.setdefault(st.source.hook, []).append(st)
 
-    def update(self, tokens: torch.Tensor, first_sequence: int) -> None:  # [B, T]
+    def update(
+        self, tokens: torch.Tensor, first_sequence: int, lengths: torch.Tensor | None = None
+    ) -> None:  # [B, T], lengths [B]: each row's real tokens (the rest is padding)
         def visit(hook: str, act: torch.Tensor) -> None:
             for st in self._by_hook[hook]:
-                st.update(act, first_sequence)
+                st.update(act, first_sequence, lengths)
 
         self.model.activations(tokens, sorted(self._by_hook), visit=visit)
 
@@ -272,7 +308,9 @@ def build_index(cfg: IndexConfig, model: Model | None = None) -> IndexReport:
         return IndexReport(
             slug=cfg.slug(),
             n_sequences=progress.n_sequences,
-            n_tokens=progress.n_sequences * cfg.seq_len,
+            n_tokens=progress.n_tokens,
+            n_documents=progress.n_documents,
+            skipped=dict(progress.skipped),
             pass_seconds=progress.seconds,
             seconds=progress.seconds,
             sources=[src.name for src in plan.sources],
@@ -286,12 +324,17 @@ def run_pass(plan: Plan, work: ShardWork) -> Progress:
     """The streaming pass over this shard's batches, from the last checkpoint on."""
     cfg, model = plan.cfg, plan.model
     progress = None if cfg.restart else work.load()
+    if progress is not None and progress.format != FORMAT:
+        raise CheckpointMismatch(
+            f"{work.folder} holds a checkpoint made by an older Spyglass, which cut the "
+            "corpus differently; run with --restart to discard it"
+        )
     if progress is not None and progress.fingerprint != cfg.fingerprint():
         raise CheckpointMismatch(
             f"{work.folder} holds a checkpoint of a run with other settings; "
             "run with --restart to discard it, or with the settings it was made with"
         )
-    progress = progress or Progress(cfg.fingerprint(), cfg.shard)
+    progress = progress or Progress(cfg.fingerprint(), cfg.shard, format=FORMAT)
     work.resume(progress, cfg.batch_size)  # drops sequences past it (all, for a new run)
     if progress.done:
         return progress
@@ -299,28 +342,30 @@ def run_pass(plan: Plan, work: ShardWork) -> Progress:
     for st in stats.sources if progress.states else ():
         st.load_state_dict(progress.states[st.source.name])
 
-    max_sequences = cfg.tokens // cfg.seq_len if cfg.tokens else None
+    # Counted afresh on every attempt: a resumed run reads the corpus from its start too.
+    skipped: Counter[str] = Counter()
     seqs = iter_sequences(
         cfg.corpus,
         model.tokenize,
         seq_len=cfg.seq_len,
         bos_id=model.bos_id,
-        max_sequences=max_sequences,
+        max_tokens=cfg.tokens,
         text_field=cfg.text_field,
         split=cfg.split,
+        skipped=skipped,
     )
     head = next(seqs, None)
     if head is None:
         raise ValueError(
-            f"the corpus {cfg.corpus!r} gave no sequence of {cfg.seq_len} tokens "
-            "(documents shorter than one sequence are skipped; try a smaller --seq-len)"
+            f"the corpus {cfg.corpus!r} gave no sequence: no document has any text "
+            f"(skipped: {dict(skipped) or 'none'})"
         )
     seqs = itertools.chain([head], seqs)
     shard, n_shards = cfg.shard
-    total = max_sequences * cfg.seq_len // n_shards if max_sequences else None
+    total = cfg.tokens // n_shards if cfg.tokens else None
     bar = tqdm(
         total=total,
-        initial=progress.n_sequences * cfg.seq_len,
+        initial=progress.n_tokens,
         unit="tok",
         unit_scale=True,
         desc=f"indexing {cfg.slug()}" + (f" shard {shard}/{n_shards}" if n_shards > 1 else ""),
@@ -331,6 +376,7 @@ def run_pass(plan: Plan, work: ShardWork) -> Progress:
 
     def checkpoint(next_batch: int, done: bool = False) -> None:
         progress.next_batch, progress.done = next_batch, done
+        progress.skipped = dict(skipped)
         progress.seconds = spent + time.perf_counter() - started
         progress.states = {}  # the last checkpoint's states must not outlive it
         progress.states = {st.source.name: st.state_dict() for st in stats.sources}
@@ -351,9 +397,13 @@ def run_pass(plan: Plan, work: ShardWork) -> Progress:
             work.add_sequences(
                 [(first + i, s.document, s.offset, s.tokens) for i, s in enumerate(batch)]
             )
-            stats.update(torch.tensor([s.tokens for s in batch]), first)
+            tokens, lengths = model.pad_batch([s.tokens for s in batch], cfg.seq_len)
+            stats.update(tokens, first, lengths)
+            real = int(lengths.sum())
             progress.n_sequences += len(batch)
-            bar.update(len(batch) * cfg.seq_len)
+            progress.n_tokens += real
+            progress.n_documents += sum(s.offset == 0 for s in batch)
+            bar.update(real)
             if time.perf_counter() - last_save >= cfg.checkpoint_every:
                 checkpoint(next_batch)
                 last_save = time.perf_counter()
@@ -370,6 +420,12 @@ def merge_shards(folders: Iterable[Path], *, db: str, progress: bool = True) -> 
     missing = [str(f) for f, p in found if p is None or not p.done]
     if not found or missing:
         raise ValueError(f"no finished shard in {', '.join(missing) or 'the given folders'}")
+    older = [str(f) for f, p in found if p.format != FORMAT]
+    if older:
+        raise ValueError(
+            f"{', '.join(older)}: shards made by an older Spyglass, which cut the corpus "
+            "differently; index them again"
+        )
     first = found[0][1]
     for folder, prog in found[1:]:
         if prog.fingerprint != first.fingerprint:
@@ -389,13 +445,19 @@ def merge_shards(folders: Iterable[Path], *, db: str, progress: bool = True) -> 
 def merge_progress(a: Progress, b: Progress) -> Progress:
     """Two finished shards' progress as one (states merged source by source)."""
     states = {name: merge_source_states(a.states[name], b.states[name]) for name in a.states}
+    reasons = a.skipped.keys() | b.skipped.keys()
     return Progress(
         a.fingerprint,
         (0, 1),
         n_sequences=a.n_sequences + b.n_sequences,
+        n_tokens=a.n_tokens + b.n_tokens,
+        n_documents=a.n_documents + b.n_documents,
+        # Every shard read the whole corpus: the same count each (max, should one differ).
+        skipped={r: max(a.skipped.get(r, 0), b.skipped.get(r, 0)) for r in sorted(reasons)},
         seconds=a.seconds + b.seconds,
         done=True,
         states=states,
+        format=min(a.format, b.format),
     )
 
 
@@ -406,14 +468,16 @@ def write_index(
     progress: Progress,
 ) -> IndexReport:
     """Write the index from the streamed ``states`` and the ``sequences`` (chunks of
-    ``(id, document, offset, tokens)`` rows) in one transaction: readers see the previous
-    index until it commits."""
+    ``(id, document, offset, tokens)`` rows, real tokens only) in one transaction: readers
+    see the previous index until it commits."""
     cfg, model = plan.cfg, plan.model
     started = time.perf_counter()
     report = IndexReport(
         slug=cfg.slug(),
         n_sequences=progress.n_sequences,
-        n_tokens=progress.n_sequences * cfg.seq_len,
+        n_tokens=progress.n_tokens,
+        n_documents=progress.n_documents,
+        skipped=dict(progress.skipped),
         pass_seconds=progress.seconds,
     )
     engine = storage.make_engine(cfg.db, create=True)
@@ -446,7 +510,11 @@ def write_index(
                 report.sources.append(src.name)
             report.seconds = progress.seconds + time.perf_counter() - started
             storage.finish_model(
-                conn, model_id, n_sequences=report.n_sequences, seconds=report.seconds
+                conn,
+                model_id,
+                n_sequences=report.n_sequences,
+                n_tokens=report.n_tokens,
+                seconds=report.seconds,
             )
     finally:
         engine.dispose()

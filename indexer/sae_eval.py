@@ -51,7 +51,9 @@ class _Sums:
 
 def evaluate_sae(sae: Sae, model: Model, cfg: EvalConfig) -> dict:
     hook = sae.cfg.hook_name
-    seqs = iter_sequences(cfg.corpus, model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id)
+    seqs = iter_sequences(
+        cfg.corpus, model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id, full_only=True
+    )
     seqs = itertools.islice(seqs, cfg.sequences)
     sums = _Sums(fires=torch.zeros(sae.cfg.d_sae, dtype=torch.long))
     while batch := list(itertools.islice(seqs, cfg.batch_size)):

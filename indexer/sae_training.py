@@ -243,7 +243,9 @@ class ActivationStream:
         """High-norm rows left out so far."""
         self.pending = pending
         """Rows read but not yet handed out, in the order they will be."""
-        seqs = iter_sequences(cfg.corpus, model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id)
+        seqs = iter_sequences(
+            cfg.corpus, model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id, full_only=True
+        )
         self._seqs = itertools.islice(seqs, cfg.holdout_sequences + sequences, None)
 
     def __iter__(self) -> Iterator[torch.Tensor]:

@@ -122,7 +122,12 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
     p.add_argument("--name", help="URL name of the model (default: derived from --model)")
     p.add_argument("--tokens", type=int, help="cap on corpus tokens (default: whole corpus)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=128,
+        help="most tokens per sequence (default 128); shorter documents and tails are kept",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
     p.add_argument("--top-k", type=int, default=20, help="top examples per unit (default 20)")
     p.add_argument(
@@ -277,8 +282,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     print(
-        f"merged {len(folders)} shards of {report.slug}: {report.n_sequences} sequences, "
-        f"{report.n_tokens} tokens, {len(report.sources)} sources -> {args.db}"
+        f"merged {len(folders)} shards of {report.slug}: {report.corpus_summary()}; "
+        f"{len(report.sources)} sources -> {args.db}"
     )
     return 0
 
@@ -315,13 +320,13 @@ def _run_index(cfg, *, ray: str | None = None, workers: int = 1) -> None:
     if cfg.shard != (0, 1):
         print(
             f"indexed {report.slug} shard {cfg.shard[0]}/{cfg.shard[1]}: "
-            f"{report.n_sequences} sequences, {report.n_tokens} tokens "
+            f"{report.corpus_summary()} "
             f"(pass {report.tokens_per_second:.0f} tok/s) -> {cfg.work_folder()}; "
             "join all shards with `spyglass merge`"
         )
         return
     print(
-        f"indexed {report.slug}: {report.n_sequences} sequences, {report.n_tokens} tokens, "
+        f"indexed {report.slug}: {report.corpus_summary()}; "
         f"{len(report.sources)} sources in {report.seconds:.0f} s "
         f"(pass {report.tokens_per_second:.0f} tok/s) -> {cfg.db}"
     )

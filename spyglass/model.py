@@ -204,6 +204,27 @@ class Model:
         ids = self.tokenize(text)
         return [self.bos_id, *ids] if self.bos_id is not None else ids
 
+    @property
+    def pad_id(self) -> int:
+        """The id right padding is made of: EOS, else BOS, else 0. Any id would do: a
+        causal model's real positions never see later ones, and the indexer leaves padded
+        positions out of every statistic."""
+        for i in (self.eos_id, self.bos_id):
+            if i is not None:
+                return i
+        return 0
+
+    def pad_batch(
+        self, sequences: Sequence[Sequence[int]], width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token lists of at most ``width`` ids as one batch: [B, width] ids, each row
+        padded on the right with ``pad_id``, and [B] their real lengths."""
+        lengths = [len(ids) for ids in sequences]
+        if any(n > width for n in lengths):
+            raise ValueError(f"a sequence of {max(lengths)} tokens does not fit in {width}")
+        rows = [[*ids, *[self.pad_id] * (width - len(ids))] for ids in sequences]
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(lengths, dtype=torch.long)
+
     def token_strings(self, ids: Sequence[int]) -> list[str]:
         """One display string per id (partial UTF-8 pieces show as U+FFFD)."""
         return [self._tokenizer.decode([i]) for i in ids]

@@ -21,15 +21,20 @@ MAX_NORM_RATIO = 10.0
 tokens: SAEs are neither trained nor evaluated on them, and their latents read 0."""
 
 
-def typical_rows(rows: torch.Tensor, ratio: float = MAX_NORM_RATIO) -> torch.Tensor:
-    """[rows] mask of rows [rows, d] whose norm is at most ``ratio`` x the batch's median.
+def typical_rows(
+    rows: torch.Tensor, ratio: float = MAX_NORM_RATIO, among: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[rows] mask of rows [rows, d] whose norm is at most ``ratio`` x the batch's median
+    (the median of the rows ``among`` [rows] marks, when given: a batch's real tokens,
+    not its padding).
 
     SmolLM2 has rare massive-activation tokens besides position 0 (norm ~25,000 against a
     median of ~140 at layer 12); the one rule for them, shared by training, evaluation
     and indexing.
     """
     norms = rows.norm(dim=-1)
-    return norms <= ratio * norms.median()
+    reference = norms if among is None else norms[among]
+    return norms <= ratio * reference.median()
 
 
 _HOOK_SHORT = {
@@ -58,13 +63,24 @@ class Source:
     sae_spec: str | None = None
     """Where the SAE was loaded from (a folder), for live requests."""
 
-    def units(self, act: torch.Tensor, skip_first: int) -> torch.Tensor:
-        """Unit activations [batch, pos, units] from the hook's activation [batch, pos, d]."""
+    def units(
+        self, act: torch.Tensor, skip_first: int, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unit activations [batch, pos, units] from the hook's activation [batch, pos, d].
+        ``lengths`` [batch]: each sequence's real tokens (None: all pos); an SAE's latents
+        read 0 on padding, which takes no part in the norm rule either."""
         if self.sae is None:
             return act
         rows = act.reshape(-1, act.shape[-1])
-        ok = typical_rows(rows)
-        ok &= (torch.arange(rows.shape[0], device=rows.device) % act.shape[1]) >= skip_first
+        position = torch.arange(rows.shape[0], device=rows.device) % act.shape[1]
+        real = None
+        if lengths is not None:
+            ends = lengths.to(rows.device).repeat_interleave(act.shape[1])
+            real = position < ends
+        ok = typical_rows(rows, among=real)
+        ok &= position >= skip_first
+        if real is not None:
+            ok &= real
         out = self.sae.encode(rows).float()  # every row, then the others zeroed: no copies
         out.index_fill_(0, (~ok).nonzero().squeeze(1), 0)  # a boolean mask took 3 ms
         return out.reshape(*act.shape[:2], self.n_units)

@@ -94,6 +94,7 @@ models = Table(
     Column("d_vocab", Integer, nullable=False),
     Column("seq_len", Integer, nullable=False),
     Column("n_sequences", Integer, nullable=False),
+    Column("n_tokens", Integer, nullable=False),
     Column("skip_first", Integer, nullable=False),
     Column("top_k", Integer, nullable=False),
     Column("options", Text),
@@ -363,7 +364,11 @@ class ModelRow:
     d_model: int
     d_vocab: int
     seq_len: int
+    """Most tokens a sequence holds: a document's last sequence may hold fewer."""
     n_sequences: int
+    n_tokens: int
+    """Real tokens of the sequences (BOS included; a short sequence's padding was never
+    part of the index)."""
     skip_first: int
     """Positions at the start of each sequence left out of unit statistics."""
     top_k: int
@@ -374,8 +379,10 @@ class ModelRow:
     """TransformerLens loading options of the indexed model (its SAEs' training options)."""
 
     @property
-    def n_tokens(self) -> int:
-        return self.n_sequences * self.seq_len
+    def unit_tokens(self) -> int:
+        """Tokens each unit's statistics were taken over: the real tokens less the first
+        ``skip_first`` of each sequence (every sequence holds at least one token)."""
+        return self.n_tokens - self.n_sequences * self.skip_first
 
 
 @dataclass(frozen=True)
@@ -426,6 +433,8 @@ class SequenceRow:
     offset: int
     """Index of this sequence's first document token in the document."""
     tokens: list[int]
+    """Its real tokens, BOS first when the model uses one: ``seq_len`` of them, or fewer in
+    a document's last sequence (never padding)."""
 
 
 # ---- writing (indexer) -------------------------------------------------------------
@@ -457,15 +466,23 @@ def replace_model(conn: Connection, slug: str, **fields) -> int:
     fields.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     fields.setdefault("seconds", 0.0)
     fields.setdefault("n_sequences", 0)
+    fields.setdefault("n_tokens", 0)
     return conn.execute(insert(models).values(slug=slug, **fields)).inserted_primary_key[0]
 
 
-def finish_model(conn: Connection, model_id: int, *, n_sequences: int, seconds: float) -> None:
-    conn.execute(
-        models.update()
-        .where(models.c.id == model_id)
-        .values(n_sequences=n_sequences, seconds=seconds)
-    )
+def finish_model(
+    conn: Connection,
+    model_id: int,
+    *,
+    n_sequences: int,
+    seconds: float,
+    n_tokens: int | None = None,
+) -> None:
+    """Record the finished run's counts (``n_tokens``: real tokens; kept as is if None)."""
+    counts = {"n_sequences": n_sequences, "seconds": seconds}
+    if n_tokens is not None:
+        counts["n_tokens"] = n_tokens
+    conn.execute(models.update().where(models.c.id == model_id).values(**counts))
 
 
 def _bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:

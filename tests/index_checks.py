@@ -79,9 +79,9 @@ class StoredIndex:
     examples: dict[int, list[list[storage.ExampleRow]]]
     """layer -> unit -> examples by rank."""
 
-    def tokens(self) -> torch.Tensor:
-        """[n_sequences, seq_len] token ids."""
-        return torch.tensor([s.tokens for s in self.sequences])
+    def token_lists(self) -> list[list[int]]:
+        """Each sequence's real token ids (a document's last sequence may be short)."""
+        return [s.tokens for s in self.sequences]
 
 
 def read_index(db: str, slug: str) -> StoredIndex:
@@ -106,20 +106,39 @@ def read_index(db: str, slug: str) -> StoredIndex:
 
 
 @torch.inference_mode()
-def fresh_mlp_acts(
-    hooked, tokens: torch.Tensor, layers: Sequence[int], batch_size: int = 16
-) -> dict[int, torch.Tensor]:
-    """``{layer: blocks.L.mlp.hook_post}`` [S, T, U] from plain ``run_with_cache`` calls."""
-    names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layers}
-    parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+def fresh_run(
+    hooked, sequences: Sequence[Sequence[int]], hooks: Sequence[str], batch_size: int = 16
+) -> dict[str, torch.Tensor]:
+    """``{hook: activations}`` [S, T, d] from plain ``run_with_cache`` calls on each
+    sequence as it is, never padded: sequences of one length run together, and positions
+    past a sequence's length hold NaN (T: the longest sequence)."""
+    width = max(len(ids) for ids in sequences)
+    out: dict[str, torch.Tensor] = {}
     device = next(hooked.parameters()).device
-    for lo in range(0, len(tokens), batch_size):
-        _, cache = hooked.run_with_cache(
-            tokens[lo : lo + batch_size].to(device), names_filter=lambda n: n in names
-        )
-        for name, layer in names.items():
-            parts[layer].append(cache[name].float().cpu())
-    return {layer: torch.cat(p) for layer, p in parts.items()}
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(sequences):
+        by_length.setdefault(len(ids), []).append(i)
+    for n, rows in sorted(by_length.items()):
+        for lo in range(0, len(rows), batch_size):
+            chunk = rows[lo : lo + batch_size]
+            tokens = torch.tensor([list(sequences[i]) for i in chunk], device=device)
+            _, cache = hooked.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+            for hook in hooks:
+                act = cache[hook].float().cpu()
+                if hook not in out:
+                    out[hook] = torch.full((len(sequences), width, act.shape[-1]), float("nan"))
+                out[hook][chunk, :n] = act
+    return out
+
+
+def fresh_mlp_acts(
+    hooked, sequences: Sequence[Sequence[int]], layers: Sequence[int], batch_size: int = 16
+) -> dict[int, torch.Tensor]:
+    """``{layer: blocks.L.mlp.hook_post}`` [S, T, U] from ``fresh_run`` (NaN past each
+    sequence's end)."""
+    names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layers}
+    acts = fresh_run(hooked, sequences, list(names), batch_size)
+    return {layer: acts[name] for name, layer in names.items()}
 
 
 def check_example_windows(
@@ -131,11 +150,13 @@ def check_example_windows(
     skip_first: int,
     atol: float,
 ) -> None:
-    """Each example's value and window against ``unit_acts`` [S, T] of the same unit."""
-    seq_len = unit_acts.shape[1]
+    """Each example's value and window against ``unit_acts`` [S, T] of the same unit (NaN
+    past each sequence's real tokens)."""
     assert [e.rank for e in examples] == list(range(len(examples)))
     for ex in examples:
         row = unit_acts[ex.sequence_id]
+        seq_len = int((~row.isnan()).sum())  # this sequence's real tokens
+        assert not row[:seq_len].isnan().any()
         assert skip_first <= ex.position < seq_len
         # Windows are the requested span trimmed to the sequence.
         assert ex.window_start == max(0, ex.position - before)
@@ -157,12 +178,14 @@ def check_layer_statistics(
 ) -> None:
     """Top-k values, max_act and density of every unit of ``layer`` against brute force.
 
-    ``acts`` [S, T, U] is the fresh recompute. ``zero_tol`` absorbs activations so close to
+    ``acts`` [S, T, U] is the fresh recompute, NaN past each sequence's real tokens (which
+    no statistic may count). ``zero_tol`` absorbs activations so close to
     0 that batched and unbatched float32 runs may disagree on their sign: such a token may
     or may not count as positive (and as an example) without failing the check.
     """
     k = stored.model.top_k
     eligible = acts[:, skip_first:, :].reshape(-1, acts.shape[-1])  # [S * (T - skip), U]
+    eligible = eligible[~eligible.isnan().any(1)]  # real tokens only
     n_eligible = eligible.shape[0]
     top = eligible.sort(dim=0, descending=True).values[:k]  # [k, U] brute-force top-k
     sure = (eligible > zero_tol).sum(0)

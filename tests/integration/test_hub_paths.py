@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from index_checks import read_index
+from index_checks import fresh_run, read_index
 from transformers import AutoTokenizer
 
 from indexer.pipeline import build_index
@@ -58,7 +58,7 @@ def test_hf_dataset_folder_indexes_end_to_end(tiny_model_dir: Path, tmp_path: Pa
     rows = [
         {"text": "the fox runs over the river and the owl sleeps in the forest " * 6, "n": 0},
         {"text": None, "n": 1},  # null cells are skipped, as on the hub
-        {"text": "short", "n": 2},  # shorter than one sequence: yields nothing
+        {"text": "short", "n": 2},  # shorter than one sequence: a sequence of its own
         {"text": "def f(x):\n    return x * 2\n" * 8, "n": 3},
     ]
     data = tmp_path / "my-dataset"
@@ -86,12 +86,14 @@ def test_hf_dataset_folder_indexes_end_to_end(tiny_model_dir: Path, tmp_path: Pa
     expected = []
     for i, row in enumerate(rows):
         ids = tok(row["text"] or "", add_special_tokens=False)["input_ids"]
-        for start in range(0, len(ids) - body + 1, body):
+        for start in range(0, len(ids), body):
             expected.append((f"{data}:row {i}", start, ids[start : start + body]))
     assert report.n_sequences == len(expected) > 0
+    assert report.n_documents == 3 and report.skipped == {"empty or whitespace only": 1}
+    assert report.n_tokens == sum(len(ids) + 1 for _, _, ids in expected)
     got = [(s.document, s.offset, s.tokens[1:]) for s in stored.sequences]
     assert got == expected
-    assert {doc for doc, _, _ in got} == {f"{data}:row 0", f"{data}:row 3"}
+    assert {doc for doc, _, _ in got} == {f"{data}:row {i}" for i in (0, 2, 3)}
     assert [s.name for s in stored.sources] == ["0-mlp", "1-mlp"]
     assert stored.model.corpus == f"hf:{data}"
 
@@ -301,12 +303,11 @@ def test_an_sae_loads_the_model_the_way_it_was_trained(
     build_index(cfg)
     stored = read_index(cfg.db, "gpt2")
     assert stored.model.options == options
-    tokens = stored.tokens()
     maxima = {}
     for name, kwargs in (("trained", options), ("default", {})):
         tl = HookedTransformer.from_pretrained("gpt2", device="cpu", **kwargs)
-        _, cache = tl.run_with_cache(tokens, names_filter=hook)
-        acts = sae.encode(cache[hook][:, 1:, :].reshape(-1, 16))
+        x = fresh_run(tl, stored.token_lists(), [hook])[hook][:, 1:, :].reshape(-1, 16)
+        acts = sae.encode(x[~x.isnan().any(1)])  # real tokens, BOS aside
         maxima[name] = acts.amax(0)
     got = torch.tensor([u.max_act for u in stored.units[0]])
     torch.testing.assert_close(got, maxima["trained"], atol=1e-4, rtol=1e-4)

@@ -48,7 +48,7 @@ def stored(tiny_index) -> StoredIndex:
 @pytest.fixture(scope="module")
 def fresh_acts(hooked, stored: StoredIndex) -> dict[int, torch.Tensor]:
     """{layer: [S, T, d_mlp]} over every stored sequence."""
-    return fresh_mlp_acts(hooked, stored.tokens(), [0, 1])
+    return fresh_mlp_acts(hooked, stored.token_lists(), [0, 1])
 
 
 def table_count(db: str, table, model_id: int | None = None) -> int:
@@ -105,16 +105,17 @@ def test_saved_config_round_trips(tiny_model_dir: Path, hooked):
 
 
 def test_sequences_are_the_corpus(tiny_index, stored: StoredIndex):
+    """Every document, whole: consecutive chunks of at most seq_len - 1 tokens after BOS,
+    the last one (or a short document's only one) holding what remains, never padding."""
     tok = AutoTokenizer.from_pretrained(tiny_index.model_dir / "tokenizer")
     bos = tok.convert_tokens_to_ids("<bos>")
     body = tiny_index.config.seq_len - 1  # BOS takes the first slot
     by_doc: dict[str, list[int]] = {}
     for seq in stored.sequences:
-        assert len(seq.tokens) == tiny_index.config.seq_len
+        assert 2 <= len(seq.tokens) <= tiny_index.config.seq_len
         assert seq.tokens[0] == bos
         text = (tiny_index.corpus_dir / seq.document).read_text(encoding="utf-8")
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        # A slice past the document's end would come back short: no sequence spans two.
         assert seq.tokens[1:] == ids[seq.offset : seq.offset + body], seq.document
         by_doc.setdefault(seq.document, []).append(seq.offset)
 
@@ -122,12 +123,17 @@ def test_sequences_are_the_corpus(tiny_index, stored: StoredIndex):
         p.relative_to(tiny_index.corpus_dir).as_posix()
         for p in tiny_index.corpus_dir.rglob("*.txt")
     }
-    assert set(by_doc) == files - {"short.txt"}, "every long-enough file is indexed"
+    assert set(by_doc) == files, "every file is indexed"
+    n_tokens = 0
     for doc, offsets in by_doc.items():
         text = (tiny_index.corpus_dir / doc).read_text(encoding="utf-8")
         n_ids = len(tok(text, add_special_tokens=False)["input_ids"])
-        # Consecutive chunks from the start; only the short tail is dropped.
-        assert offsets == list(range(0, n_ids - body + 1, body)), doc
+        assert offsets == list(range(0, n_ids, body)), doc
+        n_tokens += n_ids + len(offsets)  # each sequence's BOS
+    report = tiny_index.report
+    assert report.n_documents == len(files) and report.skipped == {}
+    assert stored.model.n_tokens == report.n_tokens == n_tokens
+    assert stored.model.n_sequences == report.n_sequences == len(stored.sequences)
 
 
 def test_markup_reaches_stored_sequences(tiny_index, stored: StoredIndex):
@@ -138,10 +144,13 @@ def test_markup_reaches_stored_sequences(tiny_index, stored: StoredIndex):
     assert any("&amp;" in t for t in texts)
 
 
-def test_short_document_yields_nothing(tiny_index):
+def test_short_document_is_one_sequence(tiny_index, stored: StoredIndex):
     tok = AutoTokenizer.from_pretrained(tiny_index.model_dir / "tokenizer")
     text = (tiny_index.corpus_dir / "short.txt").read_text(encoding="utf-8")
-    assert len(tok(text, add_special_tokens=False)["input_ids"]) < tiny_index.config.seq_len - 1
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) < tiny_index.config.seq_len - 1
+    [seq] = [s for s in stored.sequences if s.document == "short.txt"]
+    assert seq.offset == 0 and seq.tokens[1:] == ids
 
 
 # ---- stored activations are the model's ---------------------------------------------------
@@ -250,15 +259,15 @@ def test_first_token_in_or_out(
     stored = read_index(cfg.db, "sink")
     skip = 0 if include_first_token else 1
     assert stored.model.skip_first == skip
-    acts = fresh_mlp_acts(fresh_hooked(sink_model_dir), stored.tokens(), [0, 1])
+    acts = fresh_mlp_acts(fresh_hooked(sink_model_dir), stored.token_lists(), [0, 1])
     sink = acts[0][:, :, SINK_UNIT]
+    real = ~sink.isnan()
+    real[:, 0] = False  # every position but BOS
     # The edit did what it says: positive at BOS, negative everywhere else.
     assert (sink[:, 0] > 1).all()
-    torch.testing.assert_close(
-        sink[:, 1:], torch.full_like(sink[:, 1:], -0.1587), atol=1e-3, rtol=0
-    )
+    torch.testing.assert_close(sink[real], torch.full_like(sink[real], -0.1587), atol=1e-3, rtol=0)
     loud = acts[0][:, :, LOUD_UNIT]
-    assert loud[:, 0].min() > loud[:, 1:].max() > 0
+    assert loud[:, 0].min() > loud[real].max() > 0
 
     for layer in (0, 1):
         check_layer_statistics(
@@ -279,7 +288,9 @@ def test_first_token_in_or_out(
     if include_first_token:
         assert [e.position for e in examples] == [0] * cfg.top_k
         assert unit.max_act == pytest.approx(sink[0, 0].item(), abs=ATOL)
-        assert unit.density == pytest.approx(1 / cfg.seq_len, abs=1e-6)
+        # Fires at every BOS: one token per sequence, of all the real tokens.
+        n_tokens = sum(len(s.tokens) for s in stored.sequences)
+        assert unit.density == pytest.approx(len(stored.sequences) / n_tokens, abs=1e-6)
         assert [e.position for e in stored.examples[0][LOUD_UNIT]] == [0] * cfg.top_k
     else:
         assert examples == [], "position 0 leaked into top-k"

@@ -8,7 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from index_checks import check_example_windows, check_layer_statistics, fresh_hooked, read_index
+from index_checks import (
+    check_example_windows,
+    check_layer_statistics,
+    fresh_hooked,
+    fresh_run,
+    read_index,
+)
 from safetensors.torch import load_file
 
 from app.main import create_app
@@ -49,19 +55,32 @@ def sae_index(tiny_index, sae_dir, tmp_path_factory):
 
 def brute_force_latents(sae_dir, hooked, stored, batch_size: int) -> torch.Tensor:
     """Latent activations [S, T, 32] computed here: a fresh TL run, the saved weights, and
-    the indexer's stated rule (position 0 and rows over 10x their batch's median norm read 0)."""
+    the indexer's stated rule (position 0 and rows over 10x the median norm of their
+    batch's real tokens read 0); NaN past each sequence's end."""
     w = load_file(sae_dir / "sae_weights.safetensors")
-    tokens = torch.tensor([s.tokens for s in stored.sequences])
-    out = []
-    for lo in range(0, len(tokens), batch_size):
-        _, cache = hooked.run_with_cache(tokens[lo : lo + batch_size], names_filter=HOOK)
-        x = cache[HOOK]  # [b, T, d]
+
+    def encode(x):
         pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
         top = pre.topk(4, dim=-1)
-        f = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-        norms = x.norm(dim=-1)
-        f[norms > 10 * norms.flatten().median()] = 0
+        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+
+    return fresh_latents(hooked, stored, batch_size, encode)
+
+
+def fresh_latents(hooked, stored, batch_size: int, encode) -> torch.Tensor:
+    """``encode`` of the fresh, unpadded run at HOOK, with the indexer's rule applied over
+    the index's batches of ``batch_size`` consecutive sequences."""
+    acts = fresh_run(hooked, stored.token_lists(), [HOOK])[HOOK]  # [S, T, d], NaN padding
+    out = []
+    for lo in range(0, len(acts), batch_size):
+        x = acts[lo : lo + batch_size]
+        real = ~x.isnan().any(-1)  # [b, T]
+        with torch.no_grad():
+            f = encode(x.nan_to_num(0))
+        norms = x.nan_to_num(0).norm(dim=-1)
+        f[norms > 10 * norms[real].median()] = 0
         f[:, 0] = 0
+        f[~real] = float("nan")
         out.append(f)
     return torch.cat(out)
 
@@ -78,6 +97,7 @@ def test_latent_statistics_equal_brute_force(sae_index, sae_dir, tiny_model_dir)
     assert sum(len(e) for e in stored.examples[0]) > 32  # latents do fire
     # Latent correlations use every token (position 0 aside): Pearson by brute force.
     x = latents[:, 1:, :].reshape(-1, 32).double()
+    x = x[~x.isnan().any(1)]  # real tokens only
     corr = torch.corrcoef(x.t())
     for unit in range(32):
         stats = stored.units[0][unit].stats
@@ -190,20 +210,9 @@ def test_an_sae_saved_by_sae_lens_itself_indexes(tiny_index, tiny_model_dir, tmp
     report = build_index(replace(tiny_index.config, db=str(db), name="jr", layers=(), saes=saes))
     assert report.sources == ["0-res-jumprelu-24"]
     stored = read_index(str(db), "jr")
-    tokens = torch.tensor([s.tokens for s in stored.sequences])
-    parts = []
-    for lo in range(0, len(tokens), 3):  # the index's batches, for the median-norm rule
-        _, cache = fresh_hooked(tiny_model_dir).run_with_cache(
-            tokens[lo : lo + 3], names_filter=HOOK
-        )
-        x = cache[HOOK]
-        with torch.no_grad():
-            f = theirs.encode(x)  # sae-lens's own encode
-        norms = x.norm(dim=-1)
-        f[norms > 10 * norms.flatten().median()] = 0
-        f[:, 0] = 0
-        parts.append(f)
-    check_layer_statistics(stored, 0, torch.cat(parts), skip_first=1, atol=1e-5, zero_tol=1e-6)
+    # The index's batches of 3, for the median-norm rule; sae-lens's own encode.
+    latents = fresh_latents(fresh_hooked(tiny_model_dir), stored, 3, theirs.encode)
+    check_layer_statistics(stored, 0, latents, skip_first=1, atol=1e-5, zero_tol=1e-6)
 
 
 def test_steering_latents_and_neurons_together(client, sae_dir):

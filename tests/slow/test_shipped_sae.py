@@ -26,7 +26,9 @@ def test_the_shipped_sae_encodes_identically_in_sae_lens():
         4608,
         32,
     )
-    seqs = itertools.islice(iter_sequences("embedded", model.tokenize, seq_len=64), 300, 304)
+    seqs = itertools.islice(
+        iter_sequences("embedded", model.tokenize, seq_len=64, full_only=True), 300, 304
+    )
     tokens = torch.tensor([s.tokens for s in seqs])
     x = model.activations(tokens, [ours.cfg.hook_name])[ours.cfg.hook_name][:, 1:].reshape(-1, 576)
     theirs = sae_lens.SAE.load_from_disk(str(SHIPPED))

@@ -1,9 +1,12 @@
-"""Unit tests for indexer.corpus: specs, chunking rules and the embedded corpus."""
+"""Unit tests for indexer.corpus: specs, chunking rules (every document, never across
+documents), skip counts and the embedded corpus."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,8 @@ import pytest
 from indexer.corpus import (
     _TOKEN_RATE_SAMPLE_CHARS,
     EMBEDDED_OPEN_DOCUMENTS,
+    SKIPPED_BLANK,
+    SKIPPED_NO_TOKENS,
     CorpusError,
     Document,
     Sequence,
@@ -35,16 +40,38 @@ def all_documents(spec: str, **kwargs: str) -> list[Document]:
 def assert_sequences_match_documents(
     seqs: list[Sequence], docs: list[Document], seq_len: int, bos_id: int | None
 ) -> None:
+    """Each sequence is its document's tokens from its offset on, BOS first when used: a
+    whole seq_len of them, or (its document's last) what remains."""
     texts = {doc.name: doc.text for doc in docs}
     body = seq_len - 1 if bos_id is not None else seq_len
     for seq in seqs:
-        assert len(seq.tokens) == seq_len
         ids = char_tokenize(texts[seq.document])
-        assert seq.offset + body <= len(ids), "a sequence ran past the end of its document"
         expected = ids[seq.offset : seq.offset + body]
         if bos_id is not None:
             expected = [bos_id, *expected]
         assert seq.tokens == expected
+        assert seq.length == len(seq.tokens) <= seq_len
+        last = seq.offset + body >= len(ids)
+        assert last or seq.length == seq_len, "only a document's last sequence may be short"
+
+
+def assert_every_token_once(seqs: list[Sequence], docs: list[Document], bos_id: int | None):
+    """Each non-blank document's sequences, in stream order, are consecutive chunks from
+    offset 0 whose bodies join up to exactly its tokens: no document lost, no token lost or
+    repeated, nothing from another document."""
+    skip = 1 if bos_id is not None else 0
+    by_doc: dict[str, list[Sequence]] = {}
+    for seq in seqs:
+        by_doc.setdefault(seq.document, []).append(seq)
+    assert set(by_doc) == {d.name for d in docs if d.text.strip()}
+    for doc in docs:
+        if not doc.text.strip():
+            continue
+        parts = by_doc[doc.name]
+        offsets = [s.offset for s in parts]
+        assert offsets[0] == 0 and offsets == sorted(set(offsets))
+        joined = [t for s in parts for t in s.tokens[skip:]]
+        assert joined == char_tokenize(doc.text), doc.name
 
 
 @pytest.fixture
@@ -62,15 +89,33 @@ def txt_dir(tmp_path: Path) -> Path:
 # ---------------------------------------------------------------- chunking
 
 
-def test_chunks_are_exact_consecutive_and_drop_short_tails(txt_dir: Path) -> None:
+def test_chunks_are_exact_consecutive_and_keep_short_tails(txt_dir: Path) -> None:
     seqs = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=10))
     docs = all_documents(str(txt_dir))
     assert_sequences_match_documents(seqs, docs, seq_len=10, bos_id=None)
-    assert [(s.document, s.offset) for s in seqs] == [
+    assert_every_token_once(seqs, docs, bos_id=None)
+    assert [(s.document, s.offset, s.length) for s in seqs] == [
+        ("a.txt", 0, 10),
+        ("a.txt", 10, 10),
+        ("a.txt", 20, 3),  # 23 chars: the 3-char tail is a sequence of its own
+        ("b.txt", 0, 10),
+        ("b.txt", 10, 10),
+        ("b.txt", 20, 5),
+        ("sub/c.txt", 0, 5),  # shorter than a sequence: kept whole
+    ]
+
+
+def test_full_only_keeps_whole_chunks_in_the_same_order(txt_dir: Path) -> None:
+    """SAE training and evaluation read only whole sequences: the stream the shipped SAE
+    was trained on and held out from, whatever the indexer keeps besides."""
+    whole = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=10, full_only=True))
+    every = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=10))
+    assert whole == [s for s in every if s.length == 10]
+    assert [(s.document, s.offset) for s in whole] == [
         ("a.txt", 0),
-        ("a.txt", 10),  # 23 chars: the 3-char tail is dropped
+        ("a.txt", 10),
         ("b.txt", 0),
-        ("b.txt", 10),  # 25 chars: the 5-char tail is dropped
+        ("b.txt", 10),
     ]
 
 
@@ -78,27 +123,87 @@ def test_bos_prefix_and_offsets(txt_dir: Path) -> None:
     seqs = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=8, bos_id=99))
     docs = all_documents(str(txt_dir))
     assert_sequences_match_documents(seqs, docs, seq_len=8, bos_id=99)
+    assert_every_token_once(seqs, docs, bos_id=99)
     assert all(s.tokens[0] == 99 for s in seqs)
-    # 7 document tokens per sequence: a.txt (23) -> 3 chunks, b.txt (25) -> 3 chunks.
-    assert [(s.document, s.offset) for s in seqs] == [
-        ("a.txt", 0),
-        ("a.txt", 7),
-        ("a.txt", 14),
-        ("b.txt", 0),
-        ("b.txt", 7),
-        ("b.txt", 14),
+    # 7 document tokens per sequence after BOS: a.txt (23) -> 3 chunks and a tail of 2,
+    # b.txt (25) -> 3 chunks and a tail of 4; lengths count BOS.
+    assert [(s.document, s.offset, s.length) for s in seqs] == [
+        ("a.txt", 0, 8),
+        ("a.txt", 7, 8),
+        ("a.txt", 14, 8),
+        ("a.txt", 21, 3),
+        ("b.txt", 0, 8),
+        ("b.txt", 7, 8),
+        ("b.txt", 14, 8),
+        ("b.txt", 21, 5),
+        ("sub/c.txt", 0, 6),
+    ]
+
+
+def test_a_document_of_exactly_one_body_is_one_sequence(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": "x" * n}) + "\n" for n in (7, 14, 1)))
+    seqs = list(iter_sequences(str(path), char_tokenize, seq_len=8, bos_id=99))
+    assert [(s.document, s.offset, s.length) for s in seqs] == [
+        ("docs.jsonl:1", 0, 8),
+        ("docs.jsonl:2", 0, 8),
+        ("docs.jsonl:2", 7, 8),  # no empty sequence after a document that fills its last
+        ("docs.jsonl:3", 0, 2),  # BOS and one token
     ]
 
 
 def test_sequences_never_span_documents(tmp_path: Path) -> None:
     path = tmp_path / "docs.jsonl"
-    lines = [json.dumps({"text": chr(ord("a") + i) * (5 + 3 * i)}) for i in range(8)]
+    lines = [json.dumps({"text": chr(ord("a") + i) * (1 + 3 * i)}) for i in range(8)]
     path.write_text("\n".join(lines) + "\n")
     seqs = list(iter_sequences(str(path), char_tokenize, seq_len=6))
     # Each document is a single repeated letter, so a sequence spanning two would mix ids.
-    assert seqs
     assert all(len(set(s.tokens)) == 1 for s in seqs)
-    assert_sequences_match_documents(seqs, all_documents(str(path)), seq_len=6, bos_id=None)
+    docs = all_documents(str(path))
+    assert_sequences_match_documents(seqs, docs, seq_len=6, bos_id=None)
+    assert_every_token_once(seqs, docs, bos_id=None)
+    assert sum(s.length for s in seqs) == sum(len(d.text) for d in docs)
+
+
+@pytest.mark.parametrize("bos_id", [None, 7])
+@pytest.mark.parametrize("seq_len", [2, 3, 5, 16])
+def test_many_short_documents_are_all_indexed(tmp_path: Path, seq_len, bos_id) -> None:
+    """Documents of every length around seq_len, blank ones among them: every token of
+    every non-blank document lands in exactly one sequence; blank ones are counted."""
+    rng = random.Random(seq_len)
+    texts = [
+        "".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 3 * seq_len)))
+        for _ in range(40)
+    ]
+    texts[3], texts[17], texts[30] = "   ", "\n\t", ""
+    path = tmp_path / "short.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    skipped: Counter[str] = Counter()
+    seqs = list(
+        iter_sequences(str(path), char_tokenize, seq_len=seq_len, bos_id=bos_id, skipped=skipped)
+    )
+    docs = all_documents(str(path))
+    assert len(docs) == 40
+    assert_sequences_match_documents(seqs, docs, seq_len=seq_len, bos_id=bos_id)
+    assert_every_token_once(seqs, docs, bos_id=bos_id)
+    assert skipped == {SKIPPED_BLANK: 3}
+    n_bos = len(seqs) if bos_id is not None else 0
+    assert sum(s.length for s in seqs) == sum(len(t) for t in texts if t.strip()) + n_bos
+    assert sum(s.offset == 0 for s in seqs) == 37, "one first sequence per document"
+
+
+def test_skipped_documents_are_counted_by_reason(txt_dir: Path) -> None:
+    skipped: Counter[str] = Counter()
+    list(iter_sequences(str(txt_dir), char_tokenize, seq_len=4, skipped=skipped))
+    assert skipped == {SKIPPED_BLANK: 1}  # blank.txt
+
+    def nothing_for_c(text: str) -> list[int]:
+        return [] if text == "short" else char_tokenize(text)
+
+    skipped = Counter()
+    seqs = list(iter_sequences(str(txt_dir), nothing_for_c, seq_len=4, skipped=skipped))
+    assert skipped == {SKIPPED_BLANK: 1, SKIPPED_NO_TOKENS: 1}
+    assert "sub/c.txt" not in {s.document for s in seqs}
 
 
 def test_max_sequences_caps_output(txt_dir: Path) -> None:
@@ -107,6 +212,21 @@ def test_max_sequences_caps_output(txt_dir: Path) -> None:
     uncapped = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=5))
     capped = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=5, max_sequences=1000))
     assert capped == uncapped
+
+
+def test_max_tokens_caps_real_tokens(txt_dir: Path) -> None:
+    """A token budget counts real tokens (sequences are no longer all seq_len long) and
+    stops before the first sequence that does not fit: a prefix of the stream."""
+    uncapped = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=10))
+    lengths = [s.length for s in uncapped]  # 10, 10, 3, 10, 10, 5, 5
+    for budget in range(sum(lengths) + 2):
+        got = list(iter_sequences(str(txt_dir), char_tokenize, seq_len=10, max_tokens=budget))
+        n = 0
+        while n < len(lengths) and sum(lengths[: n + 1]) <= budget:
+            n += 1
+        assert got == uncapped[:n], budget
+    with pytest.raises(ValueError, match="max_tokens"):
+        iter_sequences(str(txt_dir), char_tokenize, max_tokens=-1)
 
 
 def test_seq_len_must_be_at_least_two(txt_dir: Path) -> None:
@@ -173,11 +293,24 @@ def test_hf_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     docs = all_documents(f"hf:{folder}", text_field="content")
-    assert docs == [Document(f"{folder}:row 0", "alpha " * 3), Document(f"{folder}:row 2", "b")]
+    assert docs == [
+        Document(f"{folder}:row 0", "alpha " * 3),
+        Document(f"{folder}:row 1", ""),  # a null cell: an empty document
+        Document(f"{folder}:row 2", "b"),
+    ]
 
-    seqs = list(iter_sequences(f"hf:{folder}", char_tokenize, seq_len=6, text_field="content"))
-    # 18 characters -> three chunks; the one-character row is too short for a sequence.
-    assert [(s.document, s.offset) for s in seqs] == [(f"{folder}:row 0", i) for i in (0, 6, 12)]
+    skipped: Counter[str] = Counter()
+    seqs = list(
+        iter_sequences(
+            f"hf:{folder}", char_tokenize, seq_len=6, text_field="content", skipped=skipped
+        )
+    )
+    # 18 characters -> three chunks; the one-character row is a sequence of its own.
+    assert [(s.document, s.offset) for s in seqs] == [
+        *((f"{folder}:row 0", i) for i in (0, 6, 12)),
+        (f"{folder}:row 2", 0),
+    ]
+    assert skipped == {SKIPPED_BLANK: 1}
 
     with pytest.raises(CorpusError, match=r"no 'text' column \(columns: content, n\)"):
         document_streams(f"hf:{folder}")
@@ -224,15 +357,23 @@ def test_embedded_prefix_shares_follow_family_sizes() -> None:
     sizes = embedded_family_tokens(char_tokenize)
     chars = [sum(len(d.text) for d in s) for s in document_streams("embedded")]
     assert sizes == pytest.approx(chars)
+    assert any(s.length < 64 for s in seqs), "short sequences make tokens and counts differ"
     for prefix, weight in zip(EMBEDDED_PREFIXES, sizes, strict=True):
         for upto in (n // 3, n):
-            count = sum(s.document.startswith(prefix) for s in seqs[:upto])
-            assert abs(count - upto * weight / sum(sizes)) <= 1.5, (prefix, upto, count)
+            # Shares are in tokens, to within one sequence: short documents do not make a
+            # family's share of the text smaller.
+            total = sum(s.length for s in seqs[:upto])
+            tokens = sum(s.length for s in seqs[:upto] if s.document.startswith(prefix))
+            assert abs(tokens - total * weight / sum(sizes)) <= 1.5 * 64, (prefix, upto, tokens)
 
 
 def test_proportional_merge_drops_exhausted_streams_and_keeps_order() -> None:
     a, b = iter(["a1", "a2", "a3", "a4", "a5", "a6"]), iter(["b1"])
     assert list(_proportional([a, b], [3, 1])) == ["a1", "b1", "a2", "a3", "a4", "a5", "a6"]
+    # Sized items: a stream of short items takes more turns for the same share.
+    a, b = iter(["aaaa", "aaaa", "aaaa"]), iter(["b", "b", "b", "b", "b", "b", "b", "b"])
+    merged = "".join(_proportional([a, b], [1, 1], size=len))
+    assert merged == "aaaabbbbaaaabbbbaaaa"
     with pytest.raises(ValueError, match="positive"):
         list(_proportional([iter([])], [0]))
 
