@@ -74,15 +74,16 @@ def check_text(text: str, settings: Settings, field: str = "prompt") -> None:
 
 
 def check_tokens(model: Model, text: str, settings: Settings, field: str = "prompt") -> list[int]:
-    """The prompt's ids (BOS first where the model uses one), checked after tokenizing."""
+    """The prompt's ids (BOS first where the model uses one), checked after tokenizing:
+    within ``max_prompt_tokens`` and the model's context."""
     ids = model.encode_prompt(text)
     if len(ids) == (model.bos_id is not None):
         raise LimitError(f"{field} tokenizes to no tokens", field=field, rule="no_tokens")
-    if len(ids) > settings.max_prompt_tokens:
+    limit = min(settings.max_prompt_tokens, model.n_ctx)
+    if len(ids) > limit:
+        why = "the limit" if limit == settings.max_prompt_tokens else "the model's context"
         raise LimitError(
-            f"{field} is {len(ids)} tokens; the limit is {settings.max_prompt_tokens}",
-            field=field,
-            rule="max_tokens",
+            f"{field} is {len(ids)} tokens; {why} is {limit}", field=field, rule="max_tokens"
         )
     return ids
 

@@ -1,128 +1,34 @@
-"""The unit page in a real browser: Debian's Chromium driven by Playwright (sync API).
-
-The app is served for real by uvicorn on a loopback port over the shared ``tiny_index``.
-No browser is ever downloaded: the tests skip when /usr/bin/chromium is missing.
-"""
+"""The unit page in a real browser (see conftest.py), served over the shared ``tiny_index``."""
 
 from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from served import get_json, serve
 
 from app.render import fmt, visible
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking flags Chromium's connections are refused on a closed network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 15_000
 SOURCE = "0-mlp"
-
-
-# ---- fixtures ----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.load(resp)
 
 
 @pytest.fixture(scope="module")
 def base_url(tiny_index) -> Iterator[str]:
-    """The app served by uvicorn on 127.0.0.1 in a background thread."""
-    import uvicorn
-
-    from app.main import create_app
-    from spyglass.settings import Settings
-
-    app = create_app(Settings(db=tiny_index.db))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="spyglass-uvicorn", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/.json", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            pytest.fail("uvicorn did not start answering on " + url)
-        time.sleep(0.05)
-    try:
+    with serve(tiny_index.db) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def dialogs() -> list[tuple[str, str, str]]:
-    """(type, message, default value) of every dialog the page opened; each is dismissed."""
-    return []
-
-
-@pytest.fixture
-def page(browser, base_url, dialogs):
-    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    pg = context.new_page()
-
-    def on_dialog(d) -> None:
-        dialogs.append((d.type, d.message, d.default_value))
-        d.dismiss()
-
-    pg.on("dialog", on_dialog)
-    yield pg
-    context.close()
 
 
 @pytest.fixture(scope="module")
 def unit_with_examples(base_url) -> int:
     """A unit of 0-mlp whose page has top examples (highest max activation first)."""
-    src = _get_json(f"{base_url}/tiny/{SOURCE}.json")
+    src = get_json(f"{base_url}/tiny/{SOURCE}.json")
     for row in src["units"]:
-        if _get_json(f"{base_url}/tiny/{SOURCE}/{row['index']}.json")["examples"]:
+        if get_json(f"{base_url}/tiny/{SOURCE}/{row['index']}.json")["examples"]:
             return row["index"]
     pytest.fail("no unit of 0-mlp has examples")
 
@@ -230,10 +136,10 @@ def test_steering_form_shows_both_completions_and_errors(page, unit_with_example
 
 
 def test_script_in_the_corpus_shows_as_text(page, base_url, dialogs):
-    model = _get_json(f"{base_url}/tiny.json")["model"]
+    model = get_json(f"{base_url}/tiny.json")["model"]
     hostile = None
     for sid in range(model["n_sequences"]):
-        seq = _get_json(f"{base_url}/tiny/sequences/{sid}.json")
+        seq = get_json(f"{base_url}/tiny/sequences/{sid}.json")
         text = "".join(seq["tokens"])
         if "<script" in text:
             hostile = (sid, text)
@@ -283,7 +189,7 @@ def test_screenshot_of_the_unit_page(page, unit_with_examples, tmp_path):
 
 def test_histograms_intervals_and_neighbours_render(page, base_url, unit_with_examples):
     _open_unit(page, unit_with_examples)
-    data = _get_json(f"{base_url}/tiny/{SOURCE}/{unit_with_examples}.json")
+    data = get_json(f"{base_url}/tiny/{SOURCE}/{unit_with_examples}.json")
     # Plotly drew both charts: one bar per histogram bin.
     page.wait_for_selector("#activation-plot .bars path")
     bars = page.locator("#activation-plot .bars .point")
@@ -346,7 +252,7 @@ def test_steering_several_units_from_the_form(page, base_url):
     page.locator("#steer-units-form button[type=submit]").click()
     page.wait_for_selector("#steer-result")
     share = page.locator("#share").get_attribute("href")
-    data = _get_json(f"{base_url}{share.replace('/steer?', '/steer.json?')}")
+    data = get_json(f"{base_url}{share.replace('/steer?', '/steer.json?')}")
     assert [u["mode"] for u in data["units"]] == ["add", "clamp"]
     assert page.locator("#steered .gen").count() == len(data["steered"]["tokens"])
     assert page.locator("#steered .gen.diverged").count() == (
@@ -360,7 +266,7 @@ def test_ablation_effect_loads_under_an_example(page, base_url, unit_with_exampl
     _open_unit(page, unit_with_examples)
     page.locator("#example-0 button.ablate").click()
     page.wait_for_selector("#ablation-slot-0 .ablation .tok")
-    data = _get_json(f"{base_url}/tiny/{SOURCE}/{unit_with_examples}/examples/0/ablation.json")
+    data = get_json(f"{base_url}/tiny/{SOURCE}/{unit_with_examples}/examples/0/ablation.json")
     toks = page.locator("#ablation-slot-0 .tok")
     assert toks.count() == len(data["tokens"])
     with_effect = page.locator("#ablation-slot-0 .tok[title]")
@@ -372,7 +278,7 @@ def test_attribution_page_draws_its_charts(page, base_url):
     page.goto("/tiny/attribution?text=the+quick+brown+fox+jumps")
     page.wait_for_selector("#components-plot .bars path")
     page.wait_for_selector("#heads-plot .hm, #heads-plot image, #heads-plot .heatmaplayer")
-    data = _get_json(f"{base_url}/tiny/attribution.json?text=the+quick+brown+fox+jumps")
+    data = get_json(f"{base_url}/tiny/attribution.json?text=the+quick+brown+fox+jumps")
     bars = page.locator("#components-plot .bars .point")
     assert bars.count() == len(data["components"])
     assert page.locator("#parts-sum").inner_text() != ""

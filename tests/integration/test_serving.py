@@ -149,6 +149,17 @@ def test_a_prompt_over_the_token_cap_is_checked_after_tokenizing(tiny_index):
         assert "tokens; the limit is 5" in body["detail"]
 
 
+def test_a_prompt_past_the_model_context_is_a_422_on_every_live_view(client):
+    """The tiny model's context is 32 tokens, far under the default prompt cap."""
+    long = "the fox runs over the river " * 20
+    body = _error(client.post(ACTIVATIONS, json={"prompt": long}), 422, "prompt", "max_tokens")
+    assert "the model's context is 32" in body["detail"]
+    r = client.get("/tiny/prompt.json", params={"text": long})
+    _error(r, 422, "text", "max_tokens")
+    r = client.get("/tiny/prompt", params={"text": long})
+    assert r.status_code == 422 and "context is 32" in r.text
+
+
 def test_malformed_json_is_a_documented_400(client):
     r = client.post(
         ACTIVATIONS, content=b'{"prompt": ', headers={"Content-Type": "application/json"}
