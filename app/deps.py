@@ -30,7 +30,9 @@ async def _pages(request: Request) -> PageServer:
 
 
 async def _models(request: Request) -> ModelService:
-    return request.app.state.models
+    service: ModelService = request.app.state.models
+    service.refuse_when_full()  # a 503 at once, before any work on a request it cannot take
+    return service
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -12,12 +13,21 @@ from app.body_limit import BodyLimit
 from app.model_service import ModelService
 from app.page_cache import PageCache
 from app.reader import make_reader
-from app.render import ROOT, PageServer
+from app.render import ROOT, CachedPages, PageServer
 from app.routes import live as live_routes
 from app.routes import pages
 from app.static import CompressedStatic
 from spyglass import storage
 from spyglass.settings import Settings
+
+GIL_SWITCH_SECONDS = 0.0005
+"""The interpreter's switch interval while the app serves (Python's default is 5 ms).
+
+Cached pages are served on the event loop while misses render on reader threads, and a
+render gives up the GIL at every SQLite step (one per row fetched). Each time it needs the
+GIL back it waits for the loop to yield, up to a whole switch interval: at the default,
+a unit page's ~150 row steps made a miss take about a second under 64 connections of
+hits. 0.5 ms keeps the handoffs short (docs/performance.md has the measurements)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,8 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.preload:
             with reader.engine.connect() as conn:
                 service.preload([(m.spec, m.options) for m in storage.list_models(conn)])
-        yield
-        reader.engine.dispose()
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
+        try:
+            yield
+        finally:
+            sys.setswitchinterval(switch)
+            reader.engine.dispose()
 
     app = FastAPI(
         title="Spyglass",
@@ -48,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "schema, `ErrorResponse`.",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc load their scripts from a CDN, and Spyglass serves
+        # nothing it does not ship; /openapi.json is the contract, for any OpenAPI viewer.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.reader = reader
@@ -63,4 +82,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Cached pages arrive compressed already (GZip leaves those alone); this is for the rest.
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CachedPages, pages=app.state.pages)  # outermost: hits skip the rest
     return app

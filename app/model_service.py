@@ -113,16 +113,22 @@ class ModelService:
         thread.start()
         return thread
 
-    async def run(self, spec: str, fn: Callable[[Model], T], options: dict | None = None) -> T:
-        """Run ``fn(model)`` on a worker thread, one model job at a time."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(1)
-        if self._pending > self.max_queue:  # one running, max_queue waiting
+    def refuse_when_full(self) -> None:
+        """ServiceBusy when ``max_queue`` requests already wait behind the running one.
+        Live routes ask before anything else (``app.deps``), so that a refused request is
+        answered at once, not after reading the index under load; ``run`` asks again."""
+        if self._pending > self.max_queue:
             raise ServiceBusy(
                 f"the model is busy: {self._pending - 1} requests are already waiting "
                 f"(the limit is {self.max_queue}); try again shortly",
                 retry_after=max(1, math.ceil(self.timeout / 4)),
             )
+
+    async def run(self, spec: str, fn: Callable[[Model], T], options: dict | None = None) -> T:
+        """Run ``fn(model)`` on a worker thread, one model job at a time."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        self.refuse_when_full()
         self._pending += 1
         until = time.monotonic() + self.timeout
 

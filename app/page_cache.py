@@ -82,6 +82,14 @@ class PageCache:
             "misses": self.misses,
         }
 
+    def peek(self, key: tuple) -> Page | None:
+        """The page under ``key`` if it is kept (a hit), else None; never renders."""
+        page = self._pages.get(key)
+        if page is not None:
+            self._pages.move_to_end(key)
+            self.hits += 1
+        return page
+
     async def get(self, key: tuple, render: Callable[[], Awaitable[Page]]) -> Page:
         """The page under ``key``, rendered by ``render()`` if it is not kept yet. A render
         that raises is not kept, and its error reaches every request that waited on it."""

@@ -3,6 +3,7 @@ immutable pages of an index served from the page cache with ETag, 304 and gzip."
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from pydantic import BaseModel
 from sqlalchemy import Connection
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import urls
 from app.page_cache import Page, PageCache, etag_for, make_page
@@ -59,23 +62,62 @@ class PageServer:
         """``build(conn, *args)`` rendered with ``template`` (or as JSON), from the cache.
         ``query`` holds the parsed query parameters the page depends on (part of the key;
         unknown parameters never reach it)."""
-        identity = await self.reader.identity()
-        path = request.url.path.removesuffix(".json") if as_json else request.url.path
-        key = (identity, path, query)
-        etag = etag_for(key, as_json)
-        if _matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=_headers(etag))
+        key = _key(await self.reader.identity(), request.url.path, query)
+        if_none_match = request.headers.get("if-none-match")
+        if _matches(if_none_match, etag_for(key, as_json)):
+            return Response(status_code=304, headers=_headers(etag_for(key, as_json)))
 
         def make(conn: Connection) -> Page:
             return make_page(key, *page_bodies(template, build(conn, *args)))
 
         page = await self.cache.get(key, lambda: self.reader.run(make))
-        body = page.json if as_json else page.html
-        headers = _headers(body.etag)
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            headers["Content-Encoding"] = "gzip"
-            return Response(body.gzipped, media_type=body.media_type, headers=headers)
-        return Response(gzip.decompress(body.gzipped), media_type=body.media_type, headers=headers)
+        return _response(page, as_json, request.headers.get("accept-encoding", ""))
+
+    async def cached(self, path: str, headers: Headers) -> Response | None:
+        """The answer to a GET of ``path`` (no query string) if its page is in the cache:
+        the same response ``serve`` would give, without routing. None otherwise."""
+        key = _key(await self.reader.identity(), path, ())
+        as_json = path.endswith(".json")
+        if _matches(headers.get("if-none-match"), etag_for(key, as_json)):
+            return Response(status_code=304, headers=_headers(etag_for(key, as_json)))
+        page = self.cache.peek(key)
+        if page is None:
+            return None
+        return _response(page, as_json, headers.get("accept-encoding", ""))
+
+
+def _key(identity: str, path: str, query: tuple) -> tuple:
+    """A page's cache key: both forms of a page (HTML and ``.json``) share it."""
+    return (identity, path.removesuffix(".json"), query)
+
+
+def _response(page: Page, as_json: bool, accept_encoding: str) -> Response:
+    body = page.json if as_json else page.html
+    headers = _headers(body.etag)
+    if "gzip" in accept_encoding:
+        headers["Content-Encoding"] = "gzip"
+        return Response(body.gzipped, media_type=body.media_type, headers=headers)
+    return Response(gzip.decompress(body.gzipped), media_type=body.media_type, headers=headers)
+
+
+class CachedPages:
+    """ASGI middleware, outermost: a GET without a query string whose page is cached is
+    answered here, before routing, dependencies and the other middleware. A hit then
+    costs the event loop a fraction of a routed request, which leaves the GIL to the
+    threads rendering misses (docs/performance.md). Anything else goes on to the app,
+    which answers it exactly as it would have; a 304 is answered here too, since an ETag
+    names the index identity and page it was made for."""
+
+    def __init__(self, app: ASGIApp, pages: PageServer):
+        self.app, self.pages = app, pages
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
+            response = await self.pages.cached(scope["path"], Headers(scope=scope))
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _headers(etag: str) -> dict[str, str]:
@@ -105,27 +147,32 @@ def visible(token: str) -> str:
     return token.replace("\n", "↵").replace("\t", "⇥")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _token_html(token: str) -> str:
+    """A token's text as HTML: visible whitespace, escaped (a vocabulary's worth cached)."""
+    return str(escape(visible(token)))
+
+
 def token_spans(
     toks: list[str], acts: list, scale: float, focus: int | None = None, offset: int = 0
 ) -> Markup:
-    """Tokens shaded by activation, each a ``span.tok`` with its exact value in ``data-v``
-    (static/spyglass.js shows it on hover). Built here rather than in a Jinja macro: a unit
-    page holds a few thousand tokens, and the macro took most of the page's render time."""
-    out = ['<span class="tokens">']
+    """Tokens with their activations: each a ``span.tok`` with its value in ``data-v``
+    (None: outside the window, no value). static/spyglass.js shades each token by
+    ``value / data-scale`` of its ``span.tokens`` and shows the exact value on hover.
+    Shading in the browser rather than here halves a unit page's render time and a third
+    of its size: a unit page holds over a thousand tokens (docs/performance.md)."""
+    out = [f'<span class="tokens" data-scale="{scale:.6g}">']
+    append = out.append
     for i, (t, v) in enumerate(zip(toks, acts, strict=False)):
-        cls = "tok"
-        if focus is not None and i + offset == focus:
-            cls += " focus"
-        if v is None:
-            cls += " outside"
-            out.append(f'<span class="{cls}" style="background:transparent">')
+        cls = "tok focus" if focus is not None and i + offset == focus else "tok"
+        if v is None or v != v:  # None or NaN: no value to show
+            append(f'<span class="{cls} outside">')
         else:
-            out.append(
-                f'<span class="{cls}" style="background:{shade(v, scale)}" data-v="{fmt(v, 4)}">'
-            )
-        out.append(escape(visible(t)))
-        out.append("</span>")
-    out.append("</span>")
+            value = f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"  # fmt(v, 4)
+            append(f'<span class="{cls}" data-v="{value}">')
+        append(_token_html(t))
+        append("</span>")
+    append("</span>")
     return Markup("".join(out))
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection
 
 from app import urls
+from app.index_cache import sequences, vocabulary
 from spyglass import storage
 
 LOG_DENSITY_BINS = 30
@@ -214,23 +215,6 @@ def _model_summary(m: storage.ModelRow) -> ModelSummary:
     )
 
 
-_VOCABS: dict[tuple, dict[int, str]] = {}
-_VOCABS_KEPT = 4
-
-
-def vocabulary(conn: Connection, m: storage.ModelRow) -> dict[int, str]:
-    """The model's whole vocabulary, read once per index and kept (a page's few thousand
-    token texts cost more to look up by id than the whole table costs to read once)."""
-    key = (conn.engine.url.render_as_string(), m.id, m.created, m.seconds)
-    texts = _VOCABS.get(key)
-    if texts is None:
-        texts = storage.all_token_texts(conn, m.id)
-        while len(_VOCABS) >= _VOCABS_KEPT:
-            _VOCABS.pop(next(iter(_VOCABS)), None)
-        _VOCABS[key] = texts
-    return texts
-
-
 def require_model(conn: Connection, slug: str) -> storage.ModelRow:
     m = storage.get_model(conn, slug)
     if m is None:
@@ -352,7 +336,7 @@ def _examples(
     """The unit's top examples, their sequences (and ``extra_sequences``), and the model's
     vocabulary."""
     rows = storage.get_examples(conn, s.id, unit)
-    seqs = storage.get_sequences(conn, m.id, {e.sequence_id for e in rows} | set(extra_sequences))
+    seqs = sequences(conn, m, {e.sequence_id for e in rows} | set(extra_sequences))
     vocab = vocabulary(conn, m)
     return [_example(m.slug, e, seqs[e.sequence_id], vocab) for e in rows], seqs, vocab
 
@@ -505,7 +489,7 @@ def sequence_page(conn: Connection, slug: str, seq_id: str | int) -> SequencePag
         sid = int(seq_id)
     except ValueError:
         raise NotFound(f"sequence id must be an integer, not {seq_id!r}") from None
-    seq = storage.get_sequences(conn, m.id, [sid]).get(sid)
+    seq = sequences(conn, m, [sid]).get(sid)
     if seq is None:
         raise NotFound(f"model {slug!r} has no sequence {seq_id} (it has 0..{m.n_sequences - 1})")
     vocab = vocabulary(conn, m)

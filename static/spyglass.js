@@ -1,5 +1,20 @@
-// Hover a token to see its exact value; copy a unit's share link; draw Plotly charts.
+// Shade tokens by activation and show a token's exact value on hover; copy a unit's share
+// link; draw Plotly charts.
 (function () {
+  // Orange for positive, blue for negative, alpha |v| / scale (the unit's max activation).
+  function shadeTokens(root) {
+    root.querySelectorAll(".tokens[data-scale]").forEach((box) => {
+      const scale = parseFloat(box.dataset.scale);
+      if (!(scale > 0)) return;
+      box.querySelectorAll(".tok[data-v]").forEach((tok) => {
+        const v = parseFloat(tok.dataset.v);
+        if (!v) return;
+        const alpha = Math.min(Math.abs(v) / scale, 1).toFixed(3);
+        tok.style.background = (v > 0 ? "rgba(255,140,0," : "rgba(60,120,255,") + alpha + ")";
+      });
+    });
+  }
+
   const tip = document.getElementById("tip");
   document.addEventListener("mouseover", (ev) => {
     const tok = ev.target.closest && ev.target.closest(".tok[data-v]");
@@ -51,6 +66,8 @@
     box.value = text;
     htmx.trigger("#prompt-form", "carried");
   }
-  document.addEventListener("DOMContentLoaded", () => { drawPlots(document); runCarriedPrompt(); });
-  document.addEventListener("htmx:afterSwap", (ev) => drawPlots(ev.target));
+  document.addEventListener("DOMContentLoaded", () => {
+    shadeTokens(document); drawPlots(document); runCarriedPrompt();
+  });
+  document.addEventListener("htmx:afterSwap", (ev) => { shadeTokens(ev.target); drawPlots(ev.target); });
 })();

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from app import views
+from app import index_cache, views
 from app.live.schema import AblationResult, TokenAblation
 from app.live.targets import Target, load_source
 from app.model_service import ModelService
@@ -61,4 +61,4 @@ def _example_and_sequence(conn: Connection, target: Target, rank: int):
         raise views.NotFound(
             f"unit {target.unit.idx} of {target.source.name!r} has no example {rank}"
         )
-    return ex, storage.get_sequences(conn, target.model.id, [ex.sequence_id])[ex.sequence_id]
+    return ex, index_cache.sequences(conn, target.model, [ex.sequence_id])[ex.sequence_id]

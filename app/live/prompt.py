@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from app import urls, views
+from app import index_cache, urls, views
 from app.live.schema import (
     PREVIEW_AFTER,
     PREVIEW_BEFORE,
@@ -105,12 +105,12 @@ def _describe(
         preview = None
         if examples:
             e = examples[0]
-            seq = storage.get_sequences(conn, m.id, [e.sequence_id])[e.sequence_id]
+            seq = index_cache.sequences(conn, m, [e.sequence_id])[e.sequence_id]
             preview = views.preview(
                 m.slug,
                 e,
                 seq,
-                views.vocabulary(conn, m),
+                index_cache.vocabulary(conn, m),
                 PREVIEW_BEFORE,
                 PREVIEW_AFTER,
             )

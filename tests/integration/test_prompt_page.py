@@ -100,7 +100,7 @@ def test_empty_prompt_shows_the_form_only(client):
     ("query", "needle"),
     [
         ("text=hello&source=9-mlp", "unknown source"),
-        ("text=" + "fox " * 60, "limit is 48"),
+        ("text=" + "fox " * 60, "context is 32"),  # under the cap of 48
     ],
 )
 def test_bad_prompt_requests_are_422(client, query, needle):

@@ -14,8 +14,9 @@ import time
 import httpx
 import pytest
 import uvicorn
-from conftest import tiny_config
 from fastapi.testclient import TestClient
+from index_checks import read_index
+from tiny_settings import tiny_config
 
 from app.main import create_app
 from indexer.pipeline import build_index
@@ -61,6 +62,28 @@ def test_a_reindex_under_the_same_name_is_never_served_stale(
         assert after.headers["etag"] != before.headers["etag"]
         html = c.get(UNIT)
         assert html.text.count('class="example"') == 2
+
+
+def test_kept_sequences_never_outlive_a_reindex(
+    tiny_index, tiny_model_dir, tiny_corpus_dir, tmp_path
+):
+    """Sequences are kept in memory per index (app/index_cache.py): a re-index under the same
+    name, cut differently, must show its own sequences on every page."""
+    db = tmp_path / "seq.db"
+    shutil.copy(tiny_index.db, db)
+    with TestClient(create_app(Settings(db=str(db)))) as c:
+        before = c.get("/tiny/sequences/0.json").json()
+        assert len(c.get(UNIT + ".json").json()["examples"]) > 0  # its sequences now kept
+        build_index(tiny_config(tiny_model_dir, tiny_corpus_dir, db, seq_len=12))
+        stored = read_index(str(db), "tiny")
+        after = c.get("/tiny/sequences/0.json").json()
+        assert after["token_ids"] == stored.sequences[0].tokens != before["token_ids"]
+        for ex in c.get(UNIT + ".json").json()["examples"]:
+            shown = c.get(f"/tiny/sequences/{ex['sequence_id']}.json").json()
+            assert shown["token_ids"] == stored.sequences[ex["sequence_id"]].tokens
+            start = ex["window_start"]
+            assert shown["tokens"][start : start + len(ex["tokens"])] == ex["tokens"]
+            assert ex["position"] < len(shown["tokens"]) <= 12
 
 
 def _serve(settings: Settings) -> tuple[str, uvicorn.Server]:
