@@ -16,6 +16,7 @@ COPY pyproject.toml README.md ./
 COPY spyglass spyglass
 COPY indexer indexer
 COPY app app
+COPY cli cli
 COPY templates templates
 COPY static static
 COPY saes saes

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
+from cli.commands import SHIPPED_SAE
 from indexer.corpus import iter_sequences
 from indexer.pipeline import IndexConfig, PassStats, _write_source
 from spyglass import storage
-from spyglass.cli import SHIPPED_SAE
 from spyglass.model import load_model
 from spyglass.sources import mlp_sources, sae_source
 

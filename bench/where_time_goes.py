@@ -18,10 +18,10 @@ import time
 
 import torch
 
+from cli.commands import SHIPPED_SAE
 from indexer import pipeline
 from indexer.corpus import iter_sequences
 from indexer.pipeline import IndexConfig, PassStats
-from spyglass.cli import SHIPPED_SAE
 from spyglass.model import load_model
 from spyglass.sources import mlp_sources, sae_source
 

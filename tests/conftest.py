@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tiny_settings import TINY_SLUG, tiny_config
 
 from indexer.pipeline import IndexConfig, IndexReport, build_index
 from spyglass.model import load_model, save_model
 
 BOS, EOS, UNK = "<bos>", "<eos>", "<unk>"
 TINY_VOCAB = 400
-TINY_SLUG = "tiny"
 
 # Text the app must escape, kept literal in the corpus so it reaches stored token strings.
 HOSTILE_TEXT = '<script>alert("x")</script> Tom &amp; Jerry'
@@ -179,24 +179,6 @@ class TinyIndex:
     corpus_dir: Path
     config: IndexConfig
     report: IndexReport
-
-
-def tiny_config(model_dir: Path, corpus_dir: Path, db: Path, **overrides) -> IndexConfig:
-    """The tiny index's settings; tests vary one field at a time through ``overrides``."""
-    fields = dict(
-        model=str(model_dir),
-        corpus=str(corpus_dir),
-        db=str(db),
-        name=TINY_SLUG,
-        seq_len=16,
-        batch_size=3,
-        top_k=5,
-        window_before=4,
-        window_after=2,
-        device="cpu",
-        progress=False,
-    )
-    return IndexConfig(**(fields | overrides))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy import make_url
 
-from spyglass import cli
+import cli.parser
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Deployment: PostgreSQL, Docker Compose"
@@ -52,10 +52,10 @@ def test_compose_runs_exactly_the_readme_commands(compose):
 
 
 def test_the_commands_parse_with_the_real_cli(compose):
-    parser = cli._parser()
+    parser = cli.parser._parser()
     index = parser.parse_args(service_command(compose, "indexer")[1:])
     serve = parser.parse_args(service_command(compose, "server")[1:])
-    assert index.func is cli.cmd_index and serve.func is cli.cmd_serve
+    assert index.func is cli.parser.cmd_index and serve.func is cli.parser.cmd_serve
     assert index.db == serve.db and index.db.startswith("postgresql+psycopg://")
     for sae in index.sae:
         assert (ROOT / sae / "cfg.json").is_file(), f"{sae} is not in the image"

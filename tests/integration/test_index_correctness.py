@@ -25,9 +25,10 @@ from index_checks import (
 from sqlalchemy import func, select
 from transformers import AutoTokenizer
 
+import cli
 from indexer.corpus import CorpusError
 from indexer.pipeline import build_index
-from spyglass import cli, storage
+from spyglass import storage
 
 ATOL = 1e-5
 # Batched and unbatched float32 runs agree to ~1e-7 on this model; a token closer to 0

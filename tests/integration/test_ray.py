@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import tiny_config
 from db_dump import assert_same_index
+from tiny_settings import tiny_config
 
 from indexer.distributed import index_with_ray
 from indexer.pipeline import build_index
@@ -64,7 +64,7 @@ def test_cli_ray_auto_indexes_with_two_workers(tiny_model_dir, tiny_corpus_dir, 
         [
             sys.executable,
             "-m",
-            "spyglass.cli",
+            "cli",
             "index",
             "--model",
             cfg.model,

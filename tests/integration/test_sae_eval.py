@@ -8,9 +8,9 @@ import pytest
 import torch
 from index_checks import fresh_hooked
 
+import cli
 from indexer.corpus import iter_sequences
 from indexer.sae_eval import EvalConfig, evaluate_sae
-from spyglass import cli
 from spyglass.model import load_model
 from spyglass.sae import Sae, SaeConfig, save_sae
 

@@ -17,10 +17,10 @@ from index_checks import (
 )
 from safetensors.torch import load_file
 
+import cli
 from app.main import create_app
 from indexer.pipeline import build_index
 from indexer.sae_training import TrainConfig, train_sae, write_trained_sae
-from spyglass import cli
 from spyglass.model import load_model
 from spyglass.settings import Settings
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import cli
 from indexer.corpus import iter_sequences
 from indexer.sae_training import (
     ActivationStream,
@@ -17,7 +18,6 @@ from indexer.sae_training import (
     train_sae,
     write_trained_sae,
 )
-from spyglass import cli
 from spyglass.model import load_model
 from spyglass.sae import load_sae
 

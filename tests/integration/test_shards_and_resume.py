@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
 from db_dump import assert_same_index, correlations, dump
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_settings import tiny_config
 
 from indexer.pipeline import build_index, merge_shards
 
@@ -67,7 +67,7 @@ def test_merge_refuses_a_missing_or_foreign_shard(tiny_model_dir, tiny_corpus_di
 def _cli(model_dir: Path, corpus_dir: Path, db: Path, *extra: str) -> list[str]:
     cfg = tiny_config(model_dir, corpus_dir, db)
     return [
-        sys.executable, "-m", "spyglass.cli", "index",
+        sys.executable, "-m", "cli", "index",
         "--model", cfg.model, "--corpus", cfg.corpus, "--db", str(db), "--name", cfg.name,
         "--seq-len", str(cfg.seq_len), "--batch-size", str(cfg.batch_size),
         "--top-k", str(cfg.top_k), "--device", "cpu", *extra,

@@ -27,10 +27,10 @@ from index_checks import (
 from sae_weights import random_sae_tensors
 from transformers import AutoTokenizer
 
+import cli
 from app.main import create_app
 from indexer.intervals import token_keys
 from indexer.pipeline import build_index
-from spyglass import cli
 from spyglass.sae import Sae, SaeConfig, save_sae
 from spyglass.settings import Settings
 

@@ -388,7 +388,7 @@ def _free_port() -> int:
 
 
 def _spyglass(*args: str) -> list[str]:
-    return [sys.executable, "-m", "spyglass.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def test_cli_indexes_into_postgres_and_serves_it(
@@ -446,7 +446,7 @@ def test_cli_indexes_into_postgres_and_serves_it(
 
 
 def test_cli_serve_on_an_unreachable_database_is_one_line(capsys):
-    from spyglass import cli
+    import cli
 
     url = f"postgresql+psycopg://postgres:pw@127.0.0.1:{_free_port()}/x"
     assert cli.main(["serve", "--db", url]) == 2
