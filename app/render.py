@@ -75,8 +75,16 @@ class PageServer:
 
     async def cached(self, path: str, headers: Headers) -> Response | None:
         """The answer to a GET of ``path`` (no query string) if its page is in the cache:
-        the same response ``serve`` would give, without routing. None otherwise."""
-        key = _key(await self.reader.identity(), path, ())
+        the same response ``serve`` would give, without routing. None otherwise, and for
+        paths that are never pages, and when the index cannot be asked: the app then
+        answers, with its own error handling."""
+        if path.startswith(NOT_PAGES) or path in ("/healthz", "/openapi.json"):
+            return None
+        try:
+            identity = await self.reader.identity()
+        except Exception:  # noqa: BLE001 - the route asks again and answers the error
+            return None
+        key = _key(identity, path, ())
         as_json = path.endswith(".json")
         if _matches(headers.get("if-none-match"), etag_for(key, as_json)):
             return Response(status_code=304, headers=_headers(etag_for(key, as_json)))
@@ -84,6 +92,10 @@ class PageServer:
         if page is None:
             return None
         return _response(page, as_json, headers.get("accept-encoding", ""))
+
+
+NOT_PAGES = ("/static/", "/api/")
+"""Path prefixes the page cache never holds."""
 
 
 def _key(identity: str, path: str, query: tuple) -> tuple:
