@@ -63,9 +63,8 @@ class PageServer:
         ``query`` holds the parsed query parameters the page depends on (part of the key;
         unknown parameters never reach it)."""
         key = _key(await self.reader.identity(), request.url.path, query)
-        if_none_match = request.headers.get("if-none-match")
-        if _matches(if_none_match, etag_for(key, as_json)):
-            return Response(status_code=304, headers=_headers(etag_for(key, as_json)))
+        if not_modified := _not_modified(key, as_json, request.headers):
+            return not_modified
 
         def make(conn: Connection) -> Page:
             return make_page(key, *page_bodies(template, build(conn, *args)))
@@ -86,8 +85,8 @@ class PageServer:
             return None
         key = _key(identity, path, ())
         as_json = path.endswith(".json")
-        if _matches(headers.get("if-none-match"), etag_for(key, as_json)):
-            return Response(status_code=304, headers=_headers(etag_for(key, as_json)))
+        if not_modified := _not_modified(key, as_json, headers):
+            return not_modified
         page = self.cache.peek(key)
         if page is None:
             return None
@@ -101,6 +100,14 @@ NOT_PAGES = ("/static/", "/api/")
 def _key(identity: str, path: str, query: tuple) -> tuple:
     """A page's cache key: both forms of a page (HTML and ``.json``) share it."""
     return (identity, path.removesuffix(".json"), query)
+
+
+def _not_modified(key: tuple, as_json: bool, headers: Headers) -> Response | None:
+    """A 304 when the client's If-None-Match names this page's ETag, else None."""
+    etag = etag_for(key, as_json)
+    if _matches(headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=_headers(etag))
+    return None
 
 
 def _response(page: Page, as_json: bool, accept_encoding: str) -> Response:
@@ -180,8 +187,7 @@ def token_spans(
         if v is None or v != v:  # None or NaN: no value to show
             append(f'<span class="{cls} outside">')
         else:
-            value = f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"  # fmt(v, 4)
-            append(f'<span class="{cls}" data-v="{value}">')
+            append(f'<span class="{cls}" data-v="{fmt(v, 4)}">')
         append(_token_html(t))
         append("</span>")
     append("</span>")

@@ -141,6 +141,37 @@ def fresh_mlp_acts(
     return {layer: acts[name] for name, layer in names.items()}
 
 
+def topk_encoder(weights: dict[str, torch.Tensor], k: int):
+    """A TopK SAE's encode written out from its weights (``W_enc``, ``b_enc``, ``b_dec``):
+    the ``k`` largest pre-activations, ReLU'd, the rest 0."""
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
+        top = pre.topk(k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+
+    return encode
+
+
+@torch.inference_mode()
+def sae_latents(acts: torch.Tensor, batch_size: int, encode) -> torch.Tensor:
+    """Latents [S, T, units] of the fresh hook activations ``acts`` [S, T, d] (NaN past each
+    sequence's end, as ``fresh_run`` gives them) under the indexer's stated rule: position
+    0, and rows over 10x the median norm of their batch's real tokens, read 0; the index's
+    batches are ``batch_size`` consecutive sequences. Padding stays NaN."""
+    out = []
+    for lo in range(0, len(acts), batch_size):
+        x = acts[lo : lo + batch_size]
+        real = ~x.isnan().any(-1)  # [b, T]
+        f = encode(x.nan_to_num(0))
+        norms = x.nan_to_num(0).norm(dim=-1)
+        f[norms > 10 * norms[real].median()] = 0
+        f[:, 0] = 0
+        f[~real] = float("nan")
+        out.append(f)
+    return torch.cat(out)
+
+
 def check_example_windows(
     examples: list[storage.ExampleRow],
     unit_acts: torch.Tensor,
@@ -202,6 +233,27 @@ def check_layer_statistics(
         assert abs(unit.max_act - brute[0].item()) <= atol, f"layer {layer} unit {u}: max_act"
         positive = unit.density * n_eligible
         assert sure[u] - 0.01 <= positive <= maybe[u] + 0.01, f"layer {layer} unit {u}: density"
+
+
+def check_source(
+    stored: StoredIndex,
+    layer: int,
+    acts: torch.Tensor,
+    *,
+    before: int,
+    after: int,
+    skip_first: int,
+    atol: float,
+    zero_tol: float,
+) -> None:
+    """``check_layer_statistics`` of the source at ``layer``, then ``check_example_windows``
+    of every one of its units, against the fresh ``acts`` [S, T, U]."""
+    check_layer_statistics(stored, layer, acts, skip_first=skip_first, atol=atol, zero_tol=zero_tol)
+    for unit, examples in enumerate(stored.examples[layer]):
+        check_example_windows(
+            examples, acts[:, :, unit], before=before, after=after, skip_first=skip_first,
+            atol=atol,
+        )  # fmt: skip
 
 
 CONFIG_KEYS = (

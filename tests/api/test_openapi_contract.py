@@ -9,13 +9,8 @@ are fuzzed too.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -24,8 +19,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from served import serve
 
-from app.main import create_app
 from spyglass.settings import Settings
 
 pytestmark = pytest.mark.api
@@ -41,30 +36,20 @@ CHECKS = [
 _calls: list[str] = []
 
 
-def _serve(app) -> tuple[str, uvicorn.Server]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(400):
-        if server.started:
-            return f"http://127.0.0.1:{port}", server
-        time.sleep(0.05)
-    raise RuntimeError("the server did not start")
-
-
 @pytest.fixture(scope="module")
 def api_schema(tiny_index):
     # Small caps so generated prompts and generations hit them, and a queue that never
     # refuses (this test calls one request at a time).
-    app = create_app(
-        Settings(db=tiny_index.db, max_new_tokens=8, max_prompt_tokens=24, request_timeout=120)
-    )
-    base, server = _serve(app)
+    capped = Settings(db=tiny_index.db, max_new_tokens=8, max_prompt_tokens=24, request_timeout=120)
+    with serve(capped) as base:
+        yield _schema(base, tiny_index.slug)
+
+
+def _schema(base: str, slug: str):
+    """The live server's OpenAPI, with realistic path parameters, and counting calls."""
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     real = {
-        "model": [tiny_index.slug],
+        "model": [slug],
         "source": ["0-mlp", "1-mlp"],
         "index": [str(i) for i in (0, 1, 7, 63)],
         "seq_id": ["0", "1", "5"],
@@ -88,8 +73,7 @@ def api_schema(tiny_index):
     def count(ctx, case, response):
         _calls.append(f"{case.method} {case.path}")
 
-    yield schema
-    server.should_exit = True
+    return schema
 
 
 def test_every_operation_keeps_its_contract(api_schema):

@@ -1,13 +1,28 @@
 """Browser-tier fixtures: Debian's Chromium driven by Playwright (sync API).
 
 No browser is ever downloaded: the tests skip when /usr/bin/chromium is missing. Each test
-module serves its index through its own ``base_url`` fixture (``served.serve``).
+module serves its index through its own ``base_url`` fixture (``served.serve``, in
+tests/).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from served import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium's connections are refused on a closed network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
 
 
 @pytest.fixture(scope="module")

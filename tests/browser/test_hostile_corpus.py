@@ -14,6 +14,7 @@ from served import get_json, serve
 
 from app.render import visible
 from indexer.pipeline import build_index
+from spyglass.settings import Settings
 
 pytestmark = pytest.mark.browser
 
@@ -48,7 +49,7 @@ def hostile_db(tiny_index, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def base_url(hostile_db) -> Iterator[str]:
-    with serve(hostile_db) as url:
+    with serve(Settings(db=hostile_db)) as url:
         yield url
 
 

@@ -11,6 +11,7 @@ import pytest
 from served import get_json, serve
 
 from app.render import fmt, visible
+from spyglass.settings import Settings
 
 pytestmark = pytest.mark.browser
 
@@ -19,7 +20,7 @@ SOURCE = "0-mlp"
 
 @pytest.fixture(scope="module")
 def base_url(tiny_index) -> Iterator[str]:
-    with serve(tiny_index.db) as url:
+    with serve(Settings(db=tiny_index.db)) as url:
         yield url
 
 

@@ -16,8 +16,7 @@ import torch
 from index_checks import (
     CONFIG_KEYS,
     StoredIndex,
-    check_example_windows,
-    check_layer_statistics,
+    check_source,
     fresh_hooked,
     fresh_mlp_acts,
     read_index,
@@ -181,19 +180,11 @@ def test_random_neuron_windows_match_a_fresh_run(tiny_index, stored: StoredIndex
 def test_topk_density_and_max_equal_brute_force(
     tiny_index, stored: StoredIndex, fresh_acts, layer: int
 ):
-    check_layer_statistics(
-        stored, layer, fresh_acts[layer], skip_first=1, atol=ATOL, zero_tol=ZERO_TOL
-    )
     cfg = tiny_index.config
-    for unit, examples in enumerate(stored.examples[layer]):
-        check_example_windows(
-            examples,
-            fresh_acts[layer][:, :, unit],
-            before=cfg.window_before,
-            after=cfg.window_after,
-            skip_first=1,
-            atol=ATOL,
-        )
+    check_source(
+        stored, layer, fresh_acts[layer], before=cfg.window_before, after=cfg.window_after,
+        skip_first=1, atol=ATOL, zero_tol=ZERO_TOL,
+    )  # fmt: skip
 
 
 SINK_UNIT = 7
@@ -271,18 +262,10 @@ def test_first_token_in_or_out(
     assert loud[:, 0].min() > loud[real].max() > 0
 
     for layer in (0, 1):
-        check_layer_statistics(
-            stored, layer, acts[layer], skip_first=skip, atol=ATOL, zero_tol=ZERO_TOL
-        )
-        for unit, examples in enumerate(stored.examples[layer]):
-            check_example_windows(
-                examples,
-                acts[layer][:, :, unit],
-                before=cfg.window_before,
-                after=cfg.window_after,
-                skip_first=skip,
-                atol=ATOL,
-            )
+        check_source(
+            stored, layer, acts[layer], before=cfg.window_before, after=cfg.window_after,
+            skip_first=skip, atol=ATOL, zero_tol=ZERO_TOL,
+        )  # fmt: skip
 
     unit = stored.units[0][SINK_UNIT]
     examples = stored.examples[0][SINK_UNIT]

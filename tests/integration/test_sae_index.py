@@ -14,6 +14,8 @@ from index_checks import (
     fresh_hooked,
     fresh_run,
     read_index,
+    sae_latents,
+    topk_encoder,
 )
 from safetensors.torch import load_file
 
@@ -55,34 +57,16 @@ def sae_index(tiny_index, sae_dir, tmp_path_factory):
 
 def brute_force_latents(sae_dir, hooked, stored, batch_size: int) -> torch.Tensor:
     """Latent activations [S, T, 32] computed here: a fresh TL run, the saved weights, and
-    the indexer's stated rule (position 0 and rows over 10x the median norm of their
-    batch's real tokens read 0); NaN past each sequence's end."""
-    w = load_file(sae_dir / "sae_weights.safetensors")
-
-    def encode(x):
-        pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
-        top = pre.topk(4, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-
+    the indexer's stated rule (``index_checks.sae_latents``); NaN past each sequence's end."""
+    encode = topk_encoder(load_file(sae_dir / "sae_weights.safetensors"), 4)
     return fresh_latents(hooked, stored, batch_size, encode)
 
 
 def fresh_latents(hooked, stored, batch_size: int, encode) -> torch.Tensor:
-    """``encode`` of the fresh, unpadded run at HOOK, with the indexer's rule applied over
-    the index's batches of ``batch_size`` consecutive sequences."""
+    """``encode`` of the fresh, unpadded run at HOOK, under the indexer's rule over its
+    batches of ``batch_size`` consecutive sequences."""
     acts = fresh_run(hooked, stored.token_lists(), [HOOK])[HOOK]  # [S, T, d], NaN padding
-    out = []
-    for lo in range(0, len(acts), batch_size):
-        x = acts[lo : lo + batch_size]
-        real = ~x.isnan().any(-1)  # [b, T]
-        with torch.no_grad():
-            f = encode(x.nan_to_num(0))
-        norms = x.nan_to_num(0).norm(dim=-1)
-        f[norms > 10 * norms[real].median()] = 0
-        f[:, 0] = 0
-        f[~real] = float("nan")
-        out.append(f)
-    return torch.cat(out)
+    return sae_latents(acts, batch_size, encode)
 
 
 def test_latent_statistics_equal_brute_force(sae_index, sae_dir, tiny_model_dir):

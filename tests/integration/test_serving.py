@@ -7,15 +7,12 @@ import asyncio
 import gzip
 import json
 import shutil
-import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from index_checks import read_index
+from served import serve
 from tiny_settings import tiny_config
 
 from app.main import create_app
@@ -86,39 +83,21 @@ def test_kept_sequences_never_outlive_a_reindex(
             assert ex["position"] < len(shown["tokens"]) <= 12
 
 
-def _serve(settings: Settings) -> tuple[str, uvicorn.Server]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(200):
-        if server.started:
-            return f"http://127.0.0.1:{port}", server
-        time.sleep(0.05)
-    raise RuntimeError("the server did not start")
-
-
 def test_page_views_hold_at_many_more_connections_than_database_slots(tiny_index):
     """256 concurrent page views against 2 database slots: before the reader, sync routes
     held pooled connections while waiting for threads, and the pool's 30 s timeout turned
     such a burst into 500s."""
-    base, server = _serve(Settings(db=tiny_index.db, db_threads=2))
     paths = [f"/tiny/{layer}-mlp/{i}" for layer in (0, 1) for i in range(64)]
     paths += [p + ".json" for p in paths] + ["/tiny", "/tiny/0-mlp", "/.json"]
 
-    async def burst() -> list[int]:
+    async def burst(base: str) -> list[int]:
         limits = httpx.Limits(max_connections=256)
         async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
             replies = await asyncio.gather(*(c.get(p) for p in paths))
         return [r.status_code for r in replies]
 
-    try:
-        assert asyncio.run(burst()) == [200] * len(paths)
-    finally:
-        server.should_exit = True
+    with serve(Settings(db=tiny_index.db, db_threads=2)) as base:
+        assert asyncio.run(burst(base)) == [200] * len(paths)
 
 
 # ---- one error schema -----------------------------------------------------------------------

@@ -9,7 +9,6 @@ ran the same sequences padded on the right in batches of 5.
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -18,11 +17,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from index_checks import (
-    check_example_windows,
-    check_layer_statistics,
+    check_source,
     fresh_hooked,
     fresh_run,
     read_index,
+    sae_latents,
+    topk_encoder,
 )
 from sae_weights import random_sae_tensors
 from transformers import AutoTokenizer
@@ -131,12 +131,10 @@ def test_neuron_statistics_equal_brute_force_on_real_tokens(index, fresh):
     cfg, _, stored = index
     layer = 1
     acts = fresh[f"blocks.{layer}.mlp.hook_post"]  # [S, T, U], NaN past each sequence
-    check_layer_statistics(stored, layer, acts, skip_first=1, atol=1e-5, zero_tol=1e-6)
-    for unit, examples in enumerate(stored.examples[layer]):
-        check_example_windows(
-            examples, acts[:, :, unit], before=cfg.window_before, after=cfg.window_after,
-            skip_first=1, atol=1e-5,
-        )  # fmt: skip
+    check_source(
+        stored, layer, acts, before=cfg.window_before, after=cfg.window_after, skip_first=1,
+        atol=1e-5, zero_tol=1e-6,
+    )  # fmt: skip
     real = acts[:, 1:, :].reshape(-1, acts.shape[-1])
     real = real[~real.isnan().any(1)]
     for u, unit in enumerate(stored.units[layer]):
@@ -163,29 +161,13 @@ def test_latent_statistics_equal_brute_force_on_real_tokens(index, fresh, sae_di
     real tokens read 0; padding is in no median and no statistic."""
     cfg, _, stored = index
     weights = random_sae_tensors("topk", 3, 16, D_SAE)  # what sae_dir holds
-    x_all = fresh[HOOK]
-    parts = []
-    for lo in range(0, len(x_all), BATCH):  # the index's batches
-        x = x_all[lo : lo + BATCH]
-        real = ~x.isnan().any(-1)
-        x = x.nan_to_num(0)
-        pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
-        top = pre.topk(K, dim=-1)
-        f = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-        norms = x.norm(dim=-1)
-        f[norms > 10 * norms[real].median()] = 0
-        f[:, 0] = 0
-        f[~real] = math.nan
-        parts.append(f)
-    latents = torch.cat(parts)
+    latents = sae_latents(fresh[HOOK], BATCH, topk_encoder(weights, K))  # the index's batches
     assert [(s.name, s.layer) for s in stored.sources] == [(SAE_SOURCE, 0), ("1-mlp", 1)]
     layer = 0
-    check_layer_statistics(stored, layer, latents, skip_first=1, atol=1e-5, zero_tol=1e-6)
-    for unit, examples in enumerate(stored.examples[layer]):
-        check_example_windows(
-            examples, latents[:, :, unit], before=cfg.window_before, after=cfg.window_after,
-            skip_first=1, atol=1e-5,
-        )  # fmt: skip
+    check_source(
+        stored, layer, latents, before=cfg.window_before, after=cfg.window_after, skip_first=1,
+        atol=1e-5, zero_tol=1e-6,
+    )  # fmt: skip
     assert sum(len(e) for e in stored.examples[layer]) > D_SAE  # latents do fire
 
 

@@ -15,8 +15,7 @@ import pytest
 import torch
 from index_checks import (
     StoredIndex,
-    check_example_windows,
-    check_layer_statistics,
+    check_source,
     fresh_mlp_acts,
     read_index,
 )
@@ -129,16 +128,10 @@ def test_embedded_topk_equals_brute_force(
     stored: StoredIndex, fresh_acts, embedded_config: IndexConfig, layer: int
 ):
     acts = fresh_acts[layer]
-    check_layer_statistics(stored, layer, acts, skip_first=1, atol=ATOL, zero_tol=ZERO_TOL)
-    for unit, examples in enumerate(stored.examples[layer]):
-        check_example_windows(
-            examples,
-            acts[:, :, unit],
-            before=embedded_config.window_before,
-            after=embedded_config.window_after,
-            skip_first=1,
-            atol=ATOL,
-        )
+    check_source(
+        stored, layer, acts, before=embedded_config.window_before,
+        after=embedded_config.window_after, skip_first=1, atol=ATOL, zero_tol=ZERO_TOL,
+    )  # fmt: skip
 
 
 def test_embedded_greedy_generation_knows_paris(model: Model):

@@ -1,6 +1,7 @@
-"""The app served for real by uvicorn on a loopback port, for the browser tier.
+"""The app served for real by uvicorn on a loopback port, for the tests that need a live
+server (browser, api, serving under load).
 
-Importable as ``served`` because pytest puts this folder (no __init__.py) on sys.path.
+Importable as ``served`` because pytest puts ``tests/`` (no __init__.py) on sys.path.
 """
 
 from __future__ import annotations
@@ -12,22 +13,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+import uvicorn
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking flags Chromium's connections are refused on a closed network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 15_000
+from app.main import create_app
+from spyglass.settings import Settings
 
 
 def _free_port() -> int:
@@ -42,15 +33,10 @@ def get_json(url: str):
 
 
 @contextlib.contextmanager
-def serve(db: str) -> Iterator[str]:
-    """The app over ``db``, served by uvicorn on 127.0.0.1 in a background thread; yields
-    its base URL once it answers."""
-    import uvicorn
-
-    from app.main import create_app
-    from spyglass.settings import Settings
-
-    app = create_app(Settings(db=db))
+def serve(settings: Settings) -> Iterator[str]:
+    """The app with ``settings``, served by uvicorn on 127.0.0.1 in a background thread;
+    yields its base URL once it answers, and stops the server on exit."""
+    app = create_app(settings)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="spyglass-uvicorn", daemon=True)
