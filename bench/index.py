@@ -1,18 +1,22 @@
-"""Indexer throughput beside a bare forward pass, on the same batches, in one run.
+"""Indexer time beside a bare forward pass, on the same batches, in one run.
 
     python bench/index.py [--model embedded] [--tokens 65536] [--batch-size 16] [--sae DIR]
+                          [--layers all|none|0,1,...]
 
-(a) bare: the forward pass through the hooked MLP layers, nothing else;
-(b) full indexer: the same forward plus every streaming statistic of every neuron of every
-    layer and of every latent of the SAE (the shipped one by default; --sae none for none),
-    encode included, exactly as ``spyglass index`` runs it;
-(c) write: turning the statistics into rows and writing them (once per run).
-Prints tokens/s for each and the ratios to (a). The runs are interleaved batch by batch
-(a, b, a, b, ...), so a burst of CPU stolen by the host hits all of them alike. The ratio
-of the CPU seconds of (a) and (b) (every thread's, from ``time.process_time``) is printed
-as well: CPU time the host steals is not counted in it, so it varies less between runs.
-So are the seconds the host stole during each (the steal column of ``/proc/stat``, over
-all CPUs; Linux only). Then peak RSS.
+(a) bare: the forward pass through the hooked layers plus the SAE's own encode, nothing
+    else;
+(b) pass: the same forward plus every streaming statistic of every neuron of every layer
+    and of every latent of the SAE (the shipped one by default; --sae none for none),
+    exactly as ``spyglass index`` runs it;
+(c) write: turning the statistics into rows and writing them (once per run), with where
+    its time goes (``indexer.write.PhaseClock``).
+Prints tokens/s for (a) and (b), the pass ratio b/a and the end-to-end ratio, the time of
+(a) over the time of (b) and (c) together: what the user waits for. The runs are
+interleaved batch by batch (a, b, a, b, ...), so a burst of CPU stolen by the host hits
+all of them alike. The ratio of the CPU seconds of (a) and (b) (every thread's, from
+``time.process_time``) is printed as well: CPU time the host steals is not counted in it,
+so it varies less between runs. So are the seconds the host stole during each (the steal
+column of ``/proc/stat``, over all CPUs; Linux only). Then peak RSS.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from pathlib import Path
 import torch
 
 from cli.commands import SHIPPED_SAE
+from indexer.config import Plan
 from indexer.corpus import iter_sequences
-from indexer.pipeline import IndexConfig, PassStats, _write_source
+from indexer.pipeline import IndexConfig, PassStats
+from indexer.write import PhaseClock, write_source
 from spyglass import storage
-from spyglass.model import load_model
+from spyglass.model import load_model, mlp_hook
 from spyglass.sources import mlp_sources, sae_source
 
 
@@ -86,11 +92,15 @@ def main() -> None:
     ap.add_argument(
         "--sae", default=str(SHIPPED_SAE), help="SAE indexed in (b) ('none': neurons only)"
     )
+    ap.add_argument("--layers", default="all", help="MLP layers: all, none, or 0,1,...")
     args = ap.parse_args()
 
     model = load_model(args.model)
     cfg = IndexConfig(model=args.model, seq_len=args.seq_len, batch_size=args.batch_size)
-    layers = list(range(model.n_layers))
+    if args.layers == "all":
+        layers = list(range(model.n_layers))
+    else:
+        layers = [] if args.layers == "none" else [int(x) for x in args.layers.split(",")]
     seqs = list(
         itertools.islice(
             iter_sequences(
@@ -108,8 +118,19 @@ def main() -> None:
         for i in range(0, len(seqs), args.batch_size)
     ]
     n_tokens = sum(b.numel() for b in batches)
-    model.mlp_activations(batches[0], layers)  # warm-up: the model ...
     sae = [] if args.sae == "none" else [sae_source(args.sae, model)]
+    hooks = sorted({mlp_hook(layer) for layer in layers} | {s.hook for s in sae})
+
+    def forward_and_encode(tokens: torch.Tensor) -> None:
+        def visit(hook: str, act: torch.Tensor) -> None:
+            for src in sae:
+                if src.hook == hook:
+                    for _ in src.unit_blocks(act, 1):
+                        pass
+
+        model.activations(tokens, hooks, visit=visit)
+
+    forward_and_encode(batches[0])  # warm-up: the model ...
     warm = Timed(model, cfg, mlp_sources(model, layers[:1]) + sae)  # ... and the kernels
     warm.step(batches[0][:2])
 
@@ -117,10 +138,11 @@ def main() -> None:
     bare = Clock()
     for b in batches:
         with bare.span():
-            model.mlp_activations(b, layers)
+            forward_and_encode(b)
         full.step(b)
     stats = full.stats.sources
 
+    clock = PhaseClock()
     with tempfile.TemporaryDirectory() as tmp:
         engine = storage.make_engine(str(Path(tmp) / "bench.db"), create=True)
         t0 = time.perf_counter()
@@ -137,8 +159,9 @@ def main() -> None:
                 skip_first=1,
                 top_k=cfg.top_k,
             )
+            plan = Plan(cfg, model, [st.source for st in stats], {})
             for st in stats:
-                _write_source(conn, mid, st, model, args.seq_len)
+                write_source(conn, mid, st.source, [[st.state_dict()]], plan, clock)
         write = time.perf_counter() - t0
         size = (Path(tmp) / "bench.db").stat().st_size
 
@@ -150,7 +173,7 @@ def main() -> None:
         + f", {torch.get_num_threads()} threads, device {model.device}"
     )
     print(f"(a) bare forward:   {a:8.1f} tok/s")
-    print(f"(b) full indexer:   {b:8.1f} tok/s")
+    print(f"(b) pass:           {b:8.1f} tok/s")
     print(f"ratio b/a:          {b / a:8.3f}")
     cpu_ratio = bare.cpu_seconds / full.cpu_seconds
     print(f"ratio b/a, CPU time:{cpu_ratio:8.3f} (all threads' CPU seconds; stolen time aside)")
@@ -159,6 +182,12 @@ def main() -> None:
         f"{full.stolen:.1f} s during (b) of {full.seconds:.1f} (all CPUs)"
     )
     print(f"(c) write phase:    {write:8.1f} s ({size / 1e6:.0f} MB, not in b)")
+    for phase, seconds in sorted(clock.seconds.items(), key=lambda kv: -kv[1]):
+        print(f"      {phase + ':':22s}{seconds:6.1f} s ({seconds / write:.0%})")
+    print(
+        f"end to end (a)/(b+c): {bare.seconds / (full.seconds + write):6.3f} "
+        f"({bare.seconds:.1f} s against {full.seconds:.1f} + {write:.1f} s)"
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS:           {rss:8.0f} MB")
 

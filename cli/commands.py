@@ -49,25 +49,27 @@ def cmd_index(args: argparse.Namespace) -> int:
         split=args.split,
         device=args.device,
         shard=_shard(args.shard),
+        units=_shard(args.units, "--units"),
+        memory=args.memory,
         work=args.work,
         checkpoint_every=args.checkpoint_every,
         restart=args.restart,
     )
-    if args.ray is not None and args.shard != "0/1":
-        raise CliError("--ray runs every shard itself; leave out --shard")
-    if args.ray is not None and args.workers < 1:
-        raise CliError("--workers must be at least 1")
-    _run_index(cfg, ray=args.ray, workers=args.workers)
+    if args.ray is not None and (args.shard != "0/1" or args.units != "0/1"):
+        raise CliError("--ray runs every shard itself; leave out --shard and --units")
+    if args.ray is not None and (args.workers < 1 or args.unit_shards < 1):
+        raise CliError("--workers and --unit-shards must be at least 1")
+    _run_index(cfg, ray=args.ray, workers=args.workers, unit_shards=args.unit_shards)
     return 0
 
 
-def _shard(text: str) -> tuple[int, int]:
+def _shard(text: str, flag: str = "--shard") -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise CliError(f"--shard must look like I/N (e.g. 0/4), not {text!r}") from None
+        raise CliError(f"{flag} must look like I/N (e.g. 0/4), not {text!r}") from None
     if not 0 <= i < n:
-        raise CliError(f"--shard I/N needs 0 <= I < N, got {text}")
+        raise CliError(f"{flag} I/N needs 0 <= I < N, got {text}")
     return i, n
 
 
@@ -98,7 +100,7 @@ def _prepare_db(db: str) -> None:
         Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def _run_index(cfg, *, ray: str | None = None, workers: int = 1) -> None:
+def _run_index(cfg, *, ray: str | None = None, workers: int = 1, unit_shards: int = 1) -> None:
     from indexer.corpus import CorpusError
     from indexer.pipeline import build_index
     from spyglass.model import ModelLoadError
@@ -110,9 +112,9 @@ def _run_index(cfg, *, ray: str | None = None, workers: int = 1) -> None:
         if ray is not None:
             from indexer.distributed import index_with_ray
 
-            report = index_with_ray(cfg, address=ray, workers=workers)
+            report = index_with_ray(cfg, address=ray, workers=workers, unit_shards=unit_shards)
         else:
-            report = build_index(cfg)
+            report = build_index(cfg, announce=lambda line: print(line, flush=True))
     except (ModelLoadError, CorpusError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -122,9 +124,12 @@ def _run_index(cfg, *, ray: str | None = None, workers: int = 1) -> None:
             file=sys.stderr,
         )
         raise SystemExit(130) from None
-    if cfg.shard != (0, 1):
+    if (cfg.shard, cfg.units) != ((0, 1), (0, 1)):
+        part = f"shard {cfg.shard[0]}/{cfg.shard[1]}"
+        if cfg.units != (0, 1):
+            part += f" units {cfg.units[0]}/{cfg.units[1]}"
         print(
-            f"indexed {report.slug} shard {cfg.shard[0]}/{cfg.shard[1]}: "
+            f"indexed {report.slug} {part}: "
             f"{report.corpus_summary()} "
             f"(pass {report.tokens_per_second:.0f} tok/s) -> {cfg.work_folder()}; "
             "join all shards with `spyglass merge`"

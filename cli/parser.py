@@ -45,16 +45,16 @@ def _parser() -> argparse.ArgumentParser:
 
     merge = sub.add_parser(
         "merge",
-        help="join the shards of an `index --shard I/N` run into the database",
+        help="join the shards of an `index --shard I/N` or `--units J/M` run into the database",
         description="Merge the finished shards of one run (all N of `spyglass index --shard "
-        "I/N` with the same settings) exactly, and write the index as one pass over the whole "
-        "corpus would have.",
+        "I/N`, for each of the M unit slices of `--units J/M`, with the same settings) "
+        "exactly, and write the index as one pass over the whole corpus would have.",
     )
     merge.add_argument(
         "folders",
         nargs="+",
         metavar="FOLDER",
-        help="shard folders (shard-I-of-N), or folders holding them",
+        help="shard folders (shard-I-of-N[-units-J-of-M]), or folders holding them",
     )
     merge.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
     merge.set_defaults(func=cmd_merge)
@@ -156,6 +156,21 @@ def _index_args(p: argparse.ArgumentParser) -> None:
         "`spyglass merge` joins them (default 0/1: everything, straight to --db)",
     )
     p.add_argument(
+        "--units",
+        default="0/1",
+        metavar="J/M",
+        help="index only slice J of M of every layer's neurons and SAE's latents, over the "
+        "whole corpus, into the work folder: memory per run falls with M, and `spyglass "
+        "merge` joins the slices (default 0/1: all units)",
+    )
+    p.add_argument(
+        "--memory",
+        type=float,
+        metavar="GB",
+        help="memory this run may use; a plan that needs more is refused before it starts "
+        "(default: what the machine has free)",
+    )
+    p.add_argument(
         "--work",
         help="folder for checkpoints and shard results (default: DB.work/ next to an "
         "SQLite --db, else ./spyglass-work/)",
@@ -178,7 +193,15 @@ def _index_args(p: argparse.ArgumentParser) -> None:
         "worker when the cluster has them), then merge them into --db",
     )
     p.add_argument(
-        "--workers", type=int, default=2, help="shards (Ray tasks) with --ray (default 2)"
+        "--workers", type=int, default=2, help="token shards (Ray tasks) with --ray (default 2)"
+    )
+    p.add_argument(
+        "--unit-shards",
+        type=int,
+        default=1,
+        metavar="M",
+        help="with --ray: also split every source's units into M slices, so --workers x M "
+        "tasks each hold 1/M of the statistics (default 1)",
     )
 
 

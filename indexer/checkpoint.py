@@ -26,18 +26,21 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 SEQUENCES = "sequences.sqlite"
-FORMAT = 2
-"""Version of what a checkpoint holds. 2: sequences of every length (short documents and
-tails kept, padding left out), real-token counts. A checkpoint without it (1) was made
-with full-length sequences only, and its run cannot be resumed or merged."""
+FORMAT = 3
+"""Version of what a checkpoint holds. 3: correlations as collected tokens
+(``indexer.correlation``), not [U, U] sums. 2: sequences of every length (short documents
+and tails kept, padding left out), real-token counts. A checkpoint without it (1) was made
+with full-length sequences only. A run of an older format cannot be resumed or merged."""
 
 
 class CheckpointMismatch(ValueError):
     """A work folder holds a run with other settings."""
 
 
-def shard_dir(work: Path, shard: tuple[int, int]) -> Path:
-    return work / f"shard-{shard[0]}-of-{shard[1]}"
+def shard_dir(work: Path, shard: tuple[int, int], units: tuple[int, int] = (0, 1)) -> Path:
+    """``shard-I-of-N``, with ``-units-J-of-M`` for a slice of the units."""
+    name = f"shard-{shard[0]}-of-{shard[1]}"
+    return work / (name if units == (0, 1) else f"{name}-units-{units[0]}-of-{units[1]}")
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Progress:
     """The settings that decide the result (``IndexConfig.fingerprint``)."""
     shard: tuple[int, int]
     next_batch: int = 0
+    units: tuple[int, int] = (0, 1)
+    """The slice of every source's units this run indexes (``IndexConfig.units``)."""
     """Global index of the next batch to look at (batches go to shards round-robin)."""
     n_sequences: int = 0
     """Sequences this shard has indexed."""
@@ -122,12 +127,13 @@ class ShardWork:
                 break
 
 
-def load_progress(folder: Path) -> Progress | None:
-    """The folder's last checkpoint, or None."""
+def load_progress(folder: Path, *, mmap: bool = False) -> Progress | None:
+    """The folder's last checkpoint, or None. ``mmap``: the states' tensors are mapped
+    from the file, read only as they are used."""
     path = folder / CHECKPOINT
     if not path.exists():
         return None
-    return Progress(**torch.load(path, map_location="cpu", weights_only=False))
+    return Progress(**torch.load(path, map_location="cpu", weights_only=False, mmap=mmap))
 
 
 def read_sequences(folder: Path, chunk: int = 4096) -> Iterator[list[tuple]]:

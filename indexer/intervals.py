@@ -195,6 +195,7 @@ class StreamingIntervals:
         )
         self._offsets = torch.arange(-before, after + 1, device=device)
         self.n_tokens = 0
+        self._sorted = True  # slots in key order (``_canonical``)
 
     # ---- streaming
 
@@ -225,6 +226,7 @@ class StreamingIntervals:
             if n == 0:
                 return False
         self.n_tokens += n
+        self._sorted = False
         if not self.compiled:
             if ends is None:
                 rows = acts[:, self.skip_first :, :]
@@ -481,13 +483,21 @@ class StreamingIntervals:
         flat_values[group, slot] = values[pick]
         flat_windows[group, slot] = windows[pick]
 
-    def _canonical(self) -> None:
-        """Counts added up and slots in key order (the compiled kernel leaves them unordered)."""
+    def _canonical(self, rows: int = 4096) -> None:
+        """Counts added up and slots in key order (the compiled kernel leaves them
+        unordered), in place, ``rows`` units at a time (no second copy of the state)."""
         self._spill()
-        order = self._keys.argsort(dim=2, stable=True)
-        for name in ("_keys", "_tokens", "_values"):
-            setattr(self, name, getattr(self, name).gather(2, order))
-        self._windows = self._windows.gather(2, order.unsqueeze(-1).expand_as(self._windows))
+        if self._sorted:
+            return
+        self._sorted = True
+        for lo in range(0, self.n_units, rows):
+            hi = min(self.n_units, lo + rows)
+            order = self._keys[lo:hi].argsort(dim=2, stable=True)
+            for name in ("_keys", "_tokens", "_values"):
+                part = getattr(self, name)[lo:hi]
+                part.copy_(part.gather(2, order))
+            part = self._windows[lo:hi]
+            part.copy_(part.gather(2, order.unsqueeze(-1).expand_as(part)))
         self._bars_stale = True  # the slots moved
 
     def state_dict(self) -> dict:
@@ -506,23 +516,31 @@ class StreamingIntervals:
         self._fresh.zero_()
         self._fresh_tokens = 0
         self._bars_stale = True
+        self._sorted = False
 
-    def state(self) -> IntervalState:
+    def state(self, lo: int = 0, hi: int | None = None) -> IntervalState:
+        """The state of units ``lo:hi`` (all by default), copied."""
         self._canonical()
+        hi = self.n_units if hi is None else hi
+        exp = self._exp[lo:hi]
         ceiling = torch.where(
-            self._started,
-            torch.ldexp(torch.ones_like(self._exp, dtype=torch.float64), self._exp),
-            torch.zeros((), dtype=torch.float64, device=self._exp.device),
+            self._started[lo:hi],
+            torch.ldexp(torch.ones_like(exp, dtype=torch.float64), exp),
+            torch.zeros((), dtype=torch.float64, device=exp.device),
         )
         return IntervalState(
             ceiling=ceiling,
-            counts=self._counts[:, 1:].clone(),
-            keys=self._keys[:, 1:].clone(),
-            tokens=self._tokens[:, 1:].clone(),
-            values=self._values[:, 1:].clone(),
-            windows=self._windows[:, 1:].clone(),
+            counts=self._counts[lo:hi, 1:].clone(),
+            keys=self._keys[lo:hi, 1:].clone(),
+            tokens=self._tokens[lo:hi, 1:].clone(),
+            values=self._values[lo:hi, 1:].clone(),
+            windows=self._windows[lo:hi, 1:].clone(),
             n_tokens=self.n_tokens,
         )
+
+    def nbytes(self) -> int:
+        parts = [getattr(self, "_" + name) for name in (*_STATE, "fresh")]
+        return sum(t.numel() * t.element_size() for t in parts) + self._bars.nbytes * 2
 
 
 _STATE = ("exp", "started", "counts", "keys", "tokens", "values", "windows")

@@ -8,11 +8,14 @@ from __future__ import annotations
 import torch
 
 from indexer.intervals import COUNT_BINS, Intervals, IntervalState
+from indexer.logit_kernel import logit_summary
 
 HIST_BARS = 64
 """At most this many bars in an activation histogram (whole grid bins merged)."""
 LOGIT_BINS = 40
+LOGIT_TOKENS = 10
 NEIGHBOURS = 10
+COSINE_BYTES = 128 << 20
 
 
 def activation_histograms(st: IntervalState, max_act: torch.Tensor) -> list[dict | None]:
@@ -45,7 +48,8 @@ def interval_tables(iv: Intervals) -> list[list[list[float]] | None]:
 
 def logit_histograms(effects: torch.Tensor, bins: int = LOGIT_BINS) -> list[dict]:
     """Per unit, the histogram of its effect on every vocabulary logit [U, d_vocab]:
-    ``{"lo": min, "hi": max, "counts": [...]}`` over ``bins`` equal bins."""
+    ``{"lo": min, "hi": max, "counts": [...]}`` over ``bins`` equal bins (the tensor
+    reference)."""
     lo = effects.amin(1, keepdim=True)
     hi = effects.amax(1, keepdim=True)
     width = ((hi - lo) / bins).clamp(min=1e-12)
@@ -65,17 +69,70 @@ def logit_histograms(effects: torch.Tensor, bins: int = LOGIT_BINS) -> list[dict
     ]
 
 
+def logit_summaries(effects: torch.Tensor) -> tuple[list[dict], list[dict]]:
+    """Per unit of ``effects`` [U, d_vocab]: its ``logit_tables`` and ``logit_histograms``
+    entries; on a CPU from one compiled pass (``indexer.logit_kernel``), elsewhere from the
+    tensor code."""
+    if effects.device.type != "cpu":
+        return logit_tables(effects), logit_histograms(effects)
+    x = effects.detach().float().contiguous().numpy()
+    k = min(LOGIT_TOKENS, x.shape[1])
+    top_i, top_v, bot_i, bot_v, lo, hi, counts = logit_summary(x, k, LOGIT_BINS)
+    tables = [
+        {"top": _pairs(ti, tv), "bottom": _pairs(bi, bv)}
+        for ti, tv, bi, bv in zip(
+            top_i.tolist(), top_v.tolist(), bot_i.tolist(), bot_v.tolist(), strict=True
+        )
+    ]
+    hists = [
+        {"lo": a, "hi": b, "counts": c}
+        for a, b, c in zip(lo.tolist(), hi.tolist(), counts.tolist(), strict=True)
+    ]
+    return tables, hists
+
+
+def logit_tables(effects: torch.Tensor, k: int = LOGIT_TOKENS) -> list[dict]:
+    """Per unit of ``effects`` [U, d_vocab], the tokens it promotes and suppresses most:
+    ``{"top": [[id, value], ...], "bottom": [...]}`` (the tensor reference)."""
+    up = effects.topk(k, dim=1)
+    down = effects.topk(k, dim=1, largest=False)
+    return [
+        {"top": _pairs(ui, uv), "bottom": _pairs(di, dv)}
+        for ui, uv, di, dv in zip(
+            up.indices.tolist(),
+            up.values.tolist(),
+            down.indices.tolist(),
+            down.values.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _pairs(ids: list[int], values: list[float]) -> list[list]:
+    return [[i, round(v, 5)] for i, v in zip(ids, values, strict=True)]
+
+
 def cosine_top(a: torch.Tensor, b: torch.Tensor, k: int, *, exclude_self: bool):
     """For each row of ``a`` [n, d], the ``k`` rows of ``b`` [m, d] with the highest cosine
-    similarity: ([n, k] indices, [n, k] cosines)."""
+    similarity: ([n, k] indices, [n, k] cosines). ``exclude_self``: ``a`` is ``b``, and a
+    row is not its own neighbour. Rows of ``a`` go a block at a time ([block, m] float32
+    of at most ``COSINE_BYTES``): the [n, m] matrix of a wide SAE would be tens of GB."""
     a = torch.nn.functional.normalize(a.float(), dim=1)
     b = torch.nn.functional.normalize(b.float(), dim=1)
-    sims = a @ b.t()
-    if exclude_self:
-        sims.fill_diagonal_(-torch.inf)
-    k = min(k, sims.shape[1] - (1 if exclude_self else 0))
-    values, indices = sims.topk(k, dim=1)
-    return indices, values
+    k = min(k, b.shape[0] - (1 if exclude_self else 0))
+    step = max(1, COSINE_BYTES // (4 * max(b.shape[0], 1)))
+    indices, values = [], []
+    for lo in range(0, a.shape[0], step):
+        sims = a[lo : lo + step] @ b.t()
+        if exclude_self:
+            own = torch.arange(sims.shape[0], device=sims.device)
+            sims[own, own + lo] = -torch.inf
+        v, i = sims.topk(k, dim=1)
+        indices.append(i)
+        values.append(v)
+    if not indices:
+        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
+    return torch.cat(indices), torch.cat(values)
 
 
 def pairs(indices: torch.Tensor, values: torch.Tensor) -> list[list[list]]:

@@ -331,13 +331,14 @@ class Model:
         heads, attn_bias, mlp, neurons, mlp_bias = [], [], [], [], []
         for layer in range(cfg.n_layers):
             z = cache[f"blocks.{layer}.attn.hook_z"][at]  # [heads, d_head]
-            out = torch.einsum("hd,hdm->hm", z, tl.W_O[layer])
+            block = tl.blocks[layer]  # (tl.W_O and the like stack every layer's, per access)
+            out = torch.einsum("hd,hdm->hm", z, block.attn.W_O)
             heads.append(through(out))
-            attn_bias.append(float(through(tl.b_O[layer])))
+            attn_bias.append(float(through(block.attn.b_O)))
             mlp.append(float(through(cache[f"blocks.{layer}.hook_mlp_out"][at])))
             post = cache[f"blocks.{layer}.mlp.hook_post"][at].float()
-            neurons.append(post * through(tl.W_out[layer]))
-            mlp_bias.append(float(through(tl.b_out[layer])))
+            neurons.append(post * through(block.mlp.W_out))
+            mlp_bias.append(float(through(block.mlp.b_out)))
         pos_embed = (
             float(through(cache["hook_pos_embed"][at])) if "hook_pos_embed" in cache else 0.0
         )
@@ -367,8 +368,9 @@ class Model:
     # ---- weights --------------------------------------------------------------
 
     def neuron_directions(self, layer: int) -> torch.Tensor:
-        """``W_out[layer]``: what each neuron writes to the residual stream [d_mlp, d_model]."""
-        return self._tl.W_out[layer]
+        """``W_out[layer]``: what each neuron writes to the residual stream [d_mlp, d_model]
+        (the block's own weight: ``HookedTransformer.W_out`` stacks every layer's)."""
+        return self._tl.blocks[layer].mlp.W_out
 
     @torch.inference_mode()
     def logit_effects(self, directions: torch.Tensor) -> torch.Tensor:

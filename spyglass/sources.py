@@ -8,6 +8,7 @@ or one SAE's latents (``12-res-topk-4608``, the SAE's encoding of its hook). Bot
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import torch
 from spyglass.model import DirectionSteer, LatentClamp, Model, NeuronSteer, Steer, mlp_hook
 from spyglass.sae import Sae, check_sae_for_model, load_sae
 
+BLOCK_BYTES = 256 << 20
+"""Largest [sequences, pos, latents] float32 block an SAE's latents are encoded into at a
+time while indexing (``Source.unit_blocks``)."""
 MAX_NORM_RATIO = 10.0
 """Rows whose norm exceeds this multiple of their batch's median are massive-activation
 tokens: SAEs are neither trained nor evaluated on them, and their latents read 0."""
@@ -69,21 +73,41 @@ class Source:
         """Unit activations [batch, pos, units] from the hook's activation [batch, pos, d].
         ``lengths`` [batch]: each sequence's real tokens (None: all pos); an SAE's latents
         read 0 on padding, which takes no part in the norm rule either."""
+        return next(iter(self.unit_blocks(act, skip_first, lengths, max_bytes=None)))[1]
+
+    def unit_blocks(
+        self,
+        act: torch.Tensor,
+        skip_first: int,
+        lengths: torch.Tensor | None = None,
+        *,
+        max_bytes: int | None = BLOCK_BYTES,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``units`` a few sequences at a time: (first sequence, [b, pos, units]) blocks of
+        at most ``max_bytes`` (one sequence at least; None: the whole batch at once), so a
+        wide SAE's [batch, pos, units] float32 block never exists whole. The norm rule is
+        judged on the whole batch, so the blocks are exactly the batch's ``units``."""
         if self.sae is None:
-            return act
+            yield 0, act
+            return
+        n_seq, seq_len = act.shape[:2]
         rows = act.reshape(-1, act.shape[-1])
-        position = torch.arange(rows.shape[0], device=rows.device) % act.shape[1]
+        position = torch.arange(rows.shape[0], device=rows.device) % seq_len
         real = None
         if lengths is not None:
-            ends = lengths.to(rows.device).repeat_interleave(act.shape[1])
+            ends = lengths.to(rows.device).repeat_interleave(seq_len)
             real = position < ends
         ok = typical_rows(rows, among=real)
         ok &= position >= skip_first
         if real is not None:
             ok &= real
-        out = self.sae.encode(rows).float()  # every row, then the others zeroed: no copies
-        out.index_fill_(0, (~ok).nonzero().squeeze(1), 0)  # a boolean mask took 3 ms
-        return out.reshape(*act.shape[:2], self.n_units)
+        per_seq = seq_len * self.n_units * 4
+        step = n_seq if max_bytes is None else max(1, min(n_seq, max_bytes // per_seq))
+        for lo in range(0, n_seq, step):
+            a, b = lo * seq_len, min(n_seq, lo + step) * seq_len
+            out = self.sae.encode(rows[a:b]).float()  # every row, then the others zeroed
+            out.index_fill_(0, (~ok[a:b]).nonzero().squeeze(1), 0)  # a mask took 3 ms
+            yield lo, out.reshape(-1, seq_len, self.n_units)
 
     def activations_on(
         self, model: Model, ids: list[int], skip_first: int, index: int

@@ -27,14 +27,19 @@ def local_cluster():
     ray.shutdown()
 
 
-def test_two_ray_workers_equal_one_process(
-    local_cluster, tiny_model_dir, tiny_corpus_dir, tmp_path
+@pytest.mark.parametrize("workers, unit_shards", [(2, 1), (1, 2), (2, 3)])
+def test_ray_shards_by_tokens_and_units_equal_one_process(
+    local_cluster, tiny_model_dir, tiny_corpus_dir, tmp_path, workers, unit_shards
 ):
+    """Token shards, slices of the units, or both: the same database as one process."""
     one = tmp_path / "one.db"
     build_index(tiny_config(tiny_model_dir, tiny_corpus_dir, one))
     two = tmp_path / "two.db"
     report = index_with_ray(
-        tiny_config(tiny_model_dir, tiny_corpus_dir, two), address="auto", workers=2
+        tiny_config(tiny_model_dir, tiny_corpus_dir, two),
+        address="auto",
+        workers=workers,
+        unit_shards=unit_shards,
     )
     assert report.n_sequences > 0 and report.sources
     assert ray.cluster_resources().get("CPU") == 2  # the tasks ran on this local cluster
@@ -90,5 +95,5 @@ def test_cli_ray_auto_indexes_with_two_workers(tiny_model_dir, tiny_corpus_dir, 
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "ray: 2 shards" in done.stderr
+    assert "ray: 2 token shards x 1 unit slices" in done.stderr
     assert_same_index(str(one), cfg.db)

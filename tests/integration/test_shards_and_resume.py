@@ -54,7 +54,7 @@ def test_merge_refuses_a_missing_or_foreign_shard(tiny_model_dir, tiny_corpus_di
     for i in range(2):
         build_index(tiny_config(tiny_model_dir, tiny_corpus_dir, tmp_path / "a.db", shard=(i, 3)))
     folders = sorted((tmp_path / "a.db.work").glob("*/shard-*"))
-    with pytest.raises(ValueError, match=r"need shards 0\.\.2 of 3 exactly once"):
+    with pytest.raises(ValueError, match=r"need token shards 0\.\.2 of 3 for each"):
         merge_shards(folders, db=str(tmp_path / "m.db"))
     other = tiny_config(tiny_model_dir, tiny_corpus_dir, tmp_path / "b.db", shard=(2, 3), top_k=4)
     build_index(other)

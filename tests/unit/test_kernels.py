@@ -75,3 +75,24 @@ def test_first_batch_bounds_against_brute_force(seed, skip, k, chunks, padded):
         group = np.arange(rows.shape[0]) * (4 * k) // rows.shape[0]
         maxima = np.stack([clean[group == g].max(0) for g in range(4 * k)])
         assert (floor == np.sort(maxima, 0)[-k]).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(12, 300), st.booleans())
+def test_logit_summary_kernel_equals_tensor_reference(seed, n, vocab, ties):
+    """Top and bottom tokens, min, max and histogram counts of each row, as the tensor code
+    computes them (``summaries.logit_tables``/``logit_histograms``)."""
+    from indexer import summaries
+
+    gen = torch.Generator().manual_seed(seed)
+    effects = torch.randn(n, vocab, generator=gen) * 3
+    if ties:  # repeated values, and a constant row
+        effects = effects.round()
+        effects[0] = 1.5
+    tables, hists = summaries.logit_summaries(effects)
+    assert hists == summaries.logit_histograms(effects.clone())
+    expect = summaries.logit_tables(effects)
+    for got, want, row in zip(tables, expect, effects, strict=True):
+        for side in ("top", "bottom"):
+            assert [v for _, v in got[side]] == [v for _, v in want[side]]
+            assert all(round(row[i].item(), 5) == v for i, v in got[side])

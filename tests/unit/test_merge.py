@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from index_checks import draw_lengths, pad, part
 
-from indexer.core import StreamingCorrelation, StreamingTopK, merge_topk_states
+from indexer.core import StreamingTopK, merge_topk_states
+from indexer.correlation import StreamingCorrelation
 from indexer.intervals import StreamingIntervals, merge_states
 
 
@@ -37,8 +38,8 @@ def sharded_streams(draw):
 
 
 def streamers(n_units, sparse):
-    corr = StreamingCorrelation(n_units, rate=0.5, sparse=sparse, skip_first=1)
-    corr.FLUSH_ROWS = 3  # so that shards add their rows in at different points
+    # A cap below the tokens sampled: shards keep their own smallest keys.
+    corr = StreamingCorrelation(n_units, rate=0.5, sparse=sparse, skip_first=1, cap=3)
     return (
         StreamingTopK(n_units, 3, before=2, after=1, skip_first=1),
         StreamingIntervals(n_units, per_bin=2, before=2, after=1, skip_first=1),
@@ -80,19 +81,11 @@ def test_any_sharding_merges_to_the_single_pass_state(stream, sparse):
             assert torch.equal(value.nan_to_num(-7), intervals[name].nan_to_num(-7))
         else:
             assert torch.equal(value, intervals[name]), name
-    assert expect[2]["n_tokens"] == corr["n_tokens"]
-    torch.testing.assert_close(expect[2]["sum"], corr["sum"], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(
-        full_cross(expect[2], n_units, sparse), full_cross(corr, n_units, sparse),
-        rtol=1e-12, atol=1e-12,
-    )  # fmt: skip
-
-
-def full_cross(state: dict, n_units: int, sparse: bool) -> torch.Tensor:
-    """A correlation state's symmetric sum of products, pending rows added in."""
-    corr = StreamingCorrelation(n_units, rate=0.5, sparse=sparse, skip_first=1)
-    corr.load_state_dict({k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()})
-    return corr.cross_rows(0, n_units)
+    # The tokens collected, in token order: one pass's, to the bit.
+    assert expect[2].keys() == corr.keys()
+    for name, value in expect[2].items():
+        same = torch.equal(value, corr[name]) if torch.is_tensor(value) else value == corr[name]
+        assert same, name
 
 
 def test_a_state_reloads_exactly():
@@ -113,3 +106,45 @@ def test_a_state_reloads_exactly():
                 assert torch.equal(value.nan_to_num(-7), sb[name].nan_to_num(-7)), name
             else:
                 assert value == sb[name]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.booleans(), st.integers(1, 4))
+def test_unit_slices_join_to_the_whole_correlation_state(seed, sparse, n_slices):
+    """Slices of the units, each over every token, joined: the state of all of them."""
+    from indexer.stats import unit_range
+
+    gen = torch.Generator().manual_seed(seed)
+    acts = torch.randn(6, 9, 7, generator=gen)
+    if sparse:
+        acts = acts.relu() * (torch.rand(acts.shape, generator=gen) < 0.3)
+    whole = StreamingCorrelation(7, rate=0.5, sparse=sparse, skip_first=1, cap=5)
+    ranges = [unit_range(7, (j, n_slices)) for j in range(n_slices)]
+    parts = [StreamingCorrelation(hi - lo, rate=0.5, sparse=sparse, skip_first=1, cap=5)
+             for lo, hi in ranges]  # fmt: skip
+    for b in range(0, 6, 2):
+        whole.update(acts[b : b + 2], b)
+        for part, (lo, hi) in zip(parts, ranges, strict=True):
+            part.update(acts[b : b + 2, :, lo:hi], b)
+    joined = StreamingCorrelation.join_units(
+        [p.state_dict() for p in parts], [lo for lo, _ in ranges]
+    )
+    expect = whole.state_dict()
+    assert expect.keys() == joined.keys()
+    for name, value in expect.items():
+        same = torch.equal(value, joined[name]) if torch.is_tensor(value) else value == joined[name]
+        assert same, name
+
+
+def test_a_dense_sample_keeps_the_smallest_keys_in_token_order():
+    from indexer.intervals import token_keys
+
+    acts = torch.randn(8, 10, 3, generator=torch.Generator().manual_seed(1))
+    corr = StreamingCorrelation(3, rate=1.0, skip_first=0, cap=7)
+    for b in range(8):
+        corr.update(acts[b : b + 1], b)
+    state = corr.state_dict()
+    keys = token_keys(torch.arange(80))
+    expect = keys.topk(7, largest=False).indices.sort().values
+    assert torch.equal(state["tokens"], expect)
+    assert torch.equal(state["rows"], acts.reshape(80, 3)[expect])

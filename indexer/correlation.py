@@ -1,0 +1,415 @@
+"""Each unit's most correlated units (Pearson r), without any [U, U] state.
+
+The pass only collects what the correlations need; they are computed at write time,
+blockwise, so memory follows the units and the sample, never the square of the units.
+
+- Dense sources (MLP neurons) keep the sampled tokens' activations: the tokens whose key
+  (``indexer.intervals.token_keys``) falls below ``rate``, a uniform sample of the corpus,
+  the same tokens for every source whatever the batching; of those at most ``cap``, the
+  ones with the smallest keys (pruned as the stream goes, so memory stays bounded: the
+  smallest keys of the whole stream are the smallest of any part that holds them). At
+  write time the [n, U] rows
+  give the sums of products ``rows`` units at a time ([rows, U] float64), each block
+  reduced to its top k at once.
+- Sparse sources (SAE latents, mostly zero) keep every eligible token's non-zero
+  activations, as a list by token (CSR): the pairs that fire together are the only
+  products that are not zero. At write time each latent's row of sums comes from the
+  tokens it fires on (``_sparse_top``), exactly; a latent that never fires with another
+  has the covariance ``-mean_i * mean_j`` with it, and the best of those are taken in
+  order of ``mean_j / std_j`` without visiting the rest.
+
+Both sum float32 products in float64, token by token in token order (the dense sample is
+kept sorted by token). A merge of shards
+sorts their tokens back into that order, so merged shards give the very numbers one pass
+gives, bit for bit. Memory: dense, 4 bytes per unit per sampled token; sparse, 8 bytes per
+non-zero activation plus 16 per token.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+from indexer import kernels
+from indexer.intervals import as_array, batch_keys, real_lengths, token_keys, use_compiled
+from indexer.kernels import _listed
+
+DENSE_CAP = 4096
+"""Default most tokens a dense source's correlations use (``StreamingCorrelation.cap``)."""
+NEIGHBOUR_ROWS = 1024
+"""Units whose [rows, U] float64 sums of products a dense source computes at a time."""
+
+
+def sampled_rows(token0: int, n_seq: int, seq_len: int, skip: int, rate: float, ends=None):
+    """The eligible rows ``b * seq_len + t`` (``skip`` <= t < ``ends[b]``) of a batch of
+    tokens from ``token0`` whose key falls below ``rate``: the same for every source."""
+    rows = kernels.eligible_rows(n_seq, seq_len, skip, ends)
+    if rate < 1:
+        keys = batch_keys(token0, n_seq * seq_len)[rows]
+        rows = rows[keys.astype(np.float64) < rate * 2.0**63]
+    return rows
+
+
+class StreamingCorrelation:
+    """What one source's correlations need, collected over a stream of batches; ``top``
+    computes them."""
+
+    def __init__(
+        self,
+        n_units: int,
+        *,
+        rate: float = 1.0,
+        sparse: bool = False,
+        skip_first: int = 0,
+        device: torch.device | str = "cpu",
+        backend: str | None = None,
+        cap: int = DENSE_CAP,
+    ):
+        if not 0 < rate <= 1:
+            raise ValueError("rate must be in (0, 1]")
+        if cap < 1:
+            raise ValueError("cap must be at least 1")
+        self.cap = cap
+        self.n_units, self.sparse, self.skip_first = n_units, sparse, skip_first
+        self.rate = 1.0 if sparse else rate
+        self.compiled = use_compiled(device, backend)
+        self.device = torch.device(device)
+        self._parts: list[dict] = []  # one per batch, joined by ``_joined``
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(p["tokens"].shape[0] for p in self._parts)
+
+    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> None:
+        """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``, each of
+        ``lengths`` [B] real positions (None: all T)."""
+        n_seq, seq_len, n_units = acts.shape
+        if seq_len <= self.skip_first:
+            return
+        ends = real_lengths(lengths, n_seq, seq_len)
+        token0 = first_sequence * seq_len
+        rows = sampled_rows(token0, n_seq, seq_len, self.skip_first, self.rate, ends)
+        if not rows.shape[0]:
+            return
+        tokens = torch.from_numpy(rows + token0)
+        if not self.sparse:
+            at = torch.from_numpy(rows).to(acts.device)
+            picked = acts.reshape(-1, n_units).index_select(0, at).float()
+            self._parts.append({"tokens": tokens, "rows": picked})
+            if sum(p["tokens"].shape[0] for p in self._parts) > 2 * self.cap:
+                self._parts = [_smallest_keys(_cat(self._parts), self.cap)]
+            return
+
+        if self.compiled:
+            chunks = max(1, min(numba.get_num_threads(), rows.shape[0] // 64))
+            counts, units, values = _list_nonzeros(as_array(acts), rows, chunks)
+            part = {
+                "counts": torch.from_numpy(counts),
+                "units": torch.from_numpy(units),
+                "values": torch.from_numpy(values),
+            }
+        else:
+            x = acts.reshape(-1, n_units).index_select(0, torch.from_numpy(rows).to(acts.device))
+            row, unit = (x != 0).nonzero(as_tuple=True)  # row-major: by token, then unit
+            part = {
+                "counts": torch.bincount(row, minlength=x.shape[0]).cpu(),
+                "units": unit.int().cpu(),
+                "values": x[row, unit].float().cpu(),
+            }
+        self._parts.append({"tokens": tokens, **part})
+
+    def _joined(self) -> dict:
+        """The parts as one (a dense sample cut to ``cap``), kept so (no second copy at the
+        next checkpoint)."""
+        if len(self._parts) != 1:
+            self._parts = [_empty(self) if not self._parts else _cat(self._parts)]
+        if not self.sparse and self._parts[0]["tokens"].shape[0] > self.cap:
+            self._parts = [_smallest_keys(self._parts[0], self.cap)]
+        return self._parts[0]
+
+    def state_dict(self) -> dict:
+        """The collected tokens, on the CPU: for a checkpoint and a merge."""
+        state = {name: t.cpu() for name, t in self._joined().items()}
+        return {**state, "sparse": self.sparse, "cap": self.cap}
+
+    def load_state_dict(self, state: dict) -> None:
+        if bool(state.get("sparse")) != self.sparse or "tokens" not in state:
+            raise ValueError("a correlation state of another kind")
+        device = self.device if not self.sparse else torch.device("cpu")
+        self._parts = [{k: v.to(device) for k, v in state.items() if isinstance(v, torch.Tensor)}]
+
+    @staticmethod
+    def merge_states(a: dict, b: dict) -> dict:
+        """Two disjoint streams' states as one, in token order: what one pass over both
+        collects."""
+        keys = [k for k, v in a.items() if isinstance(v, torch.Tensor)]
+        merged = _cat([{k: a[k] for k in keys}, {k: b[k] for k in keys}])
+        order = merged["tokens"].argsort(stable=True)
+        out = {"tokens": merged["tokens"][order]}
+        if "rows" in merged:
+            out["rows"] = merged["rows"][order]
+            out = _smallest_keys(out, a["cap"])
+            return {**out, "sparse": False, "cap": a["cap"]}
+        counts = merged["counts"]
+        starts = torch.cumsum(counts, 0) - counts
+        picked = counts[order]
+        # Each token's entries, token by token in the new order.
+        at = torch.repeat_interleave(starts[order] - (torch.cumsum(picked, 0) - picked), picked)
+        at += torch.arange(at.shape[0])
+        out.update(counts=picked, units=merged["units"][at], values=merged["values"][at])
+        return {**out, "sparse": True, "cap": a["cap"]}
+
+    @staticmethod
+    def join_units(states: list[dict], offsets: list[int]) -> dict:
+        """The states of consecutive slices of a source's units (slice j's units start at
+        ``offsets[j]``), over the same tokens, as the state of all of them."""
+        tokens = states[0]["tokens"]
+        if any(not torch.equal(s["tokens"], tokens) for s in states[1:]):
+            raise ValueError("unit slices of one source saw different tokens")
+        if not states[0]["sparse"]:
+            rows = torch.cat([s["rows"] for s in states], 1)
+            return {"tokens": tokens, "rows": rows, "sparse": False, "cap": states[0]["cap"]}
+        counts = torch.stack([s["counts"] for s in states]).sum(0)
+        # Each entry's token; slices one after another, then a stable sort by token keeps
+        # them in slice order within a token: units ascending, as one pass lists them.
+        at = torch.cat(
+            [torch.repeat_interleave(torch.arange(tokens.shape[0]), s["counts"]) for s in states]
+        )
+        order = at.argsort(stable=True)
+        units = torch.cat([s["units"] + lo for s, lo in zip(states, offsets, strict=True)])
+        values = torch.cat([s["values"] for s in states])
+        return {
+            "tokens": tokens,
+            "counts": counts,
+            "units": units[order].int(),
+            "values": values[order],
+            "sparse": True,
+            "cap": states[0]["cap"],
+        }
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for p in self._parts for t in p.values())
+
+    def top(self, k: int, *, rows: int = NEIGHBOUR_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each unit's ``k`` most correlated other units: ([U, k] indices, [U, k] r).
+        r is NaN where fewer remain (units constant on the sample have no correlation)."""
+        state = self._joined()
+        k = min(k, max(self.n_units - 1, 0))
+        if self.sparse:
+            return sparse_top(state, self.n_units, k)
+        return dense_top(state["rows"], k, rows=rows)
+
+
+def _empty(corr: StreamingCorrelation) -> dict:
+    tokens = torch.zeros(0, dtype=torch.long)
+    if not corr.sparse:
+        return {"tokens": tokens, "rows": torch.zeros(0, corr.n_units, device=corr.device)}
+    return {
+        "tokens": tokens,
+        "counts": torch.zeros(0, dtype=torch.long),
+        "units": torch.zeros(0, dtype=torch.int32),
+        "values": torch.zeros(0),
+    }
+
+
+def _cat(parts: list[dict]) -> dict:
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+def _smallest_keys(part: dict, cap: int) -> dict:
+    """A dense part cut to the ``cap`` tokens with the smallest keys, in token order."""
+    tokens = part["tokens"]
+    if tokens.shape[0] > cap:
+        keys = token_keys(tokens)
+        keep = keys.topk(cap, largest=False).indices.sort().values  # tokens ascend with rows
+        part = {"tokens": tokens[keep], "rows": part["rows"][keep.to(part["rows"].device)]}
+    return part
+
+
+def _moments(n: int, sums: torch.Tensor, squares: torch.Tensor):
+    """Mean, standard deviation and whether each unit varies (float64 [U] each)."""
+    n = max(n, 1)
+    mean = sums / n
+    std = (squares / n - mean * mean).clamp(min=0).sqrt()
+    usable = (std > 1e-12 * std.max().clamp(min=1e-30)) if std.numel() else std > 0
+    return mean, std, usable
+
+
+def dense_top(x: torch.Tensor, k: int, *, rows: int = NEIGHBOUR_ROWS):
+    """Top ``k`` Pearson r per column of ``x`` [n, U] (float32 values, float64 sums),
+    ``rows`` columns at a time against all."""
+    n, n_units = x.shape
+    x = x.double()
+    mean, std, usable = _moments(n, x.sum(0), (x * x).sum(0))
+    indices, values = [], []
+    for lo in range(0, n_units, rows):
+        hi = min(n_units, lo + rows)
+        cov = (x[:, lo:hi].t() @ x) / max(n, 1) - torch.outer(mean[lo:hi], mean)
+        corr = cov / torch.outer(std[lo:hi], std)
+        corr = corr.masked_fill(~(usable[lo:hi, None] & usable[None, :]), -torch.inf)
+        own = torch.arange(hi - lo, device=corr.device)
+        corr[own, own + lo] = -torch.inf
+        v, i = corr.topk(k, dim=1)
+        indices.append(i.cpu())
+        values.append(v.clamp(-1, 1).masked_fill(v == -torch.inf, torch.nan).cpu())
+    if not indices:
+        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
+    return torch.cat(indices), torch.cat(values).float()
+
+
+def sparse_top(state: dict, n_units: int, k: int):
+    """Top ``k`` Pearson r per unit from the non-zeros listed by token (CSR)."""
+    counts = state["counts"].numpy().astype(np.int64)
+    units = state["units"].numpy().astype(np.int64)
+    values = state["values"].numpy().astype(np.float64)
+    n = state["tokens"].shape[0]
+    sums = np.bincount(units, weights=values, minlength=n_units)
+    squares = np.bincount(units, weights=values * values, minlength=n_units)
+    mean, std, usable = (
+        t.numpy() for t in _moments(n, torch.from_numpy(sums), torch.from_numpy(squares))
+    )
+    if k == 0:
+        return torch.zeros(n_units, 0, dtype=torch.long), torch.zeros(n_units, 0)
+    ratio = np.where(usable, mean / np.where(usable, std, 1.0), 0.0)
+    order = np.flatnonzero(usable)
+    order = order[np.argsort(ratio[order], kind="stable")]  # ascending mean / std
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    chunks = max(1, min(numba.get_num_threads(), n_units // 64))
+    idx, r = _sparse_top(
+        starts, units, values, n_units, max(n, 1), mean, std, usable, order, k, chunks
+    )
+    r = np.clip(r, -1.0, 1.0)
+    return torch.from_numpy(idx), torch.from_numpy(r).float()
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _list_nonzeros(acts, rows, chunks):  # pragma: no cover - compiled
+    """The non-zero values of ``acts`` [B, T, U] at ``rows`` (``b * T + t``), row by row
+    and by unit within a row: ([n] count per row, units int32, values float32)."""
+    seq_len, n_units = acts.shape[1], acts.shape[2]
+    n_rows = rows.shape[0]
+    counts = np.zeros(n_rows, np.int64)
+    for n in numba.prange(n_rows):
+        row = acts[rows[n] // seq_len, rows[n] % seq_len]
+        m = 0
+        for u in range(n_units):
+            m += row[u] != 0
+        counts[n] = m
+    starts = np.zeros(n_rows + 1, np.int64)
+    starts[1:] = np.cumsum(counts)
+    units = np.empty(starts[-1], np.int32)
+    values = np.empty(starts[-1], np.float32)
+    per_chunk = (n_rows + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        # Flagged in a vectorised pass, listed 8 flags at a time: a row holds a few dozen
+        # non-zeros among thousands, and a branch per value cost 4x.
+        flag = np.zeros((n_units + 7) // 8 * 8, np.uint8)
+        flag_words = flag.view(np.uint64)
+        found = np.zeros(flag.shape[0], np.int32)
+        for n in range(c * per_chunk, min(n_rows, (c + 1) * per_chunk)):
+            row = acts[rows[n] // seq_len, rows[n] % seq_len]
+            for u in range(n_units):
+                flag[u] = row[u] != 0
+            at = starts[n]
+            for j in range(_listed(flag, flag_words, found)):
+                units[at + j] = found[j]
+                values[at + j] = row[found[j]]
+    return counts, units, values
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _sparse_top(
+    starts, units, values, n_units, n, mean, std, usable, order, k, chunks
+):  # pragma: no cover - compiled
+    """Per unit i, the k units j of highest r = (S_ij / n - m_i m_j) / (s_i s_j), S_ij the
+    sum over tokens of v_i v_j (``starts``/``units``/``values``: the non-zeros by token).
+
+    S_ij is summed, token by token in order, over the tokens where i fires (a column
+    list built first); the units it never fires with have S_ij = 0, so their r is
+    -(m_i / s_i) (m_j / s_j), best first in ``order`` (usable units by ascending
+    m_j / s_j, walked from the end that suits the sign of m_i) until it cannot beat the
+    k-th best. Unusable units (no variance) take part on neither side."""
+    n_entries = units.shape[0]
+    n_rows = starts.shape[0] - 1
+    # Columns: for each unit, its entries (token rows), in token order.
+    col_starts = np.zeros(n_units + 1, np.int64)
+    for e in range(n_entries):
+        col_starts[units[e] + 1] += 1
+    for u in range(n_units):
+        col_starts[u + 1] += col_starts[u]
+    fill = col_starts[:-1].copy()
+    col_entry = np.empty(n_entries, np.int64)
+    col_row = np.empty(n_entries, np.int64)
+    for t in range(n_rows):
+        for e in range(starts[t], starts[t + 1]):
+            u = units[e]
+            col_entry[fill[u]] = e
+            col_row[fill[u]] = t
+            fill[u] += 1
+    out_idx = np.zeros((n_units, k), np.int64)
+    out_r = np.full((n_units, k), np.nan)
+    for c in numba.prange(chunks):
+        acc = np.zeros(n_units)
+        stamp = np.full(n_units, -1, np.int64)
+        touched = np.empty(n_units, np.int64)
+        best_r = np.empty(k)
+        best_j = np.empty(k, np.int64)
+        for i in range(c, n_units, chunks):
+            if not usable[i]:
+                continue
+            n_touched = 0
+            for p in range(col_starts[i], col_starts[i + 1]):
+                vi = values[col_entry[p]]
+                t = col_row[p]
+                for e in range(starts[t], starts[t + 1]):
+                    j = units[e]
+                    if stamp[j] != i:
+                        stamp[j] = i
+                        acc[j] = 0.0
+                        touched[n_touched] = j
+                        n_touched += 1
+                    acc[j] += vi * values[e]
+            best_r[:] = -np.inf
+            best_j[:] = -1
+            for q in range(n_touched):
+                j = touched[q]
+                if j == i or not usable[j]:
+                    continue
+                r = (acc[j] / n - mean[i] * mean[j]) / (std[i] * std[j])
+                _offer(best_r, best_j, r, j)
+            # Units i never fires with: r falls monotonically along ``order``.
+            a = mean[i] / std[i]
+            m = order.shape[0]
+            for q in range(m):
+                j = order[q] if a >= 0 else order[m - 1 - q]
+                if j == i or stamp[j] == i:
+                    continue
+                r = (0.0 - mean[i] * mean[j]) / (std[i] * std[j])
+                if r <= best_r[k - 1] and best_j[k - 1] >= 0:
+                    break
+                _offer(best_r, best_j, r, j)
+            for q in range(k):
+                if best_j[q] >= 0:
+                    out_idx[i, q] = best_j[q]
+                    out_r[i, q] = best_r[q]
+    return out_idx, out_r
+
+
+@numba.njit(cache=True, inline="always")
+def _offer(best_r, best_j, r, j):  # pragma: no cover - compiled
+    """Insert (r, j) into the descending list ``best_r``/``best_j`` if it beats its last
+    (on a tie, the lower unit first)."""
+    k = best_r.shape[0]
+    last = k - 1
+    if best_j[last] >= 0 and (r < best_r[last] or (r == best_r[last] and j > best_j[last])):
+        return
+    q = last
+    while q > 0 and (
+        best_j[q - 1] < 0 or r > best_r[q - 1] or (r == best_r[q - 1] and j < best_j[q - 1])
+    ):
+        best_r[q] = best_r[q - 1]
+        best_j[q] = best_j[q - 1]
+        q -= 1
+    best_r[q] = r
+    best_j[q] = j

@@ -1,0 +1,188 @@
+"""The memory an index run needs, worked out before it starts, and the refusal when it
+cannot fit.
+
+The model (``docs/performance.md``, "Memory", checks it against measurements):
+
+- what is resident when the plan is made: the model, the SAEs' weights, the libraries
+  (read from the OS, not estimated);
+- every unit's streamed state (``unit_state_bytes``): its top-k slots with their context
+  windows, and its interval counts and sample slots: a constant per unit;
+- each source's correlation tokens (``correlation_bytes``): neurons keep the sampled
+  tokens' activations, 4 bytes per neuron per sampled token; SAE latents keep every
+  token's non-zero activations, 8 bytes each plus 16 per token;
+- the largest working set on top of that: a batch's activation block during the pass
+  (an SAE's is encoded a few sequences at a time, at most ``BLOCK_BYTES``), or one
+  ``WRITE_UNITS`` slice of rows, a correlation block and a cosine block while writing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer.config import Plan
+from indexer.correlation import DENSE_CAP
+from indexer.intervals import COUNT_BINS, SAMPLE_BINS
+from indexer.write import WRITE_UNITS
+from spyglass.sources import BLOCK_BYTES, Source
+
+INTERVAL_WINDOW = 14
+"""Positions in an interval sample's window (``StreamingIntervals``' 10 before, 3 after)."""
+ASSUMED_L0 = 100
+"""Active latents per token assumed for an SAE that does not fix it (TopK's ``k`` does)."""
+WRITE_BYTES_PER_UNIT = 96_000
+"""Working bytes per unit of a ``WRITE_UNITS`` slice while it is written: its ranked
+top-k and interval state copied, the intervals chosen, and its rows as Python objects
+(measured with ``bench/memory.py``)."""
+GB = 1e9
+
+
+def unit_state_bytes(cfg) -> int:
+    """Bytes of one unit's streamed state (top-k, interval counts and samples)."""
+    window = cfg.window_before + 1 + cfg.window_after
+    topk = cfg.top_k * (4 + 8 + 4 * window)  # value, token, float32 window
+    counts = (COUNT_BINS + 1) * (8 + 4)  # int64 totals and int32 fresh counts
+    bins = SAMPLE_BINS + 1
+    samples = bins * cfg.interval_samples * (8 + 8 + 4 + 2 * INTERVAL_WINDOW)
+    return topk + counts + bins * 16 + samples + 9  # bars and slots, ceiling and flag
+
+
+def expected_l0(src: Source) -> int:
+    if src.sae is not None and src.sae.cfg.k is not None:
+        return min(src.sae.cfg.k, src.n_units)
+    return min(ASSUMED_L0, src.n_units)
+
+
+def correlation_bytes(src: Source, cfg, n_tokens: int) -> int:
+    """Bytes of a source's correlation tokens over ``n_tokens`` tokens."""
+    if src.sae is None:
+        rows = min(int(cfg.correlation_rate * n_tokens), DENSE_CAP)
+        return rows * (4 * src.n_units + 8)
+    return n_tokens * (16 + 8 * expected_l0(src))
+
+
+@dataclass
+class MemoryEstimate:
+    resident: int
+    """Bytes resident when the plan was made (model, SAE weights, libraries)."""
+    state: int
+    """Bytes of every source's streamed state and correlation tokens."""
+    working: int
+    """Bytes of the largest working set on top of the state."""
+    available: int
+    """Bytes this process may use (what the OS and its cgroup have free, plus its own)."""
+    per_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def peak(self) -> int:
+        return self.resident + self.state + self.working
+
+    def line(self) -> str:
+        return (
+            f"memory: about {self.peak / GB:.1f} GB at peak (model and weights "
+            f"{self.resident / GB:.1f} GB, statistics {self.state / GB:.1f} GB, working "
+            f"{self.working / GB:.1f} GB) of {self.available / GB:.1f} GB available"
+        )
+
+
+def check(plan: Plan) -> MemoryEstimate:
+    """The plan's estimate; ValueError, one line naming the flag that would make it fit,
+    when it needs more than ``--memory`` (default: what is available)."""
+    est = estimate(plan, plan.cfg.tokens)
+    budget = plan.cfg.memory * GB if plan.cfg.memory else est.available
+    if est.peak <= budget:
+        return est
+    have = (
+        f"{budget / GB:.1f} GB is available"
+        if not plan.cfg.memory
+        else (f"--memory is {plan.cfg.memory:g} GB")
+    )
+    need = f"this index needs about {est.peak / GB:.1f} GB and {have}"
+    fixed = est.resident + est.working
+    n = plan.cfg.units[1]
+    for more in (2, 4, 8, 16, 32, 64, 128, 256):
+        each = fixed + est.state / more
+        if each <= budget:
+            raise ValueError(
+                f"{need}: split the units over {n * more} runs with --units I/{n * more} "
+                f"(about {each / GB:.1f} GB each), then join them with `spyglass merge`"
+            )
+    raise ValueError(
+        f"{need}; the model, its weights and one batch alone take "
+        f"{fixed / GB:.1f} GB: use a smaller --batch-size or a machine with more memory"
+    )
+
+
+def estimate(plan: Plan, n_tokens: int | None) -> MemoryEstimate:
+    """The plan's memory, for a corpus of ``n_tokens`` tokens (the cap, or a guess: 1M)."""
+    cfg = plan.cfg
+    tokens = n_tokens or 1_000_000
+    per_unit = unit_state_bytes(cfg)
+    per_source = {}
+    working = 0
+    tokens_per_batch = cfg.batch_size * cfg.seq_len
+    part = 1 / cfg.units[1]  # the share of every source's units this run takes
+    for src in plan.sources:
+        corr = int(correlation_bytes(src, cfg, tokens) * part)
+        per_source[src.name] = int(src.n_units * part) * per_unit + corr
+        if src.sae is None:
+            block = tokens_per_batch * src.n_units * 4
+        else:
+            block = min(tokens_per_batch * src.n_units * 4, BLOCK_BYTES) + 2 * 256 * src.n_units * 4
+        write = (
+            min(WRITE_UNITS, src.n_units) * WRITE_BYTES_PER_UNIT
+            + corr
+            + _neighbour_bytes(src, plan.model, cfg, tokens)
+        )
+        working = max(working, block, write)
+    forward = tokens_per_batch * (plan.model.d_model * 16 + plan.model.d_mlp * 12)
+    return MemoryEstimate(
+        resident=resident_bytes(),
+        state=sum(per_source.values()),
+        working=working + forward,
+        available=available_bytes(),
+        per_source=per_source,
+    )
+
+
+def _neighbour_bytes(src: Source, model, cfg, n_tokens: int) -> int:
+    """Working bytes of the neighbours: the float64 copy of the sampled rows and a block
+    of sums (neurons), the column lists (latents), and the cosine blocks."""
+    if src.sae is None:
+        rows = min(int(cfg.correlation_rate * n_tokens), DENSE_CAP)
+        return rows * src.n_units * 8 + 3 * 1024 * src.n_units * 8
+    nnz = n_tokens * expected_l0(src)
+    cosine = 2 * src.n_units * model.d_model * 4 + 2 * (128 << 20)
+    return nnz * 24 + src.n_units * 200 + cosine
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (0 where the OS does not say)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def available_bytes() -> int:
+    """What this process may use: its own resident set plus what is free to it, the
+    smaller of the OS's MemAvailable and its cgroup's limit less the cgroup's use."""
+    free = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            room = int(limit) - used
+            free = room if free is None else min(free, room)
+    except (OSError, ValueError):
+        pass
+    if free is None:
+        return 1 << 62  # cannot tell: do not refuse
+    return resident_bytes() + free

@@ -1,0 +1,307 @@
+"""The write phase: streamed states -> unit rows, examples and neighbours -> database.
+
+A source is written ``WRITE_UNITS`` units at a time: its ranked top-k, interval samples,
+histograms and logit effects exist for one slice of units at once, so a wide SAE's rows
+never all sit in memory. Neighbours (correlated units, decoder rows, aligned neurons) are
+worked out first for every unit, blockwise, and kept as [U, 10] index and value tables.
+
+``PhaseClock`` adds up where the time goes (``bench/index.py`` prints it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexer import summaries
+from indexer.checkpoint import Progress
+from indexer.config import IndexReport, Plan
+from indexer.core import TopKResult
+from indexer.correlation import StreamingCorrelation
+from indexer.intervals import choose_intervals
+from indexer.stats import SourceStats, merge_source_states, return_freed_memory, unit_range
+from spyglass import storage
+from spyglass.model import Model
+from spyglass.sources import Source
+
+WRITE_UNITS = 8192
+"""Units whose rows are built and inserted at a time."""
+
+
+class PhaseClock:
+    """Seconds per phase of the write, summed over sources: ``with clock("insert"): ...``."""
+
+    def __init__(self):
+        self.seconds: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
+
+
+def write_index(
+    plan: Plan,
+    parts: list[list[dict[str, dict]]],
+    sequences: list[Iterable[list[tuple]]],
+    progress: Progress,
+    clock: PhaseClock | None = None,
+) -> IndexReport:
+    """Write the index in one transaction (readers see the previous index until it
+    commits) from the streamed states and the ``sequences`` (chunks of ``(id, document,
+    offset, tokens)`` rows, real tokens only). ``parts[j]`` holds slice j of every source's
+    units (one slice: all of them), as the states of its token shards, which merge
+    exactly; ``progress`` counts the corpus once."""
+    cfg, model = plan.cfg, plan.model
+    clock = clock or PhaseClock()
+    started = time.perf_counter()
+    report = IndexReport(
+        slug=cfg.slug(),
+        n_sequences=progress.n_sequences,
+        n_tokens=progress.n_tokens,
+        n_documents=progress.n_documents,
+        skipped=dict(progress.skipped),
+        pass_seconds=progress.seconds,
+    )
+    engine = storage.make_engine(cfg.db, create=True)
+    try:
+        with engine.begin() as conn:
+            model_id = storage.replace_model(
+                conn,
+                report.slug,
+                spec=cfg.model,
+                corpus=cfg.corpus,
+                n_layers=model.n_layers,
+                d_model=model.d_model,
+                d_vocab=model.d_vocab,
+                seq_len=cfg.seq_len,
+                skip_first=0 if cfg.include_first_token else 1,
+                top_k=cfg.top_k,
+                options=json.dumps(plan.options) if plan.options else None,
+            )
+            with clock("insert"):
+                for chunks in sequences:
+                    for rows in chunks:
+                        storage.add_sequences(conn, model_id, rows)
+                storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
+            sources = tqdm(plan.sources, desc="writing", unit="source", disable=not cfg.progress)
+            for src in sources:
+                slices = [[shard.pop(src.name) for shard in part] for part in parts]
+                write_source(conn, model_id, src, slices, plan, clock)  # freed once written
+                del slices
+                return_freed_memory()
+                report.sources.append(src.name)
+            report.seconds = progress.seconds + time.perf_counter() - started
+            report.write_seconds = dict(clock.seconds)
+            storage.finish_model(
+                conn,
+                model_id,
+                n_sequences=report.n_sequences,
+                n_tokens=report.n_tokens,
+                seconds=report.seconds,
+            )
+    finally:
+        engine.dispose()
+    return report
+
+
+def write_source(
+    conn, model_id: int, src: Source, slices: list[list[dict]], plan: Plan, clock: PhaseClock
+) -> None:
+    """The source's row, one row per unit, and its examples. ``slices[j]``: the states of
+    slice j of its units from each token shard. A slice is merged and written
+    ``WRITE_UNITS`` units at a time, then freed; the correlations need every slice's
+    tokens, and come first."""
+    cfg, model = plan.cfg, plan.model
+    source_id = storage.add_source(
+        conn,
+        model_id,
+        name=src.name,
+        kind=src.kind,
+        layer=src.layer,
+        hook=src.hook,
+        n_units=src.n_units,
+        sae=src.sae_spec,
+        info=src.info(),
+    )
+    directions = src.directions(model)  # [U, d]
+    n_slices = len(slices)
+    ranges = [unit_range(src.n_units, (j, n_slices)) for j in range(n_slices)]
+    with clock("correlations"):
+        joined = StreamingCorrelation.join_units(
+            [
+                functools.reduce(
+                    StreamingCorrelation.merge_states, [s["correlation"] for s in part]
+                )
+                for part in slices
+            ],
+            [lo for lo, _ in ranges],
+        )
+        correlation = StreamingCorrelation(src.n_units, sparse=src.sae is not None)
+        correlation.load_state_dict(joined)
+        del joined
+        correlated = correlation.top(summaries.NEIGHBOURS)
+        n_correlation = correlation.n_tokens
+        del correlation
+    with clock("decoder neighbours"):
+        neighbours = latent_neighbours(src, model, directions) if src.sae else None
+    for j, part in enumerate(slices):
+        with clock("statistics"):
+            state = functools.reduce(merge_source_states, part)
+            slices[j] = None  # the token shards' states, freed as merged
+            st = SourceStats(src, cfg, model.device, (j, n_slices))
+            st.topk.load_state_dict(state["topk"])
+            st.intervals.load_state_dict(state["intervals"])
+            del state
+        for lo in range(st.lo, st.hi, WRITE_UNITS):
+            hi = min(st.hi, lo + WRITE_UNITS)
+            rows = _unit_rows(
+                st, lo, hi, cfg.seq_len, model, directions, correlated, neighbours, clock
+            )
+            for entry in rows[3]:
+                entry["correlation_tokens"] = n_correlation
+            with clock("insert"):
+                storage.add_units(conn, source_id, *rows[:4], first=lo)
+                storage.add_examples(conn, source_id, rows[4])
+                storage.add_examples(conn, source_id, rows[5], interval=rows[6])
+        del st
+
+
+def _unit_rows(st: SourceStats, lo, hi, seq_len, model, directions, correlated, neighbours, clock):
+    """Units ``lo:hi`` (of the source; inside the slice ``st`` holds) as rows: max, density,
+    logit tables, stats, examples, samples and their intervals."""
+    with clock("logit effects"):
+        logits, logit_hist = _logit_summaries(model, directions[lo:hi])
+    with clock("statistics"):
+        a, b = lo - st.lo, hi - st.lo  # within the slice
+        top = st.topk.result(a, b)
+        values = top.values.cpu().numpy()  # [k, n]
+        max_act = np.where(np.isfinite(values[0]), values[0], 0.0)
+        state = st.intervals.state(a, b)
+        max_act_t = torch.from_numpy(max_act).to(state.counts.device)
+        iv = choose_intervals(state, max_act_t, per_interval=st.intervals.per_bin)
+        hist = summaries.activation_histograms(state, max_act_t)
+        corr = summaries.pairs(correlated[0][lo:hi], correlated[1][lo:hi])
+        stats = [
+            {
+                "hist": hist[u],
+                "intervals": interval,
+                "logit_hist": logit_hist[u],
+                "correlated": corr[u],
+            }
+            for u, interval in enumerate(summaries.interval_tables(iv))
+        ]
+        if neighbours is not None:
+            (d_idx, d_cos), aligned, layers = neighbours
+            decoder = summaries.pairs(d_idx[lo:hi], d_cos[lo:hi])
+            if aligned is None:
+                neurons = [[] for _ in range(hi - lo)]
+            else:
+                neurons = _neuron_pairs(aligned[0][lo:hi], aligned[1][lo:hi], layers, model.d_mlp)
+            for entry, near, aligned_neurons in zip(stats, decoder, neurons, strict=True):
+                entry["decoder"] = near
+                entry["neurons"] = aligned_neurons
+        density = state.density.cpu().numpy()
+        examples = _example_columns(top, st.topk.before, seq_len, lo)
+        samples, interval = _sample_columns(iv, st.intervals.before, seq_len, lo)
+    return max_act, density, logits, stats, examples, samples, interval
+
+
+def _logit_summaries(model: Model, directions: torch.Tensor, chunk: int = 512):
+    """Each unit's top and bottom logit effects and their histogram over the vocabulary,
+    ``chunk`` units at a time (the effects of all of an SAE's latents would be GBs)."""
+    tables, hists = [], []
+    for lo in range(0, directions.shape[0], chunk):
+        effects = model.logit_effects(directions[lo : lo + chunk])  # [chunk, d_vocab]
+        table, hist = summaries.logit_summaries(effects)
+        tables += table
+        hists += hist
+    return tables, hists
+
+
+def latent_neighbours(src: Source, model: Model, directions: torch.Tensor):
+    """Per latent: the nearest other decoder rows ([U, k] indices and cosines), and the
+    neurons of the layers writing to the SAE's hook whose W_out rows align best with its
+    decoder row ([U, k] flat neuron indices, layer-major over ``layers``, and cosines; none
+    unless the SAE reads the residual stream)."""
+    k = summaries.NEIGHBOURS
+    decoder = summaries.cosine_top(directions, directions, k, exclude_self=True)
+    layers = neuron_layers_for(src.hook, src.layer, model.n_layers)
+    if not layers or directions.shape[1] != model.d_model:
+        return decoder, None, []
+    out = torch.cat([model.neuron_directions(layer) for layer in layers]).to(directions)
+    return decoder, summaries.cosine_top(directions, out, k, exclude_self=False), layers
+
+
+def _neuron_pairs(idx: torch.Tensor, cos: torch.Tensor, layers: list[int], d_mlp: int):
+    """Per latent ``[[layer, neuron, cosine], ...]`` from ``latent_neighbours``' flat indices."""
+    return [
+        [[layers[i // d_mlp], i % d_mlp, round(c, 4)] for i, c in zip(*row, strict=True)]
+        for row in zip(idx.tolist(), cos.tolist(), strict=True)
+    ]
+
+
+def neuron_layers_for(hook: str, layer: int, n_layers: int) -> list[int]:
+    """The MLP layers whose neurons write into ``hook`` (of block ``layer``): all before it
+    for the residual stream, the block's own for its MLP output."""
+    last = hook.rsplit(".", 1)[-1]
+    if last in ("hook_mlp_out", "hook_post", "hook_pre"):
+        return [layer]
+    if last in ("hook_resid_pre", "hook_resid_mid", "hook_attn_out", "hook_z"):
+        return list(range(min(layer, n_layers)))  # written before this block's MLP
+    return list(range(min(layer, n_layers - 1) + 1))  # hook_resid_post and others
+
+
+def _sample_columns(iv, before: int, seq_len: int, first: int):
+    """Every interval sample of units ``first ..`` as a row, and its interval."""
+    tokens = iv.tokens.cpu().numpy()  # [U, n, s]
+    unit, interval, rank = np.nonzero(tokens >= 0)
+    columns = _columns(
+        unit + first,
+        rank,
+        tokens[unit, interval, rank],
+        iv.values.cpu().numpy()[unit, interval, rank],
+        iv.windows.cpu().numpy()[unit, interval, rank],
+        before,
+        seq_len,
+    )
+    return columns, interval
+
+
+def _example_columns(top: TopKResult, before: int, seq_len: int, first: int):
+    """Every positive top-k entry of units ``first ..`` as an example row, in the table's
+    key order (unit, then rank)."""
+    values = top.values.cpu().numpy().T  # [U, k]
+    # Only positive activations are examples of what makes a unit fire.
+    unit, rank = np.nonzero(values > 0)
+    tokens = top.tokens.cpu().numpy()[rank, unit]
+    windows = top.windows.cpu().numpy()[rank, unit]  # [n, W]
+    return _columns(unit + first, rank, tokens, values[unit, rank], windows, before, seq_len)
+
+
+def _columns(unit, rank, tokens, values, windows, before: int, seq_len: int):
+    """Example rows from global token indices and windows [n, W] (NaN off the sequence)."""
+    seq, pos = np.divmod(tokens, seq_len)
+    inside = ~np.isnan(windows)
+    return storage.ExampleColumns(
+        unit=unit,
+        rank=rank,
+        sequence_id=seq,
+        position=pos,
+        value=values,
+        windows=windows,
+        first=inside.argmax(axis=1),
+        last=windows.shape[1] - inside[:, ::-1].argmax(axis=1),
+        before=before,
+    )
