@@ -124,8 +124,8 @@ def test_unit_slices_join_to_the_whole_correlation_state(seed, sparse, n_slices)
              for lo, hi in ranges]  # fmt: skip
     for b in range(0, 6, 2):
         whole.update(acts[b : b + 2], b)
-        for part, (lo, hi) in zip(parts, ranges, strict=True):
-            part.update(acts[b : b + 2, :, lo:hi], b)
+        for one, (lo, hi) in zip(parts, ranges, strict=True):
+            one.update(acts[b : b + 2, :, lo:hi], b)
     joined = StreamingCorrelation.join_units(
         [p.state_dict() for p in parts], [lo for lo, _ in ranges]
     )
