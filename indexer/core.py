@@ -152,6 +152,15 @@ class StreamingTopK:
         self._tokens.copy_(state["tokens"])
         self._windows.copy_(state["windows"])
 
+    @staticmethod
+    def state_result(state: dict, lo: int = 0, hi: int | None = None) -> TopKResult:
+        """Units ``lo:hi`` of a ranked state (a ``state_dict()``, or a merge of them)."""
+        return TopKResult(
+            state["values"][lo:hi].t().contiguous(),
+            state["tokens"][lo:hi].t().contiguous(),
+            state["windows"][lo:hi].transpose(0, 1),
+        )
+
     def result(self, lo: int = 0, hi: int | None = None) -> TopKResult:
         """The ranked top-k of units ``lo:hi`` (all by default)."""
         values, tokens = self._values[lo:hi], self._tokens[lo:hi]

@@ -12,7 +12,8 @@ blockwise, so memory follows the units and the sample, never the square of the u
   give the sums of products ``rows`` units at a time ([rows, U] float64), each block
   reduced to its top k at once.
 - Sparse sources (SAE latents, mostly zero) keep every eligible token's non-zero
-  activations, as a list by token (CSR): the pairs that fire together are the only
+  activations (up to ``cap`` tokens, 2^20 by default, then likewise the ones with the
+  smallest keys), as a list by token (CSR): the pairs that fire together are the only
   products that are not zero. At write time each latent's row of sums comes from the
   tokens it fires on (``_sparse_top``), exactly; a latent that never fires with another
   has the covariance ``-mean_i * mean_j`` with it, and the best of those are taken in
@@ -37,6 +38,8 @@ from indexer.kernels import _listed
 
 DENSE_CAP = 4096
 """Default most tokens a dense source's correlations use (``StreamingCorrelation.cap``)."""
+SPARSE_CAP = 1 << 20
+"""Default most tokens a sparse source's correlations use."""
 NEIGHBOUR_ROWS = 1024
 """Units whose [rows, U] float64 sums of products a dense source computes at a time."""
 
@@ -64,10 +67,11 @@ class StreamingCorrelation:
         skip_first: int = 0,
         device: torch.device | str = "cpu",
         backend: str | None = None,
-        cap: int = DENSE_CAP,
+        cap: int | None = None,
     ):
         if not 0 < rate <= 1:
             raise ValueError("rate must be in (0, 1]")
+        cap = (SPARSE_CAP if sparse else DENSE_CAP) if cap is None else cap
         if cap < 1:
             raise ValueError("cap must be at least 1")
         self.cap = cap
@@ -97,8 +101,7 @@ class StreamingCorrelation:
             at = torch.from_numpy(rows).to(acts.device)
             picked = acts.reshape(-1, n_units).index_select(0, at).float()
             self._parts.append({"tokens": tokens, "rows": picked})
-            if sum(p["tokens"].shape[0] for p in self._parts) > 2 * self.cap:
-                self._parts = [_smallest_keys(_cat(self._parts), self.cap)]
+            self._prune()
             return
 
         if self.compiled:
@@ -118,13 +121,19 @@ class StreamingCorrelation:
                 "values": x[row, unit].float().cpu(),
             }
         self._parts.append({"tokens": tokens, **part})
+        self._prune()
+
+    def _prune(self) -> None:
+        """Down to the ``cap`` smallest keys once twice as many tokens have come."""
+        if sum(p["tokens"].shape[0] for p in self._parts) > 2 * self.cap:
+            self._parts = [_smallest_keys(_cat(self._parts), self.cap)]
 
     def _joined(self) -> dict:
-        """The parts as one (a dense sample cut to ``cap``), kept so (no second copy at the
-        next checkpoint)."""
+        """The parts as one, cut to ``cap`` tokens, kept so (no second copy at the next
+        checkpoint)."""
         if len(self._parts) != 1:
             self._parts = [_empty(self) if not self._parts else _cat(self._parts)]
-        if not self.sparse and self._parts[0]["tokens"].shape[0] > self.cap:
+        if self._parts[0]["tokens"].shape[0] > self.cap:
             self._parts = [_smallest_keys(self._parts[0], self.cap)]
         return self._parts[0]
 
@@ -145,20 +154,8 @@ class StreamingCorrelation:
         collects."""
         keys = [k for k, v in a.items() if isinstance(v, torch.Tensor)]
         merged = _cat([{k: a[k] for k in keys}, {k: b[k] for k in keys}])
-        order = merged["tokens"].argsort(stable=True)
-        out = {"tokens": merged["tokens"][order]}
-        if "rows" in merged:
-            out["rows"] = merged["rows"][order]
-            out = _smallest_keys(out, a["cap"])
-            return {**out, "sparse": False, "cap": a["cap"]}
-        counts = merged["counts"]
-        starts = torch.cumsum(counts, 0) - counts
-        picked = counts[order]
-        # Each token's entries, token by token in the new order.
-        at = torch.repeat_interleave(starts[order] - (torch.cumsum(picked, 0) - picked), picked)
-        at += torch.arange(at.shape[0])
-        out.update(counts=picked, units=merged["units"][at], values=merged["values"][at])
-        return {**out, "sparse": True, "cap": a["cap"]}
+        out = _smallest_keys(_take(merged, merged["tokens"].argsort(stable=True)), a["cap"])
+        return {**out, "sparse": a["sparse"], "cap": a["cap"]}
 
     @staticmethod
     def join_units(states: list[dict], offsets: list[int]) -> dict:
@@ -218,13 +215,28 @@ def _cat(parts: list[dict]) -> dict:
 
 
 def _smallest_keys(part: dict, cap: int) -> dict:
-    """A dense part cut to the ``cap`` tokens with the smallest keys, in token order."""
+    """A part (in token order) cut to the ``cap`` tokens with the smallest keys."""
     tokens = part["tokens"]
-    if tokens.shape[0] > cap:
-        keys = token_keys(tokens)
-        keep = keys.topk(cap, largest=False).indices.sort().values  # tokens ascend with rows
-        part = {"tokens": tokens[keep], "rows": part["rows"][keep.to(part["rows"].device)]}
-    return part
+    if tokens.shape[0] <= cap:
+        return part
+    keep = token_keys(tokens).topk(cap, largest=False).indices.sort().values
+    return _take(part, keep)
+
+
+def _take(part: dict, at: torch.Tensor) -> dict:
+    """The part's tokens ``at`` (positions), in that order, with their rows or entries."""
+    out = {"tokens": part["tokens"][at]}
+    if "rows" in part:
+        out["rows"] = part["rows"][at.to(part["rows"].device)]
+        return out
+    counts = part["counts"]
+    starts = torch.cumsum(counts, 0) - counts
+    picked = counts[at]
+    # Each kept token's entries, token after token.
+    entry = torch.repeat_interleave(starts[at] - (torch.cumsum(picked, 0) - picked), picked)
+    entry += torch.arange(entry.shape[0])
+    out.update(counts=picked, units=part["units"][entry], values=part["values"][entry])
+    return out
 
 
 def _moments(n: int, sums: torch.Tensor, squares: torch.Tensor):

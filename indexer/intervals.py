@@ -39,6 +39,8 @@ from indexer import kernels
 
 COUNT_BINS = 512
 SAMPLE_BINS = 64
+SAMPLE_BEFORE, SAMPLE_AFTER = 10, 3
+"""Positions an interval sample's window holds before and after its token."""
 KEY_CHUNK = 256
 """Rows first offered to the sample bins at a time, in key order (then twice as many)."""
 FLUSH_PER_UNIT = 4
@@ -151,6 +153,26 @@ class IntervalState:
         """[U] fraction of the tokens seen with a positive activation."""
         return (self.counts.sum(1).double() / max(self.n_tokens, 1)).float()
 
+    @classmethod
+    def from_state_dict(cls, state: dict, lo: int = 0, hi: int | None = None) -> IntervalState:
+        """Units ``lo:hi`` of a ``StreamingIntervals.state_dict()`` (or a merge of them:
+        slots in key order, counts added up), copied."""
+        exp = state["exp"][lo:hi]
+        ceiling = torch.where(
+            state["started"][lo:hi],
+            torch.ldexp(torch.ones_like(exp, dtype=torch.float64), exp),
+            torch.zeros((), dtype=torch.float64, device=exp.device),
+        )
+        return cls(
+            ceiling=ceiling,
+            counts=state["counts"][lo:hi, 1:].clone(),
+            keys=state["keys"][lo:hi, 1:].clone(),
+            tokens=state["tokens"][lo:hi, 1:].clone(),
+            values=state["values"][lo:hi, 1:].clone(),
+            windows=state["windows"][lo:hi, 1:].clone(),
+            n_tokens=state["n_tokens"],
+        )
+
 
 class StreamingIntervals:
     """Exact fine-grained counts and per-bin bottom-key samples of each unit's positive
@@ -161,8 +183,8 @@ class StreamingIntervals:
         n_units: int,
         *,
         per_bin: int = 5,
-        before: int = 10,
-        after: int = 3,
+        before: int = SAMPLE_BEFORE,
+        after: int = SAMPLE_AFTER,
         skip_first: int = 0,
         device: torch.device | str = "cpu",
         backend: str | None = None,
@@ -521,22 +543,8 @@ class StreamingIntervals:
     def state(self, lo: int = 0, hi: int | None = None) -> IntervalState:
         """The state of units ``lo:hi`` (all by default), copied."""
         self._canonical()
-        hi = self.n_units if hi is None else hi
-        exp = self._exp[lo:hi]
-        ceiling = torch.where(
-            self._started[lo:hi],
-            torch.ldexp(torch.ones_like(exp, dtype=torch.float64), exp),
-            torch.zeros((), dtype=torch.float64, device=exp.device),
-        )
-        return IntervalState(
-            ceiling=ceiling,
-            counts=self._counts[lo:hi, 1:].clone(),
-            keys=self._keys[lo:hi, 1:].clone(),
-            tokens=self._tokens[lo:hi, 1:].clone(),
-            values=self._values[lo:hi, 1:].clone(),
-            windows=self._windows[lo:hi, 1:].clone(),
-            n_tokens=self.n_tokens,
-        )
+        state = {name: getattr(self, "_" + name) for name in _STATE}
+        return IntervalState.from_state_dict({**state, "n_tokens": self.n_tokens}, lo, hi)
 
     def nbytes(self) -> int:
         parts = [getattr(self, "_" + name) for name in (*_STATE, "fresh")]

@@ -8,8 +8,9 @@ The model (``docs/performance.md``, "Memory", checks it against measurements):
 - every unit's streamed state (``unit_state_bytes``): its top-k slots with their context
   windows, and its interval counts and sample slots: a constant per unit;
 - each source's correlation tokens (``correlation_bytes``): neurons keep the sampled
-  tokens' activations, 4 bytes per neuron per sampled token; SAE latents keep every
-  token's non-zero activations, 8 bytes each plus 16 per token;
+  tokens' activations (at most ``DENSE_CAP`` tokens), 4 bytes per neuron per sampled
+  token; SAE latents keep every token's non-zero activations (at most ``SPARSE_CAP``
+  tokens), 8 bytes each plus 16 per token;
 - the largest working set on top of that: a batch's activation block during the pass
   (an SAE's is encoded a few sequences at a time, at most ``BLOCK_BYTES``), or one
   ``WRITE_UNITS`` slice of rows, a correlation block and a cosine block while writing.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.config import Plan
-from indexer.correlation import DENSE_CAP
+from indexer.correlation import DENSE_CAP, SPARSE_CAP
 from indexer.intervals import COUNT_BINS, SAMPLE_BINS
 from indexer.write import WRITE_UNITS
 from spyglass.sources import BLOCK_BYTES, Source
@@ -31,7 +32,7 @@ INTERVAL_WINDOW = 14
 """Positions in an interval sample's window (``StreamingIntervals``' 10 before, 3 after)."""
 ASSUMED_L0 = 100
 """Active latents per token assumed for an SAE that does not fix it (TopK's ``k`` does)."""
-WRITE_BYTES_PER_UNIT = 96_000
+WRITE_BYTES_PER_UNIT = 96_000  # refined below from measurements
 """Working bytes per unit of a ``WRITE_UNITS`` slice while it is written: its ranked
 top-k and interval state copied, the intervals chosen, and its rows as Python objects
 (measured with ``bench/memory.py``)."""
@@ -59,7 +60,7 @@ def correlation_bytes(src: Source, cfg, n_tokens: int) -> int:
     if src.sae is None:
         rows = min(int(cfg.correlation_rate * n_tokens), DENSE_CAP)
         return rows * (4 * src.n_units + 8)
-    return n_tokens * (16 + 8 * expected_l0(src))
+    return min(n_tokens, SPARSE_CAP) * (16 + 8 * expected_l0(src))
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _neighbour_bytes(src: Source, model, cfg, n_tokens: int) -> int:
     if src.sae is None:
         rows = min(int(cfg.correlation_rate * n_tokens), DENSE_CAP)
         return rows * src.n_units * 8 + 3 * 1024 * src.n_units * 8
-    nnz = n_tokens * expected_l0(src)
+    nnz = min(n_tokens, SPARSE_CAP) * expected_l0(src)
     cosine = 2 * src.n_units * model.d_model * 4 + 2 * (128 << 20)
     return nnz * 24 + src.n_units * 200 + cosine
 

@@ -5,6 +5,7 @@ and neighbours. Tensors in, JSON-ready dicts out.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from indexer.intervals import COUNT_BINS, Intervals, IntervalState
@@ -20,20 +21,24 @@ COSINE_BYTES = 128 << 20
 
 def activation_histograms(st: IntervalState, max_act: torch.Tensor) -> list[dict | None]:
     """Per unit: exact counts of positive activations in equal bins over (0, max], each bar
-    a run of grid bins: ``{"width": w, "counts": [...]}``, bar i = (i·w, (i+1)·w]."""
-    out: list[dict | None] = []
-    step = (st.ceiling / COUNT_BINS).tolist()
-    used = torch.ceil(max_act.double() / (st.ceiling / COUNT_BINS).clamp(min=1e-300)).long()
-    for u, (w, n) in enumerate(zip(step, used.tolist(), strict=True)):
-        if w == 0 or max_act[u] <= 0:
-            out.append(None)
-            continue
-        n = max(1, min(n, COUNT_BINS))
-        group = -(-n // HIST_BARS)
-        bars = -(-n // group)
-        counts = torch.zeros(bars * group, dtype=torch.long)
-        counts[:n] = st.counts[u, :n].cpu()
-        out.append({"width": w * group, "counts": counts.view(bars, group).sum(1).tolist()})
+    a run of grid bins: ``{"width": w, "counts": [...]}``, bar i = (i·w, (i+1)·w].
+    Vectorised by group size (1 to 8 grid bins a bar): a loop per unit cost 20 us each."""
+    step = (st.ceiling / COUNT_BINS).cpu().numpy()
+    mx = max_act.double().cpu().numpy()
+    live = (step > 0) & (mx > 0)
+    used = np.where(live, np.ceil(mx / np.where(live, step, 1.0)), 1.0)
+    n = np.clip(used, 1, COUNT_BINS).astype(np.int64)
+    group = -(-n // HIST_BARS)
+    bars = -(-n // group)
+    counts = st.counts.cpu().numpy()
+    counts = np.where(np.arange(COUNT_BINS) < n[:, None], counts, 0)  # bins past the max
+    out: list[dict | None] = [None] * counts.shape[0]
+    for g in np.unique(group[live]).tolist():
+        units = np.flatnonzero(live & (group == g))
+        summed = counts[units, : HIST_BARS * g].reshape(-1, HIST_BARS, g).sum(2).tolist()
+        widths = (step[units] * g).tolist()
+        for u, row, w, b in zip(units.tolist(), summed, widths, bars[units].tolist(), strict=True):
+            out[u] = {"width": w, "counts": row[:b]}
     return out
 
 
@@ -109,7 +114,11 @@ def logit_tables(effects: torch.Tensor, k: int = LOGIT_TOKENS) -> list[dict]:
 
 
 def _pairs(ids: list[int], values: list[float]) -> list[list]:
-    return [[i, round(v, 5)] for i, v in zip(ids, values, strict=True)]
+    return list(map(list, zip(ids, map(_round5, values), strict=True)))
+
+
+def _round5(v: float) -> float:
+    return round(v, 5)
 
 
 def cosine_top(a: torch.Tensor, b: torch.Tensor, k: int, *, exclude_self: bool):
@@ -117,8 +126,9 @@ def cosine_top(a: torch.Tensor, b: torch.Tensor, k: int, *, exclude_self: bool):
     similarity: ([n, k] indices, [n, k] cosines). ``exclude_self``: ``a`` is ``b``, and a
     row is not its own neighbour. Rows of ``a`` go a block at a time ([block, m] float32
     of at most ``COSINE_BYTES``): the [n, m] matrix of a wide SAE would be tens of GB."""
+    same = a is b
     a = torch.nn.functional.normalize(a.float(), dim=1)
-    b = torch.nn.functional.normalize(b.float(), dim=1)
+    b = a if same else torch.nn.functional.normalize(b.float(), dim=1)
     k = min(k, b.shape[0] - (1 if exclude_self else 0))
     step = max(1, COSINE_BYTES // (4 * max(b.shape[0], 1)))
     indices, values = [], []

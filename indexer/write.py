@@ -24,15 +24,15 @@ from tqdm import tqdm
 from indexer import summaries
 from indexer.checkpoint import Progress
 from indexer.config import IndexReport, Plan
-from indexer.core import TopKResult
+from indexer.core import StreamingTopK, TopKResult
 from indexer.correlation import StreamingCorrelation
-from indexer.intervals import choose_intervals
-from indexer.stats import SourceStats, merge_source_states, return_freed_memory, unit_range
+from indexer.intervals import SAMPLE_BEFORE, IntervalState, choose_intervals
+from indexer.stats import merge_source_states, return_freed_memory, unit_range
 from spyglass import storage
 from spyglass.model import Model
 from spyglass.sources import Source
 
-WRITE_UNITS = 8192
+WRITE_UNITS = 4096
 """Units whose rows are built and inserted at a time."""
 
 
@@ -158,16 +158,14 @@ def write_source(
         neighbours = latent_neighbours(src, model, directions) if src.sae else None
     for j, part in enumerate(slices):
         with clock("statistics"):
+            # The state itself: the streamers' arrays would be a second copy of it.
             state = functools.reduce(merge_source_states, part)
             slices[j] = None  # the token shards' states, freed as merged
-            st = SourceStats(src, cfg, model.device, (j, n_slices))
-            st.topk.load_state_dict(state["topk"])
-            st.intervals.load_state_dict(state["intervals"])
-            del state
-        for lo in range(st.lo, st.hi, WRITE_UNITS):
-            hi = min(st.hi, lo + WRITE_UNITS)
+        first, last = ranges[j]
+        for lo in range(first, last, WRITE_UNITS):
+            hi = min(last, lo + WRITE_UNITS)
             rows = _unit_rows(
-                st, lo, hi, cfg.seq_len, model, directions, correlated, neighbours, clock
+                state, first, lo, hi, cfg, model, directions, correlated, neighbours, clock
             )
             for entry in rows[3]:
                 entry["correlation_tokens"] = n_correlation
@@ -175,23 +173,24 @@ def write_source(
                 storage.add_units(conn, source_id, *rows[:4], first=lo)
                 storage.add_examples(conn, source_id, rows[4])
                 storage.add_examples(conn, source_id, rows[5], interval=rows[6])
-        del st
+        del state
 
 
-def _unit_rows(st: SourceStats, lo, hi, seq_len, model, directions, correlated, neighbours, clock):
-    """Units ``lo:hi`` (of the source; inside the slice ``st`` holds) as rows: max, density,
-    logit tables, stats, examples, samples and their intervals."""
+def _unit_rows(state, first, lo, hi, cfg, model, directions, correlated, neighbours, clock):
+    """Units ``lo:hi`` of the source, held in ``state`` (a slice of its units from
+    ``first`` on, ranked and in key order) as rows: max, density, logit tables, stats,
+    examples, samples and their intervals."""
     with clock("logit effects"):
         logits, logit_hist = _logit_summaries(model, directions[lo:hi])
     with clock("statistics"):
-        a, b = lo - st.lo, hi - st.lo  # within the slice
-        top = st.topk.result(a, b)
+        a, b = lo - first, hi - first  # within the slice
+        top = StreamingTopK.state_result(state["topk"], a, b)
         values = top.values.cpu().numpy()  # [k, n]
         max_act = np.where(np.isfinite(values[0]), values[0], 0.0)
-        state = st.intervals.state(a, b)
-        max_act_t = torch.from_numpy(max_act).to(state.counts.device)
-        iv = choose_intervals(state, max_act_t, per_interval=st.intervals.per_bin)
-        hist = summaries.activation_histograms(state, max_act_t)
+        intervals = IntervalState.from_state_dict(state["intervals"], a, b)
+        max_act_t = torch.from_numpy(max_act).to(intervals.counts.device)
+        iv = choose_intervals(intervals, max_act_t, per_interval=cfg.interval_samples)
+        hist = summaries.activation_histograms(intervals, max_act_t)
         corr = summaries.pairs(correlated[0][lo:hi], correlated[1][lo:hi])
         stats = [
             {
@@ -212,9 +211,9 @@ def _unit_rows(st: SourceStats, lo, hi, seq_len, model, directions, correlated, 
             for entry, near, aligned_neurons in zip(stats, decoder, neurons, strict=True):
                 entry["decoder"] = near
                 entry["neurons"] = aligned_neurons
-        density = state.density.cpu().numpy()
-        examples = _example_columns(top, st.topk.before, seq_len, lo)
-        samples, interval = _sample_columns(iv, st.intervals.before, seq_len, lo)
+        density = intervals.density.cpu().numpy()
+        examples = _example_columns(top, cfg.window_before, cfg.seq_len, lo)
+        samples, interval = _sample_columns(iv, SAMPLE_BEFORE, cfg.seq_len, lo)
     return max_act, density, logits, stats, examples, samples, interval
 
 

@@ -149,28 +149,28 @@ units = Table(
 )
 
 
-def _example_table(name: str, *key: Column) -> Table:
-    """A table of example windows: the top examples, or (keyed by interval too) the
-    interval samples."""
+def _example_table(name: str) -> Table:
+    """A table of example windows, one row per unit holding all of its examples packed:
+    the top examples, or the interval samples. A row is what a unit page reads, and an
+    index writes 70 examples per unit: packed, a write is one row per unit, not 70
+    (``bench/insert.py``: SQLite took 200,000 rows a second, whatever their size)."""
     return Table(
         name,
         metadata,
         Column("source_id", ForeignKey("sources.id"), primary_key=True),
         Column("unit", Integer, primary_key=True, autoincrement=False),
-        *key,
-        Column("rank", Integer, primary_key=True, autoincrement=False),
-        Column("sequence_id", Integer, nullable=False),
-        Column("position", Integer, nullable=False),
-        Column("value", Float, nullable=False),
-        Column("window_start", Integer, nullable=False),
+        Column("n", Integer, nullable=False),
+        # int32 [n, 6], little-endian: interval (0 for top examples), rank, sequence_id,
+        # position, window_start, window length; the examples in order.
+        Column("fields", LargeBinary, nullable=False),
+        Column("vals", LargeBinary, nullable=False),  # float32 [n]: the values
+        # The windows one after another: float32 for top examples, float16 for samples.
         Column("acts", LargeBinary, nullable=False),
     )
 
 
 examples = _example_table("examples")
-samples = _example_table(
-    "samples", Column("interval", Integer, primary_key=True, autoincrement=False)
-)
+samples = _example_table("samples")
 
 _CHILDREN = (examples, samples, units)  # keyed by source_id
 _MODEL_CHILDREN = (vocab, sequences)  # keyed by model_id
@@ -351,10 +351,6 @@ def int_blob(values: Iterable[int]) -> bytes:
 
 def from_int_blob(blob: bytes) -> list[int]:
     return np.frombuffer(blob, dtype="<i4").tolist()
-
-
-def from_float_blob(blob: bytes, dtype: str = "<f4") -> list[float]:
-    return np.frombuffer(blob, dtype=dtype).astype(np.float64).tolist()
 
 
 # ---- records ----------------------------------------------------------------------
@@ -620,40 +616,52 @@ def add_examples(
     conn: Connection, source_id: int, ex: ExampleColumns, interval: np.ndarray | None = None
 ) -> None:
     """Top examples; or, with ``interval`` (one entry per example), interval samples,
-    whose windows are float16 (as the indexer keeps them). Each window is stored from
-    ``first`` to ``last``: the part inside its sequence."""
-    dtype = "f4" if interval is None else "f2"
-    rows = zip(
-        ex.unit.tolist(),
-        ex.rank.tolist(),
-        ex.sequence_id.tolist(),
-        ex.position.tolist(),
-        ex.value.tolist(),
-        (ex.position - ex.before + ex.first).tolist(),
-        window_blobs(ex.windows, ex.first, ex.last, dtype),
-        strict=True,
-    )
-    columns = ("unit", "rank", "sequence_id", "position", "value", "window_start", "acts")
-    if interval is None:
-        _bulk_insert(conn, examples, ("source_id", *columns), [(source_id, *r) for r in rows])
-        return
-    _bulk_insert(
-        conn,
-        samples,
-        ("source_id", "interval", *columns),
-        [(source_id, i, *r) for i, r in zip(interval.tolist(), rows, strict=True)],
-    )
+    whose windows are float16 (as the indexer keeps them). One row per unit; each window
+    is stored from ``first`` to ``last``, the part inside its sequence. Units come in
+    ascending order, and a unit's examples in the order they are read back."""
+    table = examples if interval is None else samples
+    _bulk_insert(conn, table, EXAMPLE_COLUMNS, pack_examples(source_id, ex, interval))
 
 
-def window_blobs(windows: np.ndarray, first: np.ndarray, last: np.ndarray, dtype: str):
-    """Each row of ``windows`` [n, W] from ``first`` to ``last`` as a ``to_blob`` blob,
-    cut from one conversion of the whole block (a conversion per row cost 10x)."""
-    size = np.dtype(dtype).itemsize
-    width = windows.shape[1] * size
-    data = to_blob(windows, dtype)
-    starts = (np.arange(windows.shape[0]) * width + np.asarray(first) * size).tolist()
-    ends = (np.arange(windows.shape[0]) * width + np.asarray(last) * size).tolist()
-    return [data[a:b] for a, b in zip(starts, ends, strict=True)]
+EXAMPLE_COLUMNS = ("source_id", "unit", "n", "fields", "vals", "acts")
+
+
+def pack_examples(
+    source_id: int, ex: ExampleColumns, interval: np.ndarray | None = None
+) -> list[tuple]:
+    """``add_examples``' rows (``EXAMPLE_COLUMNS``), one per unit."""
+    dtype = "<f4" if interval is None else "<f2"
+    n = ex.unit.shape[0]
+    if not n:
+        return []
+    unit = np.asarray(ex.unit)
+    if (np.diff(unit) < 0).any():
+        raise ValueError("examples must come unit by unit, in ascending order")
+    length = np.asarray(ex.last) - np.asarray(ex.first)
+    fields = np.stack(
+        [
+            np.zeros(n, np.int64) if interval is None else np.asarray(interval),
+            ex.rank,
+            ex.sequence_id,
+            ex.position,
+            ex.position - ex.before + ex.first,
+            length,
+        ],
+        axis=1,
+    )
+    fields_blob = to_blob(fields, "i4")
+    vals_blob = to_blob(np.asarray(ex.value), "f4")
+    cols = np.arange(ex.windows.shape[1])
+    inside = (cols >= np.asarray(ex.first)[:, None]) & (cols < np.asarray(ex.last)[:, None])
+    acts_blob = to_blob(ex.windows[inside], dtype)  # row-major: each window's part in turn
+    units_at, starts = np.unique(unit, return_index=True)
+    ends = np.append(starts[1:], n)
+    act_at = np.concatenate([[0], np.cumsum(length)]) * np.dtype(dtype).itemsize
+    return [
+        (source_id, u, b - a, fields_blob[a * 24 : b * 24], vals_blob[a * 4 : b * 4],
+         acts_blob[act_at[a] : act_at[b]])
+        for u, a, b in zip(units_at.tolist(), starts.tolist(), ends.tolist(), strict=True)
+    ]  # fmt: skip
 
 
 # ---- reading (app) -------------------------------------------------------------------
@@ -794,36 +802,33 @@ def _unit(row) -> UnitRow:
 
 
 def get_examples(conn: Connection, source_id: int, unit: int) -> list[ExampleRow]:
-    q = (
-        select(examples)
-        .where(examples.c.source_id == source_id, examples.c.unit == unit)
-        .order_by(examples.c.rank)
-    )
-    return [_example_row(r, "<f4") for r in conn.execute(q)]
+    return [e for _, e in _examples_of(conn, examples, source_id, unit, "<f4")]
 
 
 def get_samples(conn: Connection, source_id: int, unit: int) -> dict[int, list[ExampleRow]]:
     """Interval samples by interval, in sampling order."""
-    q = (
-        select(samples)
-        .where(samples.c.source_id == source_id, samples.c.unit == unit)
-        .order_by(samples.c.interval, samples.c.rank)
-    )
     out: dict[int, list[ExampleRow]] = {}
-    for r in conn.execute(q):
-        out.setdefault(r.interval, []).append(_example_row(r, "<f2"))
+    for interval, e in _examples_of(conn, samples, source_id, unit, "<f2"):
+        out.setdefault(interval, []).append(e)
     return out
 
 
-def _example_row(r, dtype: str) -> ExampleRow:
-    return ExampleRow(
-        rank=r.rank,
-        sequence_id=r.sequence_id,
-        position=r.position,
-        value=r.value,
-        window_start=r.window_start,
-        acts=from_float_blob(r.acts, dtype),
-    )
+def _examples_of(conn: Connection, table: Table, source_id: int, unit: int, dtype: str):
+    """(interval, example) pairs of one unit's packed row, in their stored order."""
+    q = select(table).where(table.c.source_id == source_id, table.c.unit == unit)
+    row = conn.execute(q).first()
+    if row is None:
+        return []
+    fields = np.frombuffer(row.fields, dtype="<i4").reshape(row.n, 6).tolist()
+    values = np.frombuffer(row.vals, dtype="<f4").astype(np.float64).tolist()
+    acts = np.frombuffer(row.acts, dtype=dtype).astype(np.float64)
+    at = np.concatenate([[0], np.cumsum([f[5] for f in fields])]).tolist()
+    return [
+        (interval, ExampleRow(rank, seq, pos, value, start, acts[at[i] : at[i + 1]].tolist()))
+        for i, ((interval, rank, seq, pos, start, _), value) in enumerate(
+            zip(fields, values, strict=True)
+        )
+    ]
 
 
 def get_sequences(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int, SequenceRow]:
