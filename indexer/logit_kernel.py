@@ -46,22 +46,34 @@ def logit_summary(effects, k, bins):  # pragma: no cover - compiled
         ti = top_i[r]
         bv = bot_v[r]
         bi = bot_i[r]
-        filled = 0
-        for j in range(v):
-            x = row[j]
-            b = np.floor((x - lo) / width)
+        for j in range(k):  # the first k fill both lists
+            _insert(tv, ti, j, row[j], j, True)
+            _insert(bv, bi, j, row[j], j, False)
+        # Bins in a vectorised pass, then counted; the lists are tried a block at a time,
+        # and only where a block holds a value past the current k-th (rare after the first).
+        bins_of = np.empty(v, np.int32)
+        for j in range(v):  # vectorised
+            b = np.floor((row[j] - lo) / width)
             b = b if b > np.float32(0.0) else np.float32(0.0)
             b = b if b < last else last
-            counts[r, np.int64(b)] += 1
-            if filled < k:  # the first k fill both lists
-                _insert(tv, ti, filled, x, j, True)
-                _insert(bv, bi, filled, x, j, False)
-                filled += 1
+            bins_of[j] = np.int32(b)
+        for j in range(v):
+            counts[r, bins_of[j]] += 1
+        for start in range(k, v, 64):
+            stop = min(v, start + 64)
+            top_bar = tv[k - 1]
+            bottom_bar = bv[k - 1]
+            hit = False
+            for j in range(start, stop):  # vectorised
+                hit |= (row[j] > top_bar) | (row[j] < bottom_bar)
+            if not hit:
                 continue
-            if x > tv[k - 1]:
-                _insert(tv, ti, k - 1, x, j, True)
-            if x < bv[k - 1]:
-                _insert(bv, bi, k - 1, x, j, False)
+            for j in range(start, stop):
+                x = row[j]
+                if x > tv[k - 1]:
+                    _insert(tv, ti, k - 1, x, j, True)
+                if x < bv[k - 1]:
+                    _insert(bv, bi, k - 1, x, j, False)
     return top_i, top_v, bot_i, bot_v, lows, highs, counts
 
 
