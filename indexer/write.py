@@ -33,6 +33,7 @@ from spyglass.model import Model
 from spyglass.sources import Source
 
 WRITE_UNITS = 4096
+LOGIT_BLOCK_BYTES = 256 << 20
 """Units whose rows are built and inserted at a time."""
 
 
@@ -217,12 +218,15 @@ def _unit_rows(state, first, lo, hi, cfg, model, directions, correlated, neighbo
     return max_act, density, logits, stats, examples, samples, interval
 
 
-def _logit_summaries(model: Model, directions: torch.Tensor, chunk: int = 512):
-    """Each unit's top and bottom logit effects and their histogram over the vocabulary,
-    ``chunk`` units at a time (the effects of all of an SAE's latents would be GBs)."""
+def _logit_summaries(model: Model, directions: torch.Tensor):
+    """Each unit's top and bottom logit effects and their histogram over the vocabulary, a
+    [chunk, d_vocab] block of effects at a time (at most ``LOGIT_BLOCK_BYTES``) in one
+    reused buffer (the effects of all of an SAE's latents would be GBs)."""
+    chunk = max(1, min(1024, LOGIT_BLOCK_BYTES // (4 * model.d_vocab)))
+    buffer = torch.empty(min(chunk, directions.shape[0]), model.d_vocab, device=model.device)
     tables, hists = [], []
     for lo in range(0, directions.shape[0], chunk):
-        effects = model.logit_effects(directions[lo : lo + chunk])  # [chunk, d_vocab]
+        effects = model.logit_effects(directions[lo : lo + chunk], out=buffer)
         table, hist = summaries.logit_summaries(effects)
         tables += table
         hists += hist

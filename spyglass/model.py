@@ -373,9 +373,16 @@ class Model:
         return self._tl.blocks[layer].mlp.W_out
 
     @torch.inference_mode()
-    def logit_effects(self, directions: torch.Tensor) -> torch.Tensor:
-        """``directions @ W_U``: direct effect on the logits [n, d_vocab] of [n, d_model]."""
-        return directions.to(self.device) @ self._tl.W_U
+    def logit_effects(
+        self, directions: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``directions @ W_U``: direct effect on the logits [n, d_vocab] of [n, d_model],
+        into ``out`` when given (a buffer reused across calls: a fresh one of 200 MB is
+        page-faulted in each time, a quarter of the product's time on a CPU)."""
+        directions = directions.to(self.device, self._tl.W_U.dtype)
+        if out is None:
+            return directions @ self._tl.W_U
+        return torch.mm(directions, self._tl.W_U, out=out[: directions.shape[0]])
 
     # ---- generation -----------------------------------------------------------
 
