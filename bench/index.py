@@ -36,6 +36,7 @@ from cli.commands import SHIPPED_SAE
 from indexer.config import Plan
 from indexer.corpus import iter_sequences
 from indexer.pipeline import IndexConfig, PassStats
+from indexer.stats import return_freed_memory
 from indexer.write import PhaseClock, write_source
 from spyglass import storage
 from spyglass.model import load_model, mlp_hook
@@ -139,6 +140,7 @@ def main() -> None:
     for b in batches:
         with bare.span():
             forward_and_encode(b)
+        return_freed_memory()  # (b) trims the heap each batch (its cost counted there)
         full.step(b)
     stats = full.stats.sources
 

@@ -25,17 +25,19 @@ from pathlib import Path
 from indexer.config import Plan
 from indexer.correlation import DENSE_CAP, SPARSE_CAP
 from indexer.intervals import COUNT_BINS, SAMPLE_BINS
-from indexer.write import WRITE_UNITS
+from indexer.summaries import COSINE_BYTES
+from indexer.write import LOGIT_BLOCK_BYTES, WRITE_UNITS
 from spyglass.sources import BLOCK_BYTES, Source
 
 INTERVAL_WINDOW = 14
 """Positions in an interval sample's window (``StreamingIntervals``' 10 before, 3 after)."""
 ASSUMED_L0 = 100
 """Active latents per token assumed for an SAE that does not fix it (TopK's ``k`` does)."""
-WRITE_BYTES_PER_UNIT = 96_000  # refined below from measurements
-"""Working bytes per unit of a ``WRITE_UNITS`` slice while it is written: its ranked
-top-k and interval state copied, the intervals chosen, and its rows as Python objects
-(measured with ``bench/memory.py``)."""
+WRITE_BYTES_PER_UNIT = 96_000
+"""Working bytes per unit of a ``WRITE_UNITS`` slice while it is written: its interval
+state copied, the intervals chosen, and its rows as Python objects."""
+RUNTIME_BYTES = 600_000_000
+"""Python, torch, numba and the libraries, before any weights (measured: 0.6 GB)."""
 GB = 1e9
 
 
@@ -131,15 +133,24 @@ def estimate(plan: Plan, n_tokens: int | None) -> MemoryEstimate:
             block = tokens_per_batch * src.n_units * 4
         else:
             block = min(tokens_per_batch * src.n_units * 4, BLOCK_BYTES) + 2 * 256 * src.n_units * 4
+        logit_block = 2 * LOGIT_BLOCK_BYTES  # the reused product and its rows
         write = (
             min(WRITE_UNITS, src.n_units) * WRITE_BYTES_PER_UNIT
-            + corr
+            + logit_block
+            + 3 * corr  # joined, and the sums' column lists
             + _neighbour_bytes(src, plan.model, cfg, tokens)
         )
         working = max(working, block, write)
     forward = tokens_per_batch * (plan.model.d_model * 16 + plan.model.d_mlp * 12)
+    # Weights read from memory-mapped files are resident only once a forward touches them.
+    weights = plan.model.weight_bytes + sum(
+        t.numel() * t.element_size()
+        for src in plan.sources
+        if src.sae
+        for t in src.sae.tensors.values()
+    )
     return MemoryEstimate(
-        resident=resident_bytes(),
+        resident=max(resident_bytes(), weights + RUNTIME_BYTES),
         state=sum(per_source.values()),
         working=working + forward,
         available=available_bytes(),
@@ -154,7 +165,7 @@ def _neighbour_bytes(src: Source, model, cfg, n_tokens: int) -> int:
         rows = min(int(cfg.correlation_rate * n_tokens), DENSE_CAP)
         return rows * src.n_units * 8 + 3 * 1024 * src.n_units * 8
     nnz = min(n_tokens, SPARSE_CAP) * expected_l0(src)
-    cosine = 2 * src.n_units * model.d_model * 4 + 2 * (128 << 20)
+    cosine = 2 * src.n_units * model.d_model * 4 + 3 * COSINE_BYTES  # a block and its top-k
     return nnz * 24 + src.n_units * 200 + cosine
 
 

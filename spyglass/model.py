@@ -237,6 +237,11 @@ class Model:
     def has_hook(self, name: str) -> bool:
         return name in self._tl.hook_dict
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the model's parameters (resident once a forward has touched them)."""
+        return sum(p.numel() * p.element_size() for p in self._tl.parameters())
+
     def hook_width(self, name: str) -> int:
         """Size of the last dimension at a hook point, read off a two-token forward."""
         probe = torch.tensor([[self.bos_id or 0] * 2])
