@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from indexer import core
+from indexer.core import fold_batch
 from indexer.corpus import iter_sequences
-from indexer.pipeline import IndexConfig, SourceStats, fold_batch
+from indexer.pipeline import IndexConfig, SourceStats
 from spyglass.model import load_model
 from spyglass.sources import mlp_sources
 

@@ -19,7 +19,7 @@ import time
 import torch
 
 from cli.commands import SHIPPED_SAE
-from indexer import pipeline
+from indexer import stats as stats_module
 from indexer.corpus import iter_sequences
 from indexer.pipeline import IndexConfig, PassStats
 from spyglass.model import load_model
@@ -44,6 +44,21 @@ def main() -> None:
 
         return run
 
+    def timed_blocks(name, fn):
+        """``fn``, a generator of blocks, with the time spent making each block."""
+
+        def run(*a, **kw):
+            blocks = fn(*a, **kw)
+            while True:
+                t0 = time.perf_counter()
+                block = next(blocks, None)
+                seconds[name] += time.perf_counter() - t0
+                if block is None:
+                    return
+                yield block
+
+        return run
+
     model = load_model("embedded")
     cfg = IndexConfig(model="embedded")
     seqs = iter_sequences(
@@ -58,16 +73,17 @@ def main() -> None:
     kind = {}
     for st in stats.sources:
         kind[id(st.topk)] = k = "sae" if st.source.sae is not None else "mlp"
-        object.__setattr__(st.source, "units", timed(f"{k} units", st.source.units))
+        blocks = timed_blocks(f"{k} units", st.source.unit_blocks)
+        object.__setattr__(st.source, "unit_blocks", blocks)
         st.correlation.update = timed(f"{k} correlation", st.correlation.update)
-    fold = pipeline.fold_batch
+    fold = stats_module.fold_batch
 
-    def timed_fold(topk, intervals, acts, first):
+    def timed_fold(topk, intervals, *args):
         t0 = time.perf_counter()
-        fold(topk, intervals, acts, first)
+        fold(topk, intervals, *args)
         seconds[f"{kind[id(topk)]} fold"] += time.perf_counter() - t0
 
-    pipeline.fold_batch = timed_fold
+    stats_module.fold_batch = timed_fold
     bare = full = 0.0
     for i, batch in enumerate(batches):
         if i == args.warm_up:
