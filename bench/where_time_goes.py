@@ -5,7 +5,8 @@ on its own, beside the bare forward, in one run.
 
 Prints ms per batch (of 16 x 128 tokens) for the bare forward, the full pass, and inside
 the full pass: the SAE encode ("units"), the compiled top-k/counts/samples pass ("fold")
-and the correlation moments ("correlation"), for the MLP layers together and for the SAE.
+and the tokens kept for the correlations ("correlation"), for the MLP layers together and
+for the SAE.
 The first --warm-up batches are not counted (the kernels compile, the sample bins fill).
 """
 

@@ -42,8 +42,9 @@ class IndexConfig:
     interval_samples: int = 5
     """Samples per interval (10 equal intervals of (0, max]), drawn over the whole corpus."""
     correlation_rate: float = 1 / 32
-    """Share of tokens (a uniform sample, by token hash) the neuron correlations use;
-    SAE latents, mostly zero, use every token."""
+    """Share of tokens (a uniform sample, by token hash) the neuron correlations use, at
+    most ``correlation.DENSE_CAP`` of them; SAE latents, mostly zero, use every token (at
+    most ``correlation.SPARSE_CAP``)."""
     text_field: str = "text"
     split: str = "train"
     device: str | None = None
