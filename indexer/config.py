@@ -118,6 +118,20 @@ class IndexReport:
     write_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds of the write phase by part (``indexer.write.PhaseClock``)."""
 
+    @classmethod
+    def from_progress(cls, slug: str, progress) -> IndexReport:
+        """The report of a pass (an ``indexer.checkpoint.Progress``): its corpus counts
+        and seconds."""
+        return cls(
+            slug=slug,
+            n_sequences=progress.n_sequences,
+            n_tokens=progress.n_tokens,
+            n_documents=progress.n_documents,
+            skipped=dict(progress.skipped),
+            pass_seconds=progress.seconds,
+            seconds=progress.seconds,
+        )
+
     @property
     def tokens_per_second(self) -> float:
         return self.n_tokens / self.pass_seconds if self.pass_seconds else 0.0

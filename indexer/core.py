@@ -161,18 +161,10 @@ class StreamingTopK:
             state["windows"][lo:hi].transpose(0, 1),
         )
 
-    def result(self, lo: int = 0, hi: int | None = None) -> TopKResult:
-        """The ranked top-k of units ``lo:hi`` (all by default)."""
-        values, tokens = self._values[lo:hi], self._tokens[lo:hi]
-        values, tokens, order = _rank(values, tokens, with_order=True)
-        windows = self._windows[lo:hi]
-        windows = windows.gather(1, order.unsqueeze(-1).expand_as(windows))
+    def result(self) -> TopKResult:
+        values, tokens, order = _rank(self._values, self._tokens, with_order=True)
+        windows = self._windows.gather(1, order.unsqueeze(-1).expand_as(self._windows))
         return TopKResult(values.t().contiguous(), tokens.t().contiguous(), windows.transpose(0, 1))
-
-    def nbytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size() for t in (self._values, self._tokens, self._windows)
-        )
 
 
 def merge_topk_states(a: dict, b: dict) -> dict:

@@ -186,9 +186,6 @@ class StreamingCorrelation:
             "cap": states[0]["cap"],
         }
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for p in self._parts for t in p.values())
-
     def top(self, k: int, *, rows: int = NEIGHBOUR_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
         """Each unit's ``k`` most correlated other units: ([U, k] indices, [U, k] r).
         r is NaN where fewer remain (units constant on the sample have no correlation)."""

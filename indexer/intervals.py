@@ -540,15 +540,11 @@ class StreamingIntervals:
         self._bars_stale = True
         self._sorted = False
 
-    def state(self, lo: int = 0, hi: int | None = None) -> IntervalState:
-        """The state of units ``lo:hi`` (all by default), copied."""
+    def state(self) -> IntervalState:
+        """The whole state, copied."""
         self._canonical()
         state = {name: getattr(self, "_" + name) for name in _STATE}
-        return IntervalState.from_state_dict({**state, "n_tokens": self.n_tokens}, lo, hi)
-
-    def nbytes(self) -> int:
-        parts = [getattr(self, "_" + name) for name in (*_STATE, "fresh")]
-        return sum(t.numel() * t.element_size() for t in parts) + self._bars.nbytes * 2
+        return IntervalState.from_state_dict({**state, "n_tokens": self.n_tokens})
 
 
 _STATE = ("exp", "started", "counts", "keys", "tokens", "values", "windows")

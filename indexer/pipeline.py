@@ -69,16 +69,9 @@ def build_index(
     finally:
         work.close()
     if (cfg.shard, cfg.units) != ((0, 1), (0, 1)):
-        return IndexReport(
-            slug=cfg.slug(),
-            n_sequences=progress.n_sequences,
-            n_tokens=progress.n_tokens,
-            n_documents=progress.n_documents,
-            skipped=dict(progress.skipped),
-            pass_seconds=progress.seconds,
-            seconds=progress.seconds,
-            sources=[src.name for src in plan.sources],
-        )
+        report = IndexReport.from_progress(cfg.slug(), progress)
+        report.sources = [src.name for src in plan.sources]
+        return report
     parts = [[progress.states]]
     report = write_index(plan, parts, [read_sequences(work.folder)], progress)
     work.remove()

@@ -67,14 +67,7 @@ def write_index(
     cfg, model = plan.cfg, plan.model
     clock = clock or PhaseClock()
     started = time.perf_counter()
-    report = IndexReport(
-        slug=cfg.slug(),
-        n_sequences=progress.n_sequences,
-        n_tokens=progress.n_tokens,
-        n_documents=progress.n_documents,
-        skipped=dict(progress.skipped),
-        pass_seconds=progress.seconds,
-    )
+    report = IndexReport.from_progress(cfg.slug(), progress)
     engine = storage.make_engine(cfg.db, create=True)
     try:
         with engine.begin() as conn:
