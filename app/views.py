@@ -371,33 +371,32 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
             share=urls.unit(slug, name, i),
         ),
     )
-    stats = unit.stats or {}
-    if not stats:
+    if unit.stats is None:
         return page
-    return page.model_copy(update=_unit_stats(slug, s, stats, sampled, seqs, vocab))
+    return page.model_copy(update=_unit_stats(slug, s, unit.stats, sampled, seqs, vocab))
 
 
-def _unit_stats(slug: str, s: storage.SourceRow, stats: dict, sampled, seqs, vocab) -> dict:
+def _unit_stats(
+    slug: str, s: storage.SourceRow, stats: storage.UnitStats, sampled, seqs, vocab
+) -> dict:
     """The unit page's histograms, intervals and neighbours from its stored stats."""
-    out: dict = {"correlation_tokens": stats.get("correlation_tokens", 0)}
-    if hist := stats.get("hist"):
-        w = hist["width"]
+    out: dict = {"correlation_tokens": stats.correlation_tokens}
+    if hist := stats.hist:
         out["histogram"] = Histogram(
-            x=[round((k + 0.5) * w, 6) for k in range(len(hist["counts"]))],
-            y=hist["counts"],
+            x=[round((k + 0.5) * hist.width, 6) for k in range(len(hist.counts))],
+            y=hist.counts,
             x_title="activation",
             y_title="tokens",
         )
-    if lh := stats.get("logit_hist"):
-        w = (lh["hi"] - lh["lo"]) / len(lh["counts"])
+    if lh := stats.logit_hist:
+        w = (lh.hi - lh.lo) / len(lh.counts)
         out["logit_histogram"] = Histogram(
-            x=[round(lh["lo"] + (k + 0.5) * w, 6) for k in range(len(lh["counts"]))],
-            y=lh["counts"],
+            x=[round(lh.lo + (k + 0.5) * w, 6) for k in range(len(lh.counts))],
+            y=lh.counts,
             x_title="effect on logit",
             y_title="tokens in vocabulary",
         )
-    table = stats.get("intervals") or []
-    total = sum(c for *_, c in table) or 1
+    total = sum(c for *_, c in stats.intervals) or 1
     out["intervals"] = [
         Interval(
             lo=lo,
@@ -406,19 +405,19 @@ def _unit_stats(slug: str, s: storage.SourceRow, stats: dict, sampled, seqs, voc
             share=c / total,
             samples=[_example(slug, e, seqs[e.sequence_id], vocab) for e in sampled.get(k, [])],
         )
-        for k, (lo, hi, c) in enumerate(table)
+        for k, (lo, hi, c) in enumerate(stats.intervals)
     ]
     out["correlated"] = [
         Neighbour(label=f"{s.name}/{j}", url=urls.unit(slug, s.name, j), value=r)
-        for j, r in stats.get("correlated", [])
+        for j, r in stats.correlated
     ]
     out["decoder_neighbours"] = [
         Neighbour(label=f"{s.name}/{j}", url=urls.unit(slug, s.name, j), value=c)
-        for j, c in stats.get("decoder") or []
+        for j, c in stats.decoder
     ]
     out["aligned_neurons"] = [
         Neighbour(label=f"{layer}-mlp/{j}", url=urls.unit(slug, f"{layer}-mlp", j), value=c)
-        for layer, j, c in stats.get("neurons") or []
+        for layer, j, c in stats.neurons
     ]
     return out
 

@@ -4,6 +4,8 @@ One folder per shard (``shard-I-of-N``) holds:
 
 - ``sequences.sqlite``: the corpus sequences the shard has indexed, committed at each
   checkpoint (the pass never holds them in memory);
+- ``log-SOURCE.*``: a sparse source's activation log (``indexer.activation_log``), cut
+  back to the checkpoint's lengths on resume;
 - ``checkpoint.pt``: every source's streamed state and the next batch to run, written to a
   temporary file and renamed over the last one, so a kill at any moment leaves either the
   old checkpoint or the new one, never half of one. ``done`` marks a finished shard.
@@ -24,12 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from indexer.activation_log import ActivationLog
+
 CHECKPOINT = "checkpoint.pt"
 SEQUENCES = "sequences.sqlite"
-FORMAT = 3
-"""Version of what a checkpoint holds. 3: correlations as collected tokens
-(``indexer.correlation``), not [U, U] sums. 2: sequences of every length (short documents
-and tails kept, padding left out), real-token counts. A checkpoint without it (1) was made
+FORMAT = 4
+"""Version of what a checkpoint holds. 4: a sparse source's examples without windows, and
+its activation log beside the checkpoint (``indexer.activation_log``); int32 counts.
+3: correlations as collected tokens (``indexer.correlation``), not [U, U] sums.
+2: sequences of every length (short documents and tails kept, padding left out),
+real-token counts. A checkpoint without it (1) was made
 with full-length sequences only. A run of an older format cannot be resumed or merged."""
 
 
@@ -133,7 +139,11 @@ def load_progress(folder: Path, *, mmap: bool = False) -> Progress | None:
     path = folder / CHECKPOINT
     if not path.exists():
         return None
-    return Progress(**torch.load(path, map_location="cpu", weights_only=False, mmap=mmap))
+    progress = Progress(**torch.load(path, map_location="cpu", weights_only=False, mmap=mmap))
+    for state in progress.states.values():
+        if "log" in state:  # beside the checkpoint, wherever the shard ran
+            ActivationLog.relocate(state["log"], folder)
+    return progress
 
 
 def read_sequences(folder: Path, chunk: int = 4096) -> Iterator[list[tuple]]:
@@ -162,4 +172,7 @@ def load_result(folder: Path) -> ShardResult:
     if progress is None or not progress.done:
         raise ValueError(f"{folder} holds no finished shard (run its `spyglass index --shard`)")
     rows = [row for chunk in read_sequences(folder) for row in chunk]
+    for state in progress.states.values():
+        if "log" in state:  # the folder goes once the result is read
+            ActivationLog.embed(state["log"])
     return ShardResult(progress, rows)

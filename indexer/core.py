@@ -23,14 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from indexer import kernels
-from indexer.intervals import (
-    StreamingIntervals,
-    as_array,
-    batch_keys,
-    read_windows,
-    real_lengths,
-    use_compiled,
-)
+from indexer.batches import as_array, batch_keys, read_windows, real_lengths, use_compiled
+from indexer.intervals import StreamingIntervals
 
 
 @dataclass(frozen=True)
@@ -66,6 +60,7 @@ class StreamingTopK:
         before: int,
         after: int,
         skip_first: int = 0,
+        windows: bool = True,
         device: torch.device | str = "cpu",
         backend: str | None = None,
     ) -> None:
@@ -73,11 +68,12 @@ class StreamingTopK:
             raise ValueError("k must be at least 1")
         self.k, self.before, self.after, self.skip_first = k, before, after, skip_first
         self.compiled = use_compiled(device, backend)
-        width = before + 1 + after
+        # Without windows (a sparse source: ``indexer.activation_log``) slots hold tokens.
+        width = before + 1 + after if windows else 0
         self._values = torch.full((n_units, k), -torch.inf, device=device)  # [U, k]
         self._tokens = torch.full((n_units, k), -1, dtype=torch.long, device=device)
         self._windows = torch.full((n_units, k, width), torch.nan, device=device)
-        self._offsets = torch.arange(-before, after + 1, device=device)  # [W]
+        self._offsets = torch.arange(-before, width - before, device=device)  # [W]
 
     def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> None:
         """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``, each of
@@ -160,6 +156,10 @@ class StreamingTopK:
             state["tokens"][lo:hi].t().contiguous(),
             state["windows"][lo:hi].transpose(0, 1),
         )
+
+    @staticmethod
+    def merge_states(a: dict, b: dict) -> dict:
+        return merge_topk_states(a, b)
 
     def result(self) -> TopKResult:
         values, tokens, order = _rank(self._values, self._tokens, with_order=True)

@@ -4,7 +4,7 @@ The pass only collects what the correlations need; they are computed at write ti
 blockwise, so memory follows the units and the sample, never the square of the units.
 
 - Dense sources (MLP neurons) keep the sampled tokens' activations: the tokens whose key
-  (``indexer.intervals.token_keys``) falls below ``rate``, a uniform sample of the corpus,
+  (``indexer.batches.token_keys``) falls below ``rate``, a uniform sample of the corpus,
   the same tokens for every source whatever the batching; of those at most ``cap``, the
   ones with the smallest keys (pruned as the stream goes, so memory stays bounded: the
   smallest keys of the whole stream are the smallest of any part that holds them). At
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from indexer import kernels
-from indexer.intervals import as_array, batch_keys, real_lengths, token_keys, use_compiled
-from indexer.kernels import _listed
+from indexer.batches import as_array, batch_keys, real_lengths, token_keys, use_compiled
+from indexer.kernel_ops import listed
 
 DENSE_CAP = 4096
 """Default most tokens a dense source's correlations use (``StreamingCorrelation.cap``)."""
@@ -105,22 +105,12 @@ class StreamingCorrelation:
             self._prune()
             return
 
-        if self.compiled:
-            chunks = max(1, min(numba.get_num_threads(), rows.shape[0] // 64))
-            counts, units, values = _list_nonzeros(as_array(acts), rows, chunks)
-            part = {
-                "counts": torch.from_numpy(counts),
-                "units": torch.from_numpy(units),
-                "values": torch.from_numpy(values),
-            }
-        else:
-            x = acts.reshape(-1, n_units).index_select(0, torch.from_numpy(rows).to(acts.device))
-            row, unit = (x != 0).nonzero(as_tuple=True)  # row-major: by token, then unit
-            part = {
-                "counts": torch.bincount(row, minlength=x.shape[0]).cpu(),
-                "units": unit.int().cpu(),
-                "values": x[row, unit].float().cpu(),
-            }
+        counts, units, values = nonzero_rows(acts, rows, compiled=self.compiled)
+        part = {
+            "counts": torch.from_numpy(counts),
+            "units": torch.from_numpy(units),
+            "values": torch.from_numpy(values),
+        }
         self._parts.append({"tokens": tokens, **part})
         self._prune()
 
@@ -307,6 +297,25 @@ def sparse_top(state: dict, n_units: int, k: int):
     return torch.from_numpy(idx), torch.from_numpy(r).float()
 
 
+def nonzero_rows(acts: torch.Tensor, rows: np.ndarray, *, compiled: bool | None = None):
+    """The non-zero values of ``acts`` [B, T, U] at ``rows`` (``b * T + t``), row by row
+    and by unit within a row: ([n] int64 count per row, int32 units, float32 values), on
+    the CPU. ``compiled``: list them with the compiled kernel (default: on a CPU)."""
+    if compiled is None:
+        compiled = acts.device.type == "cpu"
+    if compiled:
+        chunks = max(1, min(numba.get_num_threads(), rows.shape[0] // 64))
+        return _list_nonzeros(as_array(acts), rows, chunks)
+    n_units = acts.shape[2]
+    x = acts.reshape(-1, n_units).index_select(0, torch.from_numpy(rows).to(acts.device))
+    row, unit = (x != 0).nonzero(as_tuple=True)  # row-major: by token, then unit
+    return (
+        torch.bincount(row, minlength=x.shape[0]).cpu().numpy(),
+        unit.int().cpu().numpy(),
+        x[row, unit].float().cpu().numpy(),
+    )
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _list_nonzeros(acts, rows, chunks):  # pragma: no cover - compiled
     """The non-zero values of ``acts`` [B, T, U] at ``rows`` (``b * T + t``), row by row
@@ -336,7 +345,7 @@ def _list_nonzeros(acts, rows, chunks):  # pragma: no cover - compiled
             for u in range(n_units):
                 flag[u] = row[u] != 0
             at = starts[n]
-            for j in range(_listed(flag, flag_words, found)):
+            for j in range(listed(flag, flag_words, found)):
                 units[at + j] = found[j]
                 values[at + j] = row[found[j]]
     return counts, units, values

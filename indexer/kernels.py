@@ -10,29 +10,29 @@ replace, which after the first batches is rare.
 The state is the tensor code's (``indexer.core.StreamingTopK``,
 ``indexer.intervals.StreamingIntervals``), except that slots are unordered: the kernel
 finds the slot to replace on entry, and ``result``/``state`` sort. Sample windows are
-float16, which numba cannot compute with, so they are handled as their bit patterns
-(``half_bits`` rounds like ``torch.Tensor.half``; ``to_half_bits`` is the CPU's own
-conversion where it has one, else ``half_bits``). Other devices (CUDA) keep the tensor
-code, which is fast there.
+float16 bit patterns (``indexer.kernel_ops``); the interval state's bins are in
+``indexer.sample_bins``. Other devices (CUDA) keep the tensor code, which is fast there.
 """
 
 from __future__ import annotations
 
-import math
-import platform
-
 import numba
 import numpy as np
-from llvmlite import binding as llvm
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic
 
-_EMPTY = np.iinfo(np.int64).max
-_NAN32 = np.uint32(0x7FC00000)
-_NAN16 = np.uint16(0x7E00)
-_LOW_LOG2 = 57  # keys (uniform on [0, 2^63)) below 2^57: 1 row in 64
-_LEVELS = 63 - _LOW_LOG2 + 1  # key levels: below 2^57, then [2^(56+l), 2^(57+l)), l = 1..6
+from indexer.kernel_ops import NAN16, any_set, listed, prefetch, to_half_bits
+from indexer.sample_bins import (
+    LEVELS,
+    bin_bars,
+    fine_bin,
+    grow,
+    key_level,
+    largest_slot,
+    level_floor,
+    open_from,
+    raise_ceiling,
+    unit_levels,
+)
+
 _FLOOR_GROUPS = 4  # groups of rows per top-k slot in a first batch's floor
 
 
@@ -46,8 +46,9 @@ class TopKArrays:
 
 class IntervalArrays:
     """An interval state as numpy views (see ``StreamingIntervals``): ceiling exponents
-    ``exp`` and ``started`` [U], ``counts`` [U, F+1] int64 and ``fresh`` [U, F+1] int32
-    (kernel counts not yet added in), sample slots ``keys``/``tokens``/``values``
+    ``exp`` and ``started`` [U], counts ``fresh`` [U, F+1] int32 and int64 totals
+    ``counts`` [U, F+1] they are added into before int32 could overflow ([U, 0] until
+    then), sample slots ``keys``/``tokens``/``values``
     [U, S+1, r] and ``windows`` [U, S+1, r, W] as float16 bit patterns (uint16).
     ``bars``/``slots`` [U, S+1] int64 are each sample bin's largest key and its slot
     (``refresh_bars``), which the kernels keep up to date as they change the keys."""
@@ -145,77 +146,6 @@ def _worst_slot(val, tok) -> int:
     return w
 
 
-@numba.njit(cache=True, inline="always")
-def _largest(keys) -> int:
-    m = 0
-    for q in range(1, keys.shape[0]):
-        if keys[q] > keys[m]:
-            m = q
-    return m
-
-
-@numba.njit(cache=True)
-def half_bits(f: np.uint32) -> np.uint16:  # pragma: no cover - compiled
-    """The float16 bit pattern nearest to the float32 with bit pattern ``f`` (round half
-    to even, overflow to infinity, NaN to the quiet NaN)."""
-    f = np.uint32(f)
-    sign = np.uint32((f >> np.uint32(16)) & np.uint32(0x8000))
-    e = np.int64((f >> np.uint32(23)) & np.uint32(0xFF))
-    m = np.uint32(f & np.uint32(0x7FFFFF))
-    if e == 0xFF:
-        return np.uint16(sign | (np.uint32(0x7E00) if m else np.uint32(0x7C00)))
-    e16 = e - 127 + 15
-    if e16 >= 31:
-        return np.uint16(sign | np.uint32(0x7C00))
-    if e16 <= 0:  # a float16 subnormal, or zero
-        if e16 < -10:
-            return np.uint16(sign)
-        m = m | np.uint32(0x800000)
-        shift = np.uint32(14 - e16)
-        half = m >> shift
-        rem = m & ((np.uint32(1) << shift) - np.uint32(1))
-        halfway = np.uint32(1) << (shift - np.uint32(1))
-        if rem > halfway or (rem == halfway and (half & np.uint32(1))):
-            half += np.uint32(1)
-        return np.uint16(sign | half)
-    half = (np.uint32(e16) << np.uint32(10)) | (m >> np.uint32(13))
-    rem = m & np.uint32(0x1FFF)
-    if rem > np.uint32(0x1000) or (rem == np.uint32(0x1000) and (half & np.uint32(1))):
-        half += np.uint32(1)  # a carry into the exponent is right, up to infinity
-    return np.uint16(sign | half)
-
-
-@intrinsic
-def _fptrunc_half(typingctx, f):
-    """The float16 bit pattern of the float32 with bit pattern ``f``, by LLVM's fptrunc:
-    one instruction where the CPU converts (F16C on x86-64, any arm64)."""
-
-    def codegen(context, builder, signature, args):
-        value = builder.bitcast(args[0], ir.FloatType())
-        return builder.bitcast(builder.fptrunc(value, ir.HalfType()), ir.IntType(16))
-
-    return types.uint16(types.uint32), codegen
-
-
-@numba.njit(cache=True)
-def hardware_half_bits(f: np.uint32) -> np.uint16:  # pragma: no cover - compiled
-    """``half_bits`` by the CPU's own conversion (only where it has one)."""
-    return _fptrunc_half(np.uint32(f))
-
-
-def _converts_halves() -> bool:
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return True
-    try:
-        return bool(llvm.get_host_cpu_features().get("f16c", False))
-    except RuntimeError:  # llvmlite cannot tell on this host: round in software
-        return False
-
-
-HARDWARE_HALVES = _converts_halves()
-to_half_bits = hardware_half_bits if HARDWARE_HALVES else half_bits
-
-
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _first_batch_bounds(acts, rows, k, chunks):  # pragma: no cover - compiled
     """Per unit, over the ``rows`` (``b * T + t``) of ``acts`` [B, T, U]: [U] the largest
@@ -258,132 +188,6 @@ def _first_batch_bounds(acts, rows, k, chunks):  # pragma: no cover - compiled
     return top, floor
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def grow(
-    batch_max, exp, started, counts, fresh, keys, tokens, values, windows
-):  # pragma: no cover - compiled
-    """Raise each unit's ceiling to cover ``batch_max`` (``_raise_ceiling``)."""
-    for u in numba.prange(batch_max.shape[0]):
-        if batch_max[u] > 0:
-            _raise_ceiling(u, batch_max[u], exp, started, counts, fresh, keys, tokens, values,
-                           windows)  # fmt: skip
-
-
-@numba.njit(cache=True, inline="always")
-def _raise_ceiling(
-    u, x, exp, started, counts, fresh, keys, tokens, values, windows
-):  # pragma: no cover - compiled
-    """Raise unit ``u``'s ceiling 2^exp to cover ``x`` > 0 (the first positive value sets
-    it): 2^d fine bins merge into one, and the sample bins likewise, each keeping its r
-    smallest keys. Exact at any point of the stream: a value in fine bin i lands in bin
-    ceil(i / 2^d) either way, and the r smallest keys of a union do not depend on order."""
-    n_sample, r = keys.shape[1], keys.shape[2]
-    n_fine = counts.shape[1] - 1
-    mantissa, target = math.frexp(x)
-    if mantissa == 0.5:
-        target -= 1
-    if not started[u]:
-        exp[u] = target
-        started[u] = True
-        return
-    if target <= exp[u]:
-        return
-    d = min(target - exp[u], 62)
-    exp[u] = target
-    # In place, bins ascending: bin i >= 2 lands in a lower bin ceil(i / 2^d), which by
-    # then has handed its own content down, so it holds only what was merged into it.
-    # Counts: fine bin i (1-based) lands in ceil(i / 2^d).
-    for i in range(n_fine + 1):
-        counts[u, i] += fresh[u, i]
-        fresh[u, i] = 0
-    for i in range(2, n_fine + 1):
-        j = min(((i - 1) >> d) + 1, n_fine)
-        counts[u, j] += counts[u, i]
-        counts[u, i] = 0
-    # Samples: every kept entry moves to bin ceil(s / 2^d), which keeps its r smallest
-    # keys; the slot it leaves is emptied (key EMPTY, token -1, value 0, NaN window).
-    for s in range(2, n_sample):
-        new = min(((s - 1) >> d) + 1, n_sample - 1)
-        for q in range(r):
-            key = keys[u, s, q]
-            if key == _EMPTY:
-                continue
-            m = _largest(keys[u, new])
-            if key < keys[u, new, m]:
-                keys[u, new, m] = key
-                tokens[u, new, m] = tokens[u, s, q]
-                values[u, new, m] = values[u, s, q]
-                windows[u, new, m] = windows[u, s, q]
-            keys[u, s, q] = _EMPTY
-            tokens[u, s, q] = -1
-            values[u, s, q] = 0.0
-            windows[u, s, q] = _NAN16
-
-
-@numba.njit(cache=True, inline="always")
-def _fine_bin(v, scale, top):  # pragma: no cover - compiled
-    """ceil(v * scale) in [1, top] for v > 0 (1 where the product underflows), else 0
-    (NaN too); float32 throughout (``top``: F as a float32), so that rows vectorise."""
-    f = v * scale
-    f = f if f > np.float32(0.0) else np.float32(0.0)
-    f = f if f < top else top
-    return max(np.int32(np.ceil(f)), np.int32(v > np.float32(0.0)))
-
-
-@numba.njit(cache=True, inline="always")
-def _floor(lv) -> np.int64:
-    """The smallest key of level ``lv``: 0, then 2^(56+lv) (keys in [2^(56+lv), 2^(57+lv)),
-    the last level up to 2^63)."""
-    return np.int64(0) if lv == 0 else np.int64(1) << (_LOW_LOG2 - 1 + lv)
-
-
-@numba.njit(cache=True, inline="always")
-def _level(key) -> int:
-    lv = 0
-    while lv < _LEVELS - 1 and key >= np.int64(1) << (_LOW_LOG2 + lv):
-        lv += 1
-    return lv
-
-
-@intrinsic
-def _prefetch_line(typingctx, address):
-    """Ask the CPU to fetch the cache line at ``address`` for writing (LLVM's prefetch: a
-    hint, never a fault)."""
-
-    def codegen(context, builder, signature, args):
-        byte_ptr = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        prefetch = builder.module.declare_intrinsic(
-            "llvm.prefetch", [byte_ptr], ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
-        )
-        ptr = builder.inttoptr(args[0], byte_ptr)
-        builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(types.uint64), codegen
-
-
-@numba.njit(cache=True, inline="always")
-def _prefetch(array, u, s, q):  # pragma: no cover - compiled
-    """Fetch the cache line of ``array`` [u, s, q, ...] ahead of a write."""
-    at = array.ctypes.data + u * array.strides[0] + s * array.strides[1] + q * array.strides[2]
-    _prefetch_line(np.uint64(at))
-
-
-@numba.njit(cache=True, inline="always")
-def _listed(flag, flag_words, found) -> int:
-    """List in ``found`` the indices whose ``flag`` is 1, reading the flags 8 at a time
-    through ``flag_words`` (their uint64 view): most rows flag only a few. ``found`` is as
-    long as ``flag``: the branch-free listing writes one past the last flagged index."""
-    m = 0
-    for w in range(flag_words.shape[0]):
-        if flag_words[w]:
-            for i in range(w * 8, w * 8 + 8):
-                found[m] = i
-                m += flag[i]
-    return m
-
-
 @numba.njit(cache=True, inline="always")
 def _scan_row(row, t_bar, ceiling, scale, fine, flag, over, top, ties):  # pragma: no cover
     """Vectorised over a row: each value's fine bin; ``flag`` 1 where it may beat its top-k
@@ -394,67 +198,7 @@ def _scan_row(row, t_bar, ceiling, scale, fine, flag, over, top, ties):  # pragm
         v = row[i]
         flag[i] = (v >= t_bar[i]) if ties else (v > t_bar[i])
         over[i] = v > ceiling[i]
-        fine[i] = _fine_bin(v, scale[i], top)
-
-
-@numba.njit(cache=True, inline="always")
-def _any(words) -> bool:  # pragma: no cover - compiled
-    """Whether any flag is set, 8 at a time (a uint64 view of uint8 flags)."""
-    acc = np.uint64(0)
-    for w in range(words.shape[0]):
-        acc |= words[w]
-    return acc != 0
-
-
-@numba.njit(cache=True, inline="always")
-def _bin_bars(u, s_keys, bars, slots):  # pragma: no cover - compiled
-    """Unit ``u``'s sample bins' bars (largest key: an entry must be below it to enter)
-    and slots (where that key is); bin 0 takes nothing."""
-    bars[u, 0] = -_EMPTY - 1
-    for s in range(1, s_keys.shape[1]):
-        m = _largest(s_keys[u, s])
-        slots[u, s] = m
-        bars[u, s] = s_keys[u, s, m]
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def refresh_bars(s_keys, bars, slots):  # pragma: no cover - compiled
-    """Every unit's ``_bin_bars``: for a state whose keys changed outside the kernels."""
-    for u in numba.prange(s_keys.shape[0]):
-        _bin_bars(u, s_keys, bars, slots)
-
-
-@numba.njit(cache=True, inline="always")
-def _unit_levels(
-    i, u, exp, started, bars, ceiling, scale, opens, fine_log2, per
-):  # pragma: no cover - compiled
-    """What ``_fold`` keeps of unit ``u`` (its ``i``-th): ceiling, scale, and ``opens``
-    [level, i]: level lv's keys (at least ``_floor(lv)``) can only enter the sample bins
-    whose bar is above that, so its rows test only fine bins above ``opens``, the one
-    just below the first such bin (after a few batches, mostly sparse high bins). Floors
-    rise with the level, so one pass over the bins sets the levels in order."""
-    n_sample = bars.shape[1]
-    ceiling[i] = np.float32(math.ldexp(1.0, exp[u])) if started[u] else np.float32(0.0)
-    scale[i] = np.float32(math.ldexp(1.0, fine_log2 - exp[u]))
-    lv = 0
-    for s in range(1, n_sample):
-        while lv < _LEVELS and bars[u, s] > _floor(lv):
-            opens[lv, i] = (s - 1) * per
-            lv += 1
-        if lv == _LEVELS:
-            break
-    for rest in range(lv, _LEVELS):
-        opens[rest, i] = (n_sample - 1) * per
-
-
-@numba.njit(cache=True, inline="always")
-def _open_from(s, lv, i, u, bars, opens, per):  # pragma: no cover - compiled
-    """Move ``opens`` [lv, i] up to the first bin from ``s`` on whose bar is above
-    ``_floor(lv)`` (see ``_unit_levels``): bars only fall, so it only moves up."""
-    n_sample = bars.shape[1]
-    while s < n_sample and bars[u, s] <= _floor(lv):
-        s += 1
-    opens[lv, i] = (s - 1) * per
+        fine[i] = fine_bin(v, scale[i], top)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -474,12 +218,12 @@ def _fold(
     ``t_floor`` [U] (-inf but in an empty state's first batch) are not even tried.
 
     Intervals: a value v above its unit's ceiling 2^exp first raises it
-    (``_raise_ceiling``); then a positive v adds 1 to ``fresh`` [U, F+1] (int32, added
+    (``raise_ceiling``); then a positive v adds 1 to ``fresh`` [U, F+1] (int32, added
     into ``counts`` later) at fine bin ceil(v * F / 2^exp) (exact: a power-of-two scale);
     if ``dense``, the others add 1 to bin 0, which no reader uses.
     Sample bin s = ceil(fine / per) keeps in ``s_keys``/``s_tokens``/``s_values``
     [U, S+1, r] (unordered) the r entries with the smallest ``keys``; bin 0 takes none.
-    ``bars``/``slots`` [U, S+1] (``_bin_bars``) are kept up to date.
+    ``bars``/``slots`` [U, S+1] (``bin_bars``) are kept up to date.
 
     A slot that takes a token takes its window (NaN off the sequence) at once.
     """
@@ -518,14 +262,14 @@ def _fold(
                 t_tok[i] = t_tokens[u0 + i, w]
         ceiling = np.full(n, np.inf, np.float32)  # 2^exp; 0 before the first positive
         scale = np.zeros(n, np.float32)  # F / 2^exp, a power of two
-        opens = np.zeros((_LEVELS, n), np.int32)
+        opens = np.zeros((LEVELS, n), np.int32)
         if with_counts:
             for i in range(n):
-                _unit_levels(i, u0 + i, exp, started, bars, ceiling, scale, opens, fine_log2,
+                unit_levels(i, u0 + i, exp, started, bars, ceiling, scale, opens, fine_log2,
                              per)  # fmt: skip
         fine = np.zeros(n, np.int32)
         # A row's units that may beat their top-k bar, then those offered its key, flagged
-        # one byte each and listed in ``found`` (``_listed``; all padded to whole words).
+        # one byte each and listed in ``found`` (``listed``; all padded to whole words).
         found = np.zeros((n + 7) // 8 * 8, np.int32)
         flag = np.zeros((n + 7) // 8 * 8, np.uint8)
         flag_words = flag.view(np.uint64)
@@ -544,18 +288,18 @@ def _fold(
                 _scan_row(row, t_bar, ceiling, scale, fine, flag, over, top, True)
             else:
                 _scan_row(row, t_bar, ceiling, scale, fine, flag, over, top, False)
-            if _any(over_words):
+            if any_set(over_words):
                 for i in range(n):
                     if ceiling[i] < row[i] < np.inf:  # infinities: the top bin
                         u = u0 + i
-                        _raise_ceiling(u, row[i], exp, started, counts, fresh, s_keys,
+                        raise_ceiling(u, row[i], exp, started, counts, fresh, s_keys,
                                        s_tokens, s_values, s_windows)  # fmt: skip
-                        _bin_bars(u, s_keys, bars, slots)
-                        _unit_levels(i, u, exp, started, bars, ceiling, scale, opens,
+                        bin_bars(u, s_keys, bars, slots)
+                        unit_levels(i, u, exp, started, bars, ceiling, scale, opens,
                                      fine_log2, per)  # fmt: skip
-                        fine[i] = _fine_bin(row[i], scale[i], top)
-            if _any(flag_words):
-                for j in range(_listed(flag, flag_words, found)):
+                        fine[i] = fine_bin(row[i], scale[i], top)
+            if any_set(flag_words):
+                for j in range(listed(flag, flag_words, found)):
                     i = found[j]
                     if row[i] > t_low[i] or (by_key and row[i] == t_low[i] and token < t_tok[i]):
                         u = u0 + i
@@ -574,17 +318,17 @@ def _fold(
             if not with_counts:
                 continue
             key = keys[rows[o]]
-            level_opens = opens[_level(key)]
+            level_opens = opens[key_level(key)]
             if dense:
                 for i in range(n):
                     flat_counts[np.uint64(u0 + i) * count_row + np.uint64(fine[i])] += 1
                 for i in range(n):
                     flag[i] = fine[i] > level_opens[i]
-                m = _listed(flag, flag_words, found)
+                m = listed(flag, flag_words, found)
             else:  # the positives, counted, then those offered the key
                 for i in range(n):
                     flag[i] = fine[i] > 0
-                m = _listed(flag, flag_words, found)
+                m = listed(flag, flag_words, found)
                 offered = 0
                 for j in range(m):
                     i = found[j]
@@ -604,10 +348,10 @@ def _fold(
                     found[accepted] = i
                     q = slots[u, s]
                     taken[accepted] = (u * n_sample + s) * s_keys.shape[2] + q
-                    _prefetch(s_keys, u, s, q)
-                    _prefetch(s_tokens, u, s, q)
-                    _prefetch(s_values, u, s, q)
-                    _prefetch(s_windows, u, s, q)
+                    prefetch(s_keys, u, s, q)
+                    prefetch(s_tokens, u, s, q)
+                    prefetch(s_values, u, s, q)
+                    prefetch(s_windows, u, s, q)
                     accepted += 1
             for jj in range(s_width if accepted else 0):
                 at = t - s_before + jj
@@ -617,7 +361,7 @@ def _fold(
                         slot_windows[taken[j], jj] = to_half_bits(window_row[found[j]])
                 else:
                     for j in range(accepted):
-                        slot_windows[taken[j], jj] = _NAN16
+                        slot_windows[taken[j], jj] = NAN16
             for j in range(accepted):
                 i = found[j]
                 u = u0 + i
@@ -626,11 +370,11 @@ def _fold(
                 s_keys[u, s, q] = key
                 s_tokens[u, s, q] = token
                 s_values[u, s, q] = row[i]
-                q = _largest(s_keys[u, s])
+                q = largest_slot(s_keys[u, s])
                 slots[u, s] = q
                 bar = s_keys[u, s, q]
                 bars[u, s] = bar
                 if by_key:  # bins fill and close fast: skip them at once
-                    for lv2 in range(_LEVELS):
-                        if bar <= _floor(lv2) and opens[lv2, i] == (s - 1) * per:
-                            _open_from(s + 1, lv2, i, u, bars, opens, per)
+                    for lv2 in range(LEVELS):
+                        if bar <= level_floor(lv2) and opens[lv2, i] == (s - 1) * per:
+                            open_from(s + 1, lv2, i, u, bars, opens, per)

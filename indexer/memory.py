@@ -6,7 +6,9 @@ The model (``docs/performance.md``, "Memory", checks it against measurements):
 - what is resident when the plan is made: the model, the SAEs' weights, the libraries
   (read from the OS, not estimated);
 - every unit's streamed state (``unit_state_bytes``): its top-k slots with their context
-  windows, and its interval counts and sample slots: a constant per unit;
+  windows, and its interval counts and sample slots: a constant per unit. An SAE's
+  latents keep no windows: they are read back at write time from the source's
+  activation log on disk (``log_bytes``), whose pages count while it is read;
 - each source's correlation tokens (``correlation_bytes``): neurons keep the sampled
   tokens' activations (at most ``DENSE_CAP`` tokens), 4 bytes per neuron per sampled
   token; SAE latents keep every token's non-zero activations (at most ``SPARSE_CAP``
@@ -41,14 +43,22 @@ RUNTIME_BYTES = 600_000_000
 GB = 1e9
 
 
-def unit_state_bytes(cfg) -> int:
-    """Bytes of one unit's streamed state (top-k, interval counts and samples)."""
-    window = cfg.window_before + 1 + cfg.window_after
+def unit_state_bytes(cfg, *, sparse: bool = False) -> int:
+    """Bytes of one unit's streamed state (top-k, interval counts and samples). A sparse
+    source's (an SAE's) slots hold no windows: its activation log does."""
+    window = 0 if sparse else cfg.window_before + 1 + cfg.window_after
     topk = cfg.top_k * (4 + 8 + 4 * window)  # value, token, float32 window
-    counts = (COUNT_BINS + 1) * (8 + 4)  # int64 totals and int32 fresh counts
+    counts = (COUNT_BINS + 1) * 4  # int32 (int64 totals only past 2^31 tokens)
     bins = SAMPLE_BINS + 1
-    samples = bins * cfg.interval_samples * (8 + 8 + 4 + 2 * INTERVAL_WINDOW)
+    window = 0 if sparse else INTERVAL_WINDOW
+    samples = bins * cfg.interval_samples * (8 + 8 + 4 + 2 * window)
     return topk + counts + bins * 16 + samples + 9  # bars and slots, ceiling and flag
+
+
+def log_bytes(src: Source, n_tokens: int) -> int:
+    """Disk bytes of a sparse source's activation log over ``n_tokens`` tokens
+    (``indexer.activation_log``): 8 per non-zero, 4 per token (and 16 per sequence)."""
+    return 0 if src.sae is None else n_tokens * (4 + 8 * expected_l0(src))
 
 
 def expected_l0(src: Source) -> int:
@@ -76,6 +86,8 @@ class MemoryEstimate:
     available: int
     """Bytes this process may use (what the OS and its cgroup have free, plus its own)."""
     per_source: dict[str, int] = field(default_factory=dict)
+    disk: int = 0
+    """Bytes of the SAEs' activation logs in the work folder (``log_bytes``)."""
 
     @property
     def peak(self) -> int:
@@ -86,7 +98,12 @@ class MemoryEstimate:
             f"memory: about {self.peak / GB:.1f} GB at peak (model and weights "
             f"{self.resident / GB:.1f} GB, statistics {self.state / GB:.1f} GB, working "
             f"{self.working / GB:.1f} GB) of {self.available / GB:.1f} GB available"
+            + (f"; disk: about {_size(self.disk)} of activation logs" if self.disk else "")
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / GB:.1f} GB" if n >= GB / 10 else f"{max(1, round(n / 1e6))} MB"
 
 
 def check(plan: Plan) -> MemoryEstimate:
@@ -121,13 +138,13 @@ def estimate(plan: Plan, n_tokens: int | None) -> MemoryEstimate:
     """The plan's memory, for a corpus of ``n_tokens`` tokens (the cap, or a guess: 1M)."""
     cfg = plan.cfg
     tokens = n_tokens or 1_000_000
-    per_unit = unit_state_bytes(cfg)
     per_source = {}
     working = 0
     tokens_per_batch = cfg.batch_size * cfg.seq_len
     part = 1 / cfg.units[1]  # the share of every source's units this run takes
     for src in plan.sources:
         corr = int(correlation_bytes(src, cfg, tokens) * part)
+        per_unit = unit_state_bytes(cfg, sparse=src.sae is not None)
         per_source[src.name] = int(src.n_units * part) * per_unit + corr
         if src.sae is None:
             block = tokens_per_batch * src.n_units * 4
@@ -139,6 +156,7 @@ def estimate(plan: Plan, n_tokens: int | None) -> MemoryEstimate:
             + logit_block
             + 3 * corr  # joined, and the sums' column lists
             + _neighbour_bytes(src, plan.model, cfg, tokens)
+            + 3 * log_bytes(src, int(tokens * part)) // 2  # its offsets, the pages read
         )
         working = max(working, block, write)
     forward = tokens_per_batch * (plan.model.d_model * 16 + plan.model.d_mlp * 12)
@@ -155,6 +173,7 @@ def estimate(plan: Plan, n_tokens: int | None) -> MemoryEstimate:
         working=working + forward,
         available=available_bytes(),
         per_source=per_source,
+        disk=sum(int(log_bytes(src, tokens) * part) for src in plan.sources),
     )
 
 

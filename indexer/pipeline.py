@@ -96,7 +96,7 @@ def run_pass(plan: Plan, work: ShardWork) -> Progress:
     work.resume(progress, cfg.batch_size)  # drops sequences past it (all, for a new run)
     if progress.done:
         return progress
-    stats = PassStats(model, plan.sources, cfg)
+    stats = PassStats(model, plan.sources, cfg, work.folder)
     for st in stats.sources if progress.states else ():
         st.load_state_dict(progress.states[st.source.name])
 

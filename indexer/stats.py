@@ -1,20 +1,57 @@
-"""Every source's streaming statistics, fed one batch at a time, and their merge."""
+"""Every source's streaming statistics, fed one batch at a time, and their merge.
+
+Each statistic is a ``Statistic``: a streaming state over one source's units (or a slice of
+them) that folds in a batch, saves and loads itself for checkpoints, and merges with the
+state of a disjoint part of the corpus exactly as one pass over both would have left it.
+``SourceStats`` holds one of each, by name; the checkpoint, the merges and the write
+find them under that name.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import re
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
+from indexer.activation_log import ActivationLog
 from indexer.config import IndexConfig
-from indexer.core import StreamingTopK, fold_batch, merge_topk_states
+from indexer.core import StreamingTopK, fold_batch
 from indexer.correlation import StreamingCorrelation
 from indexer.intervals import StreamingIntervals
-from indexer.intervals import merge_states as merge_interval_states
 from spyglass.model import Model
 from spyglass.sources import Source
+
+
+class Statistic(Protocol):
+    """A streaming statistic of a source's units."""
+
+    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> None:
+        """Fold in ``acts`` [B, T, U] of sequences ``first_sequence ..+B``, each of
+        ``lengths`` [B] real positions (None: all T)."""
+
+    def state_dict(self) -> dict:
+        """The state, on the CPU, for a checkpoint or a merge."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from a ``state_dict()``."""
+
+    @staticmethod
+    def merge_states(a: dict, b: dict) -> dict:
+        """The state of two disjoint parts of the corpus together."""
+
+
+STATISTICS: dict[str, type] = {
+    "topk": StreamingTopK,
+    "intervals": StreamingIntervals,
+    "correlation": StreamingCorrelation,
+    "log": ActivationLog,
+}
+"""Every statistic's class by the name its state is saved under."""
 
 
 def unit_range(n_units: int, units: tuple[int, int]) -> tuple[int, int]:
@@ -25,7 +62,11 @@ def unit_range(n_units: int, units: tuple[int, int]) -> tuple[int, int]:
 
 class SourceStats:
     """The streaming statistics of one source's units, or of the slice ``units`` = (i, n)
-    of them (``unit_range``), read from the source's activations as columns lo:hi."""
+    of them (``unit_range``), read from the source's activations as columns lo:hi.
+
+    A sparse source (an SAE's latents) keeps its examples' tokens without their windows,
+    and logs its activations in ``folder`` (in memory if None) to read them back from at
+    write time (``indexer.activation_log``)."""
 
     def __init__(
         self,
@@ -33,41 +74,51 @@ class SourceStats:
         cfg: IndexConfig,
         device: torch.device,
         units: tuple[int, int] = (0, 1),
+        folder: Path | None = None,
     ):
         skip = 0 if cfg.include_first_token else 1
         self.source, self.skip = source, skip
         self.lo, self.hi = unit_range(source.n_units, units)
         n_units = self.hi - self.lo
+        sparse = source.sae is not None
         self.topk = StreamingTopK(
             n_units,
             cfg.top_k,
             before=cfg.window_before,
             after=cfg.window_after,
             skip_first=skip,
+            windows=not sparse,
             device=device,
         )
         self.intervals = StreamingIntervals(
-            n_units, per_bin=cfg.interval_samples, skip_first=skip, device=device
+            n_units,
+            per_bin=cfg.interval_samples,
+            skip_first=skip,
+            windows=not sparse,
+            device=device,
         )
         self.correlation = StreamingCorrelation(
             n_units,
             rate=cfg.correlation_rate,
-            sparse=source.sae is not None,
+            sparse=sparse,
             skip_first=skip,
             device=device,
         )
+        self.log = ActivationLog(folder, log_name(source.name)) if sparse else None
+        self.statistics: dict[str, Statistic] = {
+            "topk": self.topk,
+            "intervals": self.intervals,
+            "correlation": self.correlation,
+        }
+        if self.log is not None:
+            self.statistics["log"] = self.log
 
     def state_dict(self) -> dict:
-        return {
-            "topk": self.topk.state_dict(),
-            "intervals": self.intervals.state_dict(),
-            "correlation": self.correlation.state_dict(),
-        }
+        return {name: stat.state_dict() for name, stat in self.statistics.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.topk.load_state_dict(state["topk"])
-        self.intervals.load_state_dict(state["intervals"])
-        self.correlation.load_state_dict(state["correlation"])
+        for name, stat in self.statistics.items():
+            stat.load_state_dict(state[name])
 
     def update(
         self, hook_act: torch.Tensor, first_sequence: int, lengths: torch.Tensor | None = None
@@ -77,18 +128,22 @@ class SourceStats:
             part = None if lengths is None else lengths[lo : lo + acts.shape[0]]
             if not whole:
                 acts = acts[..., self.lo : self.hi]
+            # Top-k and intervals in one compiled pass over the block; the rest in turn.
             fold_batch(self.topk, self.intervals, acts, first_sequence + lo, part)
-            self.correlation.update(acts, first_sequence + lo, part)
+            for name, stat in self.statistics.items():
+                if name not in ("topk", "intervals"):
+                    stat.update(acts, first_sequence + lo, part)
+
+
+def log_name(source: str) -> str:
+    """A source's activation log's file name stem."""
+    return "log-" + re.sub(r"[^A-Za-z0-9._-]", "_", source)
 
 
 def merge_source_states(a: dict, b: dict) -> dict:
     """One source's state over two disjoint parts of the corpus, exactly as one pass over
-    both would have left it (see the merge functions of each statistic)."""
-    return {
-        "topk": merge_topk_states(a["topk"], b["topk"]),
-        "intervals": merge_interval_states(a["intervals"], b["intervals"]),
-        "correlation": StreamingCorrelation.merge_states(a["correlation"], b["correlation"]),
-    }
+    both would have left it (each statistic's ``merge_states``)."""
+    return {name: STATISTICS[name].merge_states(a[name], b[name]) for name in a}
 
 
 class PassStats:
@@ -99,9 +154,11 @@ class PassStats:
     measured slower on 2 cores, 0.77 against 0.81 of the bare forward: both want both.)
     """
 
-    def __init__(self, model: Model, sources: list[Source], cfg: IndexConfig):
+    def __init__(
+        self, model: Model, sources: list[Source], cfg: IndexConfig, folder: Path | None = None
+    ):
         self.model = model
-        self.sources = [SourceStats(src, cfg, model.device, cfg.units) for src in sources]
+        self.sources = [SourceStats(src, cfg, model.device, cfg.units, folder) for src in sources]
         self._by_hook: dict[str, list[SourceStats]] = {}
         for st in self.sources:
             self._by_hook.setdefault(st.source.hook, []).append(st)

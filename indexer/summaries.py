@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from indexer.intervals import COUNT_BINS, Intervals, IntervalState
+from indexer.interval_choice import Intervals
+from indexer.intervals import COUNT_BINS, IntervalState
 from indexer.logit_kernel import logit_summary
 
 HIST_BARS = 64

@@ -16,17 +16,20 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from indexer import summaries
+from indexer.activation_log import LogWindows
 from indexer.checkpoint import Progress
 from indexer.config import IndexReport, Plan
 from indexer.core import StreamingTopK, TopKResult
 from indexer.correlation import StreamingCorrelation
-from indexer.intervals import SAMPLE_BEFORE, IntervalState, choose_intervals
+from indexer.interval_choice import choose_intervals
+from indexer.intervals import SAMPLE_AFTER, SAMPLE_BEFORE, IntervalState
 from indexer.stats import merge_source_states, return_freed_memory, unit_range
 from spyglass import storage
 from spyglass.model import Model
@@ -145,30 +148,27 @@ def write_source(
         correlation = StreamingCorrelation(src.n_units, sparse=src.sae is not None)
         correlation.load_state_dict(joined)
         del joined
-        correlated = correlation.top(summaries.NEIGHBOURS)
-        n_correlation = correlation.n_tokens
+        near = Neighbours(correlation.top(summaries.NEIGHBOURS), correlation.n_tokens)
         del correlation
     with clock("decoder neighbours"):
-        neighbours = latent_neighbours(src, model, directions) if src.sae else None
+        if src.sae:
+            near.decoder, near.aligned, near.layers = latent_neighbours(src, model, directions)
     # The blocks above, freed, would stay in glibc's heap (measured: 1.1 GB for a
     # 16,384-latent SAE's cosines); so would each slice's rows below. (A trim costs about
     # 25 ms: a source of one slice is trimmed once written, by ``write_index``.)
     many = src.n_units > WRITE_UNITS
-    if neighbours is not None:
+    if near.decoder is not None:
         return_freed_memory()
     for j, part in enumerate(slices):
         with clock("statistics"):
             # The state itself: the streamers' arrays would be a second copy of it.
             state = functools.reduce(merge_source_states, part)
             slices[j] = None  # the token shards' states, freed as merged
+            log = LogWindows(state["log"], cfg.seq_len) if "log" in state else None
         first, last = ranges[j]
         for lo in range(first, last, WRITE_UNITS):
             hi = min(last, lo + WRITE_UNITS)
-            rows = _unit_rows(
-                state, first, lo, hi, cfg, model, directions, correlated, neighbours, clock
-            )
-            for entry in rows[3]:
-                entry["correlation_tokens"] = n_correlation
+            rows = _unit_rows(state, first, lo, hi, plan, directions, near, log, clock)
             with clock("insert"):
                 storage.add_units(conn, source_id, *rows[:4], first=lo)
                 storage.add_examples(conn, source_id, rows[4])
@@ -179,10 +179,26 @@ def write_source(
         del state
 
 
-def _unit_rows(state, first, lo, hi, cfg, model, directions, correlated, neighbours, clock):
+@dataclass
+class Neighbours:
+    """A source's neighbours, worked out for every unit before its rows: [U, k] indices
+    and values each."""
+
+    correlated: tuple[torch.Tensor, torch.Tensor]
+    correlation_tokens: int
+    decoder: tuple[torch.Tensor, torch.Tensor] | None = None
+    """SAE latents: the nearest decoder rows, by cosine."""
+    aligned: tuple[torch.Tensor, torch.Tensor] | None = None
+    """SAE latents: the best aligned neurons of ``layers`` (flat, layer-major)."""
+    layers: list[int] = field(default_factory=list)
+
+
+def _unit_rows(state, first, lo, hi, plan, directions, near: Neighbours, log, clock):
     """Units ``lo:hi`` of the source, held in ``state`` (a slice of its units from
     ``first`` on, ranked and in key order) as rows: max, density, logit tables, stats,
-    examples, samples and their intervals."""
+    examples, samples and their intervals. A sparse source's windows come from its
+    activation ``log``."""
+    cfg, model = plan.cfg, plan.model
     with clock("logit effects"):
         logits, logit_hist = _logit_summaries(model, directions[lo:hi])
     with clock("statistics"):
@@ -194,30 +210,39 @@ def _unit_rows(state, first, lo, hi, cfg, model, directions, correlated, neighbo
         max_act_t = torch.from_numpy(max_act).to(intervals.counts.device)
         iv = choose_intervals(intervals, max_act_t, per_interval=cfg.interval_samples)
         hist = summaries.activation_histograms(intervals, max_act_t)
-        corr = summaries.pairs(correlated[0][lo:hi], correlated[1][lo:hi])
+        corr = summaries.pairs(near.correlated[0][lo:hi], near.correlated[1][lo:hi])
+        decoder = neurons = [[]] * (hi - lo)
+        if near.decoder is not None:
+            decoder = summaries.pairs(near.decoder[0][lo:hi], near.decoder[1][lo:hi])
+        if near.aligned is not None:
+            idx, cos = near.aligned[0][lo:hi], near.aligned[1][lo:hi]
+            neurons = _neuron_pairs(idx, cos, near.layers, model.d_mlp)
         stats = [
-            {
-                "hist": hist[u],
-                "intervals": interval,
-                "logit_hist": logit_hist[u],
-                "correlated": corr[u],
-            }
-            for u, interval in enumerate(summaries.interval_tables(iv))
-        ]
-        if neighbours is not None:
-            (d_idx, d_cos), aligned, layers = neighbours
-            decoder = summaries.pairs(d_idx[lo:hi], d_cos[lo:hi])
-            if aligned is None:
-                neurons = [[] for _ in range(hi - lo)]
-            else:
-                neurons = _neuron_pairs(aligned[0][lo:hi], aligned[1][lo:hi], layers, model.d_mlp)
-            for entry, near, aligned_neurons in zip(stats, decoder, neurons, strict=True):
-                entry["decoder"] = near
-                entry["neurons"] = aligned_neurons
+            storage.UnitStats(
+                hist=storage.ActivationHistogram(**h) if h else None,
+                logit_hist=storage.LogitHistogram(**lh),
+                intervals=table or [],
+                correlated=correlated,
+                correlation_tokens=near.correlation_tokens,
+                decoder=dec,
+                neurons=aligned_neurons,
+            )
+            for h, lh, table, correlated, dec, aligned_neurons in zip(
+                hist, logit_hist, summaries.interval_tables(iv), corr, decoder, neurons,
+                strict=True,
+            )
+        ]  # fmt: skip
         density = intervals.density.cpu().numpy()
-        examples = _example_columns(top, cfg.window_before, cfg.seq_len, lo)
-        samples, interval = _sample_columns(iv, SAMPLE_BEFORE, cfg.seq_len, lo)
+    with clock("windows" if log is not None else "statistics"):
+        read = None if log is None else functools.partial(_read_windows, log, a)
+        examples = _example_columns(top, cfg, lo, read)
+        samples, interval = _sample_columns(iv, cfg.seq_len, lo, read)
     return max_act, density, logits, stats, examples, samples, interval
+
+
+def _read_windows(log: LogWindows, offset: int, unit, tokens, before, after, dtype):
+    """Windows of units ``offset + unit`` of a slice from its activation log."""
+    return log.windows(unit + offset, tokens, before, after, dtype)
 
 
 def _logit_summaries(model: Model, directions: torch.Tensor):
@@ -268,31 +293,34 @@ def neuron_layers_for(hook: str, layer: int, n_layers: int) -> list[int]:
     return list(range(min(layer, n_layers - 1) + 1))  # hook_resid_post and others
 
 
-def _sample_columns(iv, before: int, seq_len: int, first: int):
-    """Every interval sample of units ``first ..`` as a row, and its interval."""
+def _sample_columns(iv, seq_len: int, first: int, read=None):
+    """Every interval sample of units ``first ..`` as a row, and its interval; windows
+    from ``read(unit, tokens, before, after, dtype)`` if the state has none."""
     tokens = iv.tokens.cpu().numpy()  # [U, n, s]
     unit, interval, rank = np.nonzero(tokens >= 0)
-    columns = _columns(
-        unit + first,
-        rank,
-        tokens[unit, interval, rank],
-        iv.values.cpu().numpy()[unit, interval, rank],
-        iv.windows.cpu().numpy()[unit, interval, rank],
-        before,
-        seq_len,
-    )
+    tokens = tokens[unit, interval, rank]
+    if read is None:
+        windows = iv.windows.cpu().numpy()[unit, interval, rank]
+    else:  # float16, as the streamers keep them
+        windows = read(unit, tokens, SAMPLE_BEFORE, SAMPLE_AFTER, np.float16)
+    values = iv.values.cpu().numpy()[unit, interval, rank]
+    columns = _columns(unit + first, rank, tokens, values, windows, SAMPLE_BEFORE, seq_len)
     return columns, interval
 
 
-def _example_columns(top: TopKResult, before: int, seq_len: int, first: int):
+def _example_columns(top: TopKResult, cfg, first: int, read=None):
     """Every positive top-k entry of units ``first ..`` as an example row, in the table's
-    key order (unit, then rank)."""
+    key order (unit, then rank); windows as in ``_sample_columns``."""
     values = top.values.cpu().numpy().T  # [U, k]
     # Only positive activations are examples of what makes a unit fire.
     unit, rank = np.nonzero(values > 0)
     tokens = top.tokens.cpu().numpy()[rank, unit]
-    windows = top.windows.cpu().numpy()[rank, unit]  # [n, W]
-    return _columns(unit + first, rank, tokens, values[unit, rank], windows, before, seq_len)
+    before = cfg.window_before
+    if read is None:
+        windows = top.windows.cpu().numpy()[rank, unit]  # [n, W]
+    else:
+        windows = read(unit, tokens, before, cfg.window_after, np.float32)
+    return _columns(unit + first, rank, tokens, values[unit, rank], windows, before, cfg.seq_len)
 
 
 def _columns(unit, rank, tokens, values, windows, before: int, seq_len: int):

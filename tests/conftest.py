@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from index_checks import save_random_topk_sae
 from tiny_settings import TINY_SLUG, tiny_config
 
 from indexer.pipeline import IndexConfig, IndexReport, build_index
@@ -165,6 +166,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert loaded.bos_id == tok.convert_tokens_to_ids(BOS)
     assert loaded.d_vocab == len(tok)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 48-latent TopK SAE (k=3) on the tiny model's last residual stream."""
+    out = tmp_path_factory.mktemp("tiny-sae") / "sae"
+    save_random_topk_sae(out, hook="blocks.1.hook_resid_post", d_in=16, width=48, k=3, seed=3)
+    return out
 
 
 # ---- the index --------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def correlations(db: str) -> dict[tuple[str, int], list[list]]:
         with engine.connect() as conn:
             names = {r.id: r.name for r in conn.execute(select(storage.sources))}
             return {
-                (names[r.source_id], r.idx): json.loads(r.stats)["correlated"]
+                (names[r.source_id], r.idx): json.loads(r.stats).get("correlated", [])
                 for r in conn.execute(select(storage.units))
             }
     finally:

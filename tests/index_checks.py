@@ -281,3 +281,21 @@ def fresh_hooked(model_dir: Path):
     state = torch.load(model_dir / "state_dict.pt", map_location="cpu", weights_only=True)
     hooked.load_state_dict(state, strict=True)
     return hooked.eval()
+
+
+def save_random_topk_sae(out: Path, *, hook: str, d_in: int, width: int, k: int, seed: int):
+    """A random TopK SAE (unit decoder rows, W_enc their transpose) saved in ``out``;
+    returns its tensors."""
+    from spyglass.sae import Sae, SaeConfig, save_sae
+
+    gen = torch.Generator().manual_seed(seed)
+    w_dec = torch.nn.functional.normalize(torch.randn(width, d_in, generator=gen), dim=1)
+    tensors = {
+        "W_enc": w_dec.t().contiguous(),
+        "W_dec": w_dec,
+        "b_enc": 0.01 * torch.randn(width, generator=gen),
+        "b_dec": torch.zeros(d_in),
+    }
+    cfg = SaeConfig(architecture="topk", d_in=d_in, d_sae=width, hook_name=hook, k=k)
+    save_sae(Sae(cfg, tensors), out)
+    return tensors

@@ -29,14 +29,16 @@ def local_cluster():
 
 @pytest.mark.parametrize("workers, unit_shards", [(2, 1), (1, 2), (2, 3)])
 def test_ray_shards_by_tokens_and_units_equal_one_process(
-    local_cluster, tiny_model_dir, tiny_corpus_dir, tmp_path, workers, unit_shards
+    local_cluster, tiny_model_dir, tiny_corpus_dir, tiny_sae_dir, tmp_path, workers, unit_shards
 ):
-    """Token shards, slices of the units, or both: the same database as one process."""
+    """Token shards, slices of the units, or both: the same database as one process. The
+    SAE's activation logs come back with the tasks' states."""
+    sae = {"saes": (str(tiny_sae_dir),)}
     one = tmp_path / "one.db"
-    build_index(tiny_config(tiny_model_dir, tiny_corpus_dir, one))
+    build_index(tiny_config(tiny_model_dir, tiny_corpus_dir, one, **sae))
     two = tmp_path / "two.db"
     report = index_with_ray(
-        tiny_config(tiny_model_dir, tiny_corpus_dir, two),
+        tiny_config(tiny_model_dir, tiny_corpus_dir, two, **sae),
         address="auto",
         workers=workers,
         unit_shards=unit_shards,

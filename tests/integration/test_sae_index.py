@@ -85,12 +85,12 @@ def test_latent_statistics_equal_brute_force(sae_index, sae_dir, tiny_model_dir)
     corr = torch.corrcoef(x.t())
     for unit in range(32):
         stats = stored.units[0][unit].stats
-        assert stats["correlation_tokens"] == x.shape[0]
+        assert stats.correlation_tokens == x.shape[0]
         row = corr[unit].clone()
         row[unit] = float("nan")
         expect = sorted((v for v in row.tolist() if v == v), reverse=True)[:10]
-        assert [r for _, r in stats["correlated"]] == pytest.approx(expect, abs=1e-3)
-        for j, r in stats["correlated"]:
+        assert [r for _, r in stats.correlated] == pytest.approx(expect, abs=1e-3)
+        for j, r in stats.correlated:
             assert corr[unit, j].item() == pytest.approx(r, abs=1e-3)
 
 

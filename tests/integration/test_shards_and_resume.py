@@ -74,15 +74,19 @@ def _cli(model_dir: Path, corpus_dir: Path, db: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_killed_runs_resume_to_the_same_database(tiny_model_dir, tiny_corpus_dir, tmp_path):
+def test_killed_runs_resume_to_the_same_database(
+    tiny_model_dir, tiny_corpus_dir, tiny_sae_dir, tmp_path
+):
     """kill -9 at random moments (while loading, mid-pass, mid-checkpoint, mid-write),
-    then the same command again: the final database equals an uninterrupted run's."""
+    then the same command again: the final database equals an uninterrupted run's. An SAE
+    among the sources: its activation log is cut back to the checkpoint on each resume."""
     reference = tmp_path / "reference.db"
     killed = tmp_path / "killed.db"
     # The CLI's defaults, but a batch of 1 and a checkpoint after each: many to land in.
-    cmd = _cli(tiny_model_dir, tiny_corpus_dir, reference, "--batch-size", "1")
+    sae = ("--sae", str(tiny_sae_dir), "--batch-size", "1")
+    cmd = _cli(tiny_model_dir, tiny_corpus_dir, reference, *sae)
     subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
-    cmd = _cli(tiny_model_dir, tiny_corpus_dir, killed, "--batch-size", "1")
+    cmd = _cli(tiny_model_dir, tiny_corpus_dir, killed, *sae)
     cmd += ["--checkpoint-every", "0"]
     checkpoint = tmp_path / "killed.db.work" / "tiny" / "shard-0-of-1" / "checkpoint.pt"
 

@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 
 import cli
 from app.main import create_app
-from indexer.intervals import token_keys
+from indexer.batches import token_keys
 from indexer.pipeline import build_index
 from spyglass.sae import Sae, SaeConfig, save_sae
 from spyglass.settings import Settings
@@ -139,10 +139,10 @@ def test_neuron_statistics_equal_brute_force_on_real_tokens(index, fresh):
     real = real[~real.isnan().any(1)]
     for u, unit in enumerate(stored.units[layer]):
         positives = int((real[:, u] > 0).sum())
-        hist = unit.stats["hist"]
-        assert abs((sum(hist["counts"]) if hist else 0) - positives) <= 2, u
-        if unit.stats["intervals"]:
-            assert sum(c for *_, c in unit.stats["intervals"]) == sum(hist["counts"])
+        hist = unit.stats.hist
+        assert abs((sum(hist.counts) if hist else 0) - positives) <= 2, u
+        if unit.stats.intervals:
+            assert sum(c for *_, c in unit.stats.intervals) == sum(hist.counts)
     # Correlations over the sampled real tokens only: Pearson by brute force.
     seq_ids = torch.arange(acts.shape[0]).repeat_interleave(SEQ_LEN - 1)
     keys = token_keys(seq_ids * SEQ_LEN + torch.arange(1, SEQ_LEN).repeat(acts.shape[0]))
@@ -151,8 +151,8 @@ def test_neuron_statistics_equal_brute_force_on_real_tokens(index, fresh):
     corr = torch.corrcoef(x.t())
     for u in range(0, acts.shape[-1], 5):
         stats = stored.units[layer][u].stats
-        assert stats["correlation_tokens"] == int(picked.sum()) > 0
-        for j, r in stats["correlated"]:
+        assert stats.correlation_tokens == int(picked.sum()) > 0
+        for j, r in stats.correlated:
             assert corr[u, j].item() == pytest.approx(r, abs=2e-3)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from index_checks import StoredIndex, fresh_hooked, fresh_mlp_acts, read_index
 
-from indexer.intervals import token_keys
+from indexer.batches import token_keys
 from spyglass import storage
 
 ZERO_TOL = 1e-6
@@ -44,7 +44,7 @@ def test_intervals_and_samples_match_a_fresh_run(stored, acts, samples):
     for layer in (0, 1):
         ref = acts[layer][:, skip:, :]  # [S, T', U]
         for u, unit in enumerate(stored.units[layer]):
-            table = unit.stats["intervals"]
+            table = unit.stats.intervals
             values = ref[:, :, u].reshape(-1)
             if unit.max_act <= 0:
                 assert table is None
@@ -83,7 +83,7 @@ def test_samples_are_the_interval_tokens_first_in_key_order(stored, acts, sample
     for layer in (0, 1):
         ref = acts[layer][:, skip:, :].reshape(-1, acts[layer].shape[2])
         for u in range(0, ref.shape[1], 7):
-            table = stored.units[layer][u].stats["intervals"] or []
+            table = stored.units[layer][u].stats.intervals or []
             for k, (lo, hi, _) in enumerate(table):
                 inside = ((ref[:, u] > lo + ZERO_TOL) & (ref[:, u] <= hi - ZERO_TOL)).nonzero()
                 inside_keys = dict(
@@ -108,14 +108,14 @@ def test_histogram_counts_every_positive_activation(stored, acts):
     for layer in (0, 1):
         ref = acts[layer][:, skip:, :]
         for u, unit in enumerate(stored.units[layer]):
-            hist = unit.stats["hist"]
+            hist = unit.stats.hist
             positives = (ref[:, :, u] > 0).sum().item()
             if hist is None:
                 assert positives <= 2  # float noise at 0 only
                 continue
-            assert abs(sum(hist["counts"]) - positives) <= 2
-            assert sum(c for *_, c in unit.stats["intervals"]) == sum(hist["counts"])
-            assert hist["width"] * len(hist["counts"]) >= unit.max_act - 1e-6
+            assert abs(sum(hist.counts) - positives) <= 2
+            assert sum(c for *_, c in unit.stats.intervals) == sum(hist.counts)
+            assert hist.width * len(hist.counts) >= unit.max_act - 1e-6
 
 
 def test_correlated_neighbours_match_pearson_on_the_sampled_tokens(stored, acts):
@@ -129,20 +129,20 @@ def test_correlated_neighbours_match_pearson_on_the_sampled_tokens(stored, acts)
         corr = torch.corrcoef(x.t())
         for u in range(0, x.shape[1], 5):
             stats = stored.units[layer][u].stats
-            assert stats["correlation_tokens"] == int(picked.sum())
+            assert stats.correlation_tokens == int(picked.sum())
             row = corr[u].clone()
             row[u] = -math.inf
             row = torch.nan_to_num(row, nan=-math.inf)
-            for idx, r in stats["correlated"]:
+            for idx, r in stats.correlated:
                 assert row[idx].item() == pytest.approx(r, abs=2e-3)
             best = row.max().item()
-            if stats["correlated"]:
-                assert stats["correlated"][0][1] == pytest.approx(best, abs=2e-3)
+            if stats.correlated:
+                assert stats.correlated[0][1] == pytest.approx(best, abs=2e-3)
 
 
 def test_logit_histogram_covers_the_vocabulary(stored):
     unit = stored.units[0][3]
-    lh = unit.stats["logit_hist"]
-    assert sum(lh["counts"]) == stored.model.d_vocab
-    assert lh["hi"] == pytest.approx(unit.logits["top"][0][1], abs=1e-4)
-    assert lh["lo"] == pytest.approx(unit.logits["bottom"][0][1], abs=1e-4)
+    lh = unit.stats.logit_hist
+    assert sum(lh.counts) == stored.model.d_vocab
+    assert lh.hi == pytest.approx(unit.logits["top"][0][1], abs=1e-4)
+    assert lh.lo == pytest.approx(unit.logits["bottom"][0][1], abs=1e-4)

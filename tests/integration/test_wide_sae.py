@@ -11,14 +11,20 @@ from dataclasses import replace
 import pytest
 import torch
 from db_dump import assert_same_index
-from index_checks import fresh_hooked, fresh_run, read_index, sae_latents, topk_encoder
+from index_checks import (
+    fresh_hooked,
+    fresh_run,
+    read_index,
+    sae_latents,
+    save_random_topk_sae,
+    topk_encoder,
+)
 from tiny_settings import tiny_config
 
 from indexer import memory
 from indexer.config import plan_index
 from indexer.pipeline import build_index, merge_shards
 from spyglass import storage
-from spyglass.sae import Sae, SaeConfig, save_sae
 
 HOOK = "blocks.1.hook_resid_post"
 WIDTH, K = 3000, 6
@@ -28,17 +34,8 @@ SOURCE = f"1-res-topk-{WIDTH}"
 @pytest.fixture(scope="module")
 def wide_sae(tmp_path_factory) -> tuple[str, dict[str, torch.Tensor]]:
     """A random TopK SAE of 3,000 latents on a 16-wide residual stream."""
-    gen = torch.Generator().manual_seed(5)
-    w_dec = torch.nn.functional.normalize(torch.randn(WIDTH, 16, generator=gen), dim=1)
-    tensors = {
-        "W_enc": w_dec.t().contiguous(),
-        "W_dec": w_dec,
-        "b_enc": 0.01 * torch.randn(WIDTH, generator=gen),
-        "b_dec": torch.zeros(16),
-    }
-    cfg = SaeConfig(architecture="topk", d_in=16, d_sae=WIDTH, hook_name=HOOK, k=K)
     out = tmp_path_factory.mktemp("wide-sae") / "sae"
-    save_sae(Sae(cfg, tensors), out)
+    tensors = save_random_topk_sae(out, hook=HOOK, d_in=16, width=WIDTH, k=K, seed=5)
     return str(out), tensors
 
 
@@ -75,11 +72,11 @@ def test_wide_latent_neighbours_equal_brute_force(wide_index, wide_sae, tiny_mod
     fired = 0
     for unit in random.Random(3).sample(range(WIDTH), 80):
         stats = units[unit].stats
-        assert stats["correlation_tokens"] == x.shape[0]
+        assert stats.correlation_tokens == x.shape[0]
         row = corr[unit].clone()
         row[unit] = float("nan")
         valid = sorted((v for v in row.tolist() if v == v), reverse=True)[:10]
-        got = stats["correlated"]
+        got = stats.correlated
         assert [r for _, r in got] == pytest.approx(valid, abs=1e-4), unit
         for j, r in got:
             assert corr[unit, j].item() == pytest.approx(r, abs=1e-4)
@@ -87,12 +84,12 @@ def test_wide_latent_neighbours_equal_brute_force(wide_index, wide_sae, tiny_mod
         row = cos[unit].clone()
         row[unit] = -2
         near = row.topk(10).values.tolist()
-        assert [c for _, c in stats["decoder"]] == pytest.approx(near, abs=1e-4)
-        for j, c in stats["decoder"]:
+        assert [c for _, c in stats.decoder] == pytest.approx(near, abs=1e-4)
+        for j, c in stats.decoder:
             assert cos[unit, j].item() == pytest.approx(c, abs=1e-4)
         best = aligned[unit].topk(10).values.tolist()
-        assert [c for *_, c in stats["neurons"]] == pytest.approx(best, abs=1e-4)
-        for layer, neuron, c in stats["neurons"]:
+        assert [c for *_, c in stats.neurons] == pytest.approx(best, abs=1e-4)
+        for layer, neuron, c in stats.neurons:
             assert aligned[unit, layer * 64 + neuron].item() == pytest.approx(c, abs=1e-4)
     assert fired > 20  # most sampled latents fire, so their neighbours mean something
 
@@ -135,7 +132,7 @@ def test_a_plan_that_cannot_fit_is_refused_with_the_flag_that_fits(wide_config):
     I/2; the run it names then fits."""
     plan = plan_index(wide_config)
     est = memory.estimate(plan, wide_config.tokens)
-    assert est.state >= WIDTH * memory.unit_state_bytes(wide_config)
+    assert est.state >= WIDTH * memory.unit_state_bytes(wide_config, sparse=True)
     budget = (est.resident + est.working + 0.6 * est.state) / memory.GB
     with pytest.raises(ValueError, match=r"--units I/2 \(about"):
         build_index(replace(wide_config, memory=budget))

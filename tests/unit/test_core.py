@@ -150,7 +150,7 @@ def brute_pearson(acts: torch.Tensor, tokens: list[int], rows: torch.Tensor | No
     st.booleans(),
 )
 def test_correlation_equals_brute_force_pearson(seed, sparse, skip, backend, per_batch, padded):
-    from indexer.intervals import token_keys
+    from indexer.batches import token_keys
 
     gen = torch.Generator().manual_seed(seed)
     n_seq, seq_len, n_units = 12, 10, 6

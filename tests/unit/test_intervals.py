@@ -8,14 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from index_checks import assert_same_state, draw_lengths, ends_of, pad, part
 
-from indexer.intervals import (
-    COUNT_BINS,
-    EMPTY,
-    StreamingIntervals,
-    ceiling_exponent,
-    choose_intervals,
-    token_keys,
-)
+from indexer.batches import token_keys
+from indexer.interval_choice import choose_intervals
+from indexer.interval_tensor import ceiling_exponent
+from indexer.intervals import COUNT_BINS, EMPTY, StreamingIntervals
 
 
 @st.composite
@@ -155,7 +151,7 @@ def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval, 
 @settings(max_examples=150, deadline=None)
 @given(streams(), st.integers(0, 2), st.sampled_from([None, "save", "reload"]))
 def test_compiled_and_tensor_code_keep_the_same_state(stream, skip_first, checkpoint):
-    """Checkpoints between batches too: the kernel's bars (``kernels.refresh_bars``) must
+    """Checkpoints between batches too: the kernel's bars (``sample_bins.refresh_bars``) must
     follow slots that a ``state_dict`` or a reload moved."""
     acts, bounds, lengths = stream
     a = run(acts, bounds, skip_first, backend="compiled", checkpoint=checkpoint, lengths=lengths)
@@ -181,7 +177,7 @@ def test_checkpoints_between_batches_change_nothing(checkpoint, seed):
 @pytest.mark.parametrize("padded", [False, True])
 def test_a_long_stream_keeps_the_tensor_codes_state(seed, shift, padded):
     """Long enough that most sample bins fill and the compiled kernel stops testing most
-    values against them (``kernels._LEVELS``): that shortcut must change nothing. Half
+    values against them (``sample_bins.LEVELS``): that shortcut must change nothing. Half
     the values positive (the kernel counts every value) or about 1 in 15 (it lists the
     positive ones first). Padded: a third of the sequences short, as from short
     documents (the kernel judges density on each sequence's last real row)."""
@@ -251,3 +247,27 @@ def test_token_keys_are_stable_and_spread():
     # Roughly uniform on [0, 2^63): each decile of the range holds about a tenth.
     deciles = torch.bincount((keys.double() / 2.0**63 * 10).long(), minlength=10)
     assert (deciles - 10_000).abs().max() < 500
+
+
+@pytest.mark.parametrize("reload", [False, True])
+def test_counts_move_to_int64_before_int32_could_overflow(reload):
+    """The compiled state counts in int32 and adds them into int64 totals once a run
+    nears 2^31 tokens (simulated): the counts stay those of a run that never did, through
+    a checkpoint's save and load, and ceilings that grow after the move."""
+    gen = torch.Generator().manual_seed(11)
+    batches = [torch.randn(3, 7, 5, generator=gen) * 2.0**i for i in range(6)]
+    plain = StreamingIntervals(5, per_bin=2, backend="compiled")
+    moved = StreamingIntervals(5, per_bin=2, backend="compiled")
+    for i, acts in enumerate(batches):
+        plain.update(acts, 3 * i)
+        if i == 2:
+            moved._fresh_tokens = (1 << 31) - 1  # as if 2^31 tokens had been counted
+        moved.update(acts, 3 * i)
+        if reload and i == 3:
+            state = moved.state_dict()
+            state = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+            moved = StreamingIntervals(5, per_bin=2, backend="compiled")
+            moved.load_state_dict(state)
+    assert plain.state_dict()["counts"].dtype == torch.int32
+    assert moved.state_dict()["counts"].dtype == torch.int64
+    assert_same_state(plain.state(), moved.state())

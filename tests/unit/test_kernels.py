@@ -7,13 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.kernels import (
-    HARDWARE_HALVES,
-    _first_batch_bounds,
-    eligible_rows,
-    half_bits,
-    hardware_half_bits,
-)
+from indexer.kernel_ops import HARDWARE_HALVES, half_bits, hardware_half_bits
+from indexer.kernels import _first_batch_bounds, eligible_rows
 
 CONVERSIONS = [half_bits] + ([hardware_half_bits] if HARDWARE_HALVES else [])
 

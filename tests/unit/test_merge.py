@@ -137,7 +137,7 @@ def test_unit_slices_join_to_the_whole_correlation_state(seed, sparse, n_slices)
 
 
 def test_a_dense_sample_keeps_the_smallest_keys_in_token_order():
-    from indexer.intervals import token_keys
+    from indexer.batches import token_keys
 
     acts = torch.randn(8, 10, 3, generator=torch.Generator().manual_seed(1))
     corr = StreamingCorrelation(3, rate=1.0, skip_first=0, cap=7)
