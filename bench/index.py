@@ -9,7 +9,8 @@
     and of every latent of the SAE (the shipped one by default; --sae none for none),
     exactly as ``spyglass index`` runs it;
 (c) write: turning the statistics into rows and writing them (once per run), with where
-    its time goes (``indexer.write.PhaseClock``).
+    its time goes (``indexer.write.PhaseClock``), with an empty cache of logit summaries;
+    then again with them cached, as for a model indexed before (``indexer.logit_cache``).
 Prints tokens/s for (a) and (b), the pass ratio b/a and the end-to-end ratio, the time of
 (a) over the time of (b) and (c) together: what the user waits for. The runs are
 interleaved batch by batch (a, b, a, b, ...), so a burst of CPU stolen by the host hits
@@ -144,28 +145,36 @@ def main() -> None:
         full.step(b)
     stats = full.stats.sources
 
-    clock = PhaseClock()
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = storage.make_engine(str(Path(tmp) / "bench.db"), create=True)
-        t0 = time.perf_counter()
-        with engine.begin() as conn:
-            mid = storage.replace_model(
-                conn,
-                "bench",
-                spec=args.model,
-                corpus=args.corpus,
-                n_layers=model.n_layers,
-                d_model=model.d_model,
-                d_vocab=model.d_vocab,
-                seq_len=args.seq_len,
-                skip_first=1,
-                top_k=cfg.top_k,
-            )
-            plan = Plan(cfg, model, [st.source for st in stats], {})
-            for st in stats:
-                write_source(conn, mid, st.source, [[st.state_dict()]], plan, clock)
-        write = time.perf_counter() - t0
-        size = (Path(tmp) / "bench.db").stat().st_size
+    def write_all(clock: PhaseClock) -> tuple[float, int]:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = storage.make_engine(str(Path(tmp) / "bench.db"), create=True)
+            t0 = time.perf_counter()
+            with engine.begin() as conn:
+                mid = storage.replace_model(
+                    conn,
+                    "bench",
+                    spec=args.model,
+                    corpus=args.corpus,
+                    n_layers=model.n_layers,
+                    d_model=model.d_model,
+                    d_vocab=model.d_vocab,
+                    seq_len=args.seq_len,
+                    skip_first=1,
+                    top_k=cfg.top_k,
+                )
+                plan = Plan(cfg, model, [st.source for st in stats], {})
+                for st in stats:
+                    write_source(conn, mid, st.source, [[st.state_dict()]], plan, clock)
+            engine.dispose()
+            return time.perf_counter() - t0, (Path(tmp) / "bench.db").stat().st_size
+
+    # Cold: a cache of logit summaries of its own, empty; then again, with them cached (a
+    # model indexed before: ``indexer.logit_cache``).
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["SPYGLASS_CACHE_DIR"] = cache
+        clock, warm_clock = PhaseClock(), PhaseClock()
+        write, size = write_all(clock)
+        warm, _ = write_all(warm_clock)
 
     a, b = n_tokens / bare.seconds, n_tokens / full.seconds
     print(
@@ -189,6 +198,12 @@ def main() -> None:
     print(
         f"end to end (a)/(b+c): {bare.seconds / (full.seconds + write):6.3f} "
         f"({bare.seconds:.1f} s against {full.seconds:.1f} + {write:.1f} s)"
+    )
+    cached = warm_clock.seconds["logit effects"]
+    print(f"(c) again, logit summaries cached: {warm:.1f} s (logit effects {cached:.1f} s)")
+    print(
+        f"end to end, model indexed before: {bare.seconds / (full.seconds + warm):6.3f} "
+        f"({bare.seconds:.1f} s against {full.seconds:.1f} + {warm:.1f} s)"
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS:           {rss:8.0f} MB")

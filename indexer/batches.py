@@ -15,18 +15,48 @@ import torch
 
 from indexer.sample_bins import EMPTY
 
+_MASK = np.uint64((1 << 63) - 1)
+_ADD = np.uint64(0x1E3779B97F4A7C15)
+_MUL = (np.uint64(0x3F58476D1CE4E5B9), np.uint64(0x14D049BB133111EB))  # odd
+_UNMUL = tuple(np.uint64(pow(int(m), -1, 1 << 63)) for m in _MUL)
+_SHIFTS = (30, 27, 31)
+
 
 def token_keys(tokens: torch.Tensor) -> torch.Tensor:
-    """Keys in [0, 2^63 - 1) for global token indices: splitmix64, the same on every
-    machine, so sampling is reproducible and shards agree."""
-    x = tokens.detach().cpu().numpy().astype(np.uint64)
+    """Keys in [0, 2^63 - 1) for global token indices: splitmix64's steps taken modulo
+    2^63, the same on every machine, so sampling is reproducible and shards agree. Each
+    step is invertible, so a key names its token (``key_tokens``): a sample slot keeps its
+    key only. (The one token whose key would be 2^63 - 1, ``EMPTY``, gets 2^63 - 2; its
+    index is near 2^62 on average, past any corpus.)"""
+    x = tokens.detach().cpu().numpy().astype(np.uint64) & _MASK
     with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    keys = (x >> np.uint64(1)).astype(np.int64)
+        x = (x + _ADD) & _MASK
+        x = ((x ^ (x >> np.uint64(_SHIFTS[0]))) * _MUL[0]) & _MASK
+        x = ((x ^ (x >> np.uint64(_SHIFTS[1]))) * _MUL[1]) & _MASK
+        x = x ^ (x >> np.uint64(_SHIFTS[2]))
+    keys = x.astype(np.int64)
     return torch.from_numpy(np.minimum(keys, EMPTY - 1)).to(tokens.device)
+
+
+def key_tokens(keys: torch.Tensor) -> torch.Tensor:
+    """The global token indices of ``keys`` (``token_keys`` inverted); -1 for ``EMPTY``."""
+    k = keys.detach().cpu().numpy()
+    x = k.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = _unshift(x, _SHIFTS[2])
+        x = _unshift((x * _UNMUL[1]) & _MASK, _SHIFTS[1])
+        x = _unshift((x * _UNMUL[0]) & _MASK, _SHIFTS[0])
+        x = (x - _ADD) & _MASK
+    tokens = np.where(k == EMPTY, -1, x.astype(np.int64))
+    return torch.from_numpy(tokens).to(keys.device)
+
+
+def _unshift(x: np.ndarray, shift: int) -> np.ndarray:
+    """y with y ^ (y >> shift) = x, for 63-bit values."""
+    y = x.copy()
+    for _ in range(63 // shift):
+        y = x ^ (y >> np.uint64(shift))
+    return y
 
 
 def use_compiled(device: torch.device | str, backend: str | None) -> bool:

@@ -30,9 +30,11 @@ from indexer.activation_log import ActivationLog
 
 CHECKPOINT = "checkpoint.pt"
 SEQUENCES = "sequences.sqlite"
-FORMAT = 4
-"""Version of what a checkpoint holds. 4: a sparse source's examples without windows, and
-its activation log beside the checkpoint (``indexer.activation_log``); int32 counts.
+FORMAT = 5
+"""Version of what a checkpoint holds. 5: sample slots hold keys that name their tokens
+(``indexer.batches.key_tokens``), not tokens. 4: a sparse source's examples without
+windows, and its activation log beside the checkpoint (``indexer.activation_log``); int32
+counts.
 3: correlations as collected tokens (``indexer.correlation``), not [U, U] sums.
 2: sequences of every length (short documents and tails kept, padding left out),
 real-token counts. A checkpoint without it (1) was made

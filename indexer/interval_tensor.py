@@ -71,7 +71,7 @@ class TensorFold:
 
         def accept() -> None:
             offers = [torch.cat(parts) for parts in zip(*pending, strict=True)]
-            self._accept(acts, *offers, keys, order, global_tokens, eligible, ends)
+            self._accept(acts, *offers, keys, order, eligible, ends)
 
         lo, size = 0, KEY_CHUNK
         while lo < rows.shape[0]:
@@ -104,9 +104,7 @@ class TensorFold:
         exact = keys[row] < thresholds.take(unit * (SAMPLE_BINS + 1) + sbin)
         return row[exact], unit[exact], sbin[exact], values[exact]
 
-    def _accept(
-        self, acts, row, unit, sbin, values, keys, order, global_tokens, eligible, ends
-    ) -> None:
+    def _accept(self, acts, row, unit, sbin, values, keys, order, eligible, ends) -> None:
         """Merge offers (rows of the key-sorted batch, in key order per unit) into the bins:
         each touched bin's kept entries and its first per_bin offers side by side, sorted
         by key, the first per_bin kept. ``eligible`` maps a batch row to ``b * T + t``."""
@@ -125,17 +123,14 @@ class TensorFold:
 
         n, width = touched.shape[0], self._windows.shape[-1]
         flat_keys = self._keys.view(-1, r)
-        flat_tokens = self._tokens.view(-1, r)
         flat_values = self._values.view(-1, r)
         flat_windows = self._windows.view(flat_keys.shape[0], r, width)
         new_keys = torch.full((n, r), EMPTY, dtype=torch.long, device=keys.device)
-        new_tokens = torch.full((n, r), -1, dtype=torch.long, device=keys.device)
         new_values = torch.zeros(n, r, device=keys.device)
         new_windows = torch.full(
             (n, r, width), torch.nan, dtype=flat_windows.dtype, device=keys.device
         )
         new_keys[slot_row, rank] = keys[row]
-        new_tokens[slot_row, rank] = global_tokens[batch_row]
         new_values[slot_row, rank] = values[pick]
         new_windows[slot_row, rank] = read_windows(
             acts, seq_in_batch, pos, unit, self._offsets, ends
@@ -144,9 +139,8 @@ class TensorFold:
         both_keys = torch.cat([flat_keys.index_select(0, touched), new_keys], dim=1)  # [n, 2r]
         best = both_keys.argsort(dim=1)[:, :r]  # stable enough: keys are distinct per token
         flat_keys.index_copy_(0, touched, both_keys.gather(1, best))
-        for flat, new in ((flat_tokens, new_tokens), (flat_values, new_values)):
-            both = torch.cat([flat.index_select(0, touched), new], dim=1)
-            flat.index_copy_(0, touched, both.gather(1, best))
+        both = torch.cat([flat_values.index_select(0, touched), new_values], dim=1)
+        flat_values.index_copy_(0, touched, both.gather(1, best))
         both_windows = torch.cat([flat_windows.index_select(0, touched), new_windows], dim=1)
         flat_windows.index_copy_(
             0, touched, both_windows.gather(1, best.unsqueeze(2).expand(-1, -1, width))
@@ -202,7 +196,6 @@ class TensorFold:
             .expand(-1, -1, r)
             .reshape(-1),
             keys=keys,
-            tokens=self._tokens[units, 1:].reshape(-1),
             values=self._values[units, 1:].reshape(-1),
             windows=self._windows[units, 1:].reshape(keys.shape[0], self._windows.shape[-1]),
             clear=(units.unsqueeze(1) * (SAMPLE_BINS + 1) + sample_bins).reshape(-1),
@@ -213,7 +206,6 @@ class TensorFold:
         *,
         groups: torch.Tensor,
         keys: torch.Tensor,
-        tokens: torch.Tensor,
         values: torch.Tensor,
         windows: torch.Tensor,
         clear: torch.Tensor,
@@ -223,7 +215,6 @@ class TensorFold:
         keys. ``windows`` [n, W] belong to the entries."""
         r = self.per_bin
         flat_keys = self._keys.view(-1, r)
-        flat_tokens = self._tokens.view(-1, r)
         flat_values = self._values.view(-1, r)
         flat_windows = self._windows.view(flat_keys.shape[0], r, self._windows.shape[-1])
         by_key = keys.argsort(stable=True)
@@ -235,10 +226,8 @@ class TensorFold:
         keep = (rank < r) & (keys[order] != EMPTY)
         pick, slot, group = order[keep], rank[keep], sorted_groups[keep]
         flat_keys[clear] = EMPTY
-        flat_tokens[clear] = -1
         flat_values[clear] = 0.0
         flat_windows[clear] = torch.nan
         flat_keys[group, slot] = keys[pick]
-        flat_tokens[group, slot] = tokens[pick]
         flat_values[group, slot] = values[pick]
         flat_windows[group, slot] = windows[pick]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from indexer import kernels, sample_bins
-from indexer.batches import as_array, batch_keys, real_lengths, use_compiled
+from indexer.batches import as_array, batch_keys, key_tokens, real_lengths, use_compiled
 from indexer.interval_tensor import TensorFold
 from indexer.sample_bins import COUNT_BINS, EMPTY, SAMPLE_BINS
 
@@ -65,6 +65,8 @@ class IntervalState:
     keys: torch.Tensor
     """[U, SAMPLE_BINS, per_bin] kept keys per sample bin, ascending; EMPTY where unused."""
     tokens: torch.Tensor
+    """[U, SAMPLE_BINS, per_bin] their global token indices (from the keys); -1 where
+    unused."""
     values: torch.Tensor
     windows: torch.Tensor
     """[U, SAMPLE_BINS, per_bin, W] float16 windows; NaN off the sequence."""
@@ -90,7 +92,7 @@ class IntervalState:
             ceiling=ceiling,
             counts=state["counts"][lo:hi, 1:].long(),
             keys=state["keys"][lo:hi, 1:].clone(),
-            tokens=state["tokens"][lo:hi, 1:].clone(),
+            tokens=key_tokens(state["keys"][lo:hi, 1:]),
             values=state["values"][lo:hi, 1:].clone(),
             windows=state["windows"][lo:hi, 1:].clone(),
             n_tokens=state["n_tokens"],
@@ -134,7 +136,6 @@ class StreamingIntervals(TensorFold):
         self._bars_stale = True
         self._keys = torch.full((n_units, bins, per_bin), EMPTY, dtype=torch.long, device=device)
         self._keys[:, 0, :] = torch.iinfo(torch.int64).min  # threshold no key is below
-        self._tokens = torch.full((n_units, bins, per_bin), -1, dtype=torch.long, device=device)
         self._values = torch.zeros(n_units, bins, per_bin, device=device)
         width = before + 1 + after if windows else 0  # none: ``indexer.activation_log``
         self._windows = torch.full(
@@ -202,7 +203,6 @@ class StreamingIntervals(TensorFold):
             self._counts.numpy(),
             self._fresh.numpy(),
             self._keys.numpy(),
-            self._tokens.numpy(),
             self._values.numpy(),
             self._windows.numpy().view(np.uint16),
             self.before,
@@ -237,7 +237,7 @@ class StreamingIntervals(TensorFold):
         for lo in range(0, self.n_units, rows):
             hi = min(self.n_units, lo + rows)
             order = self._keys[lo:hi].argsort(dim=2, stable=True)
-            for name in ("_keys", "_tokens", "_values"):
+            for name in ("_keys", "_values"):
                 part = getattr(self, name)[lo:hi]
                 part.copy_(part.gather(2, order))
             part = self._windows[lo:hi]
@@ -285,7 +285,8 @@ class StreamingIntervals(TensorFold):
         return IntervalState.from_state_dict({**state, "n_tokens": self.n_tokens})
 
 
-_STATE = ("exp", "started", "counts", "keys", "tokens", "values", "windows")
+_STATE = ("exp", "started", "counts", "keys", "values", "windows")
+"""A state's tensors (a sample's token is its key's: ``indexer.batches.key_tokens``)."""
 
 
 def merge_states(a: dict, b: dict) -> dict:
@@ -303,7 +304,7 @@ def merge_states(a: dict, b: dict) -> dict:
         "counts": _add_counts(a["counts"], b["counts"], a["n_tokens"] + b["n_tokens"]),
         "n_tokens": a["n_tokens"] + b["n_tokens"],
     }
-    for name in ("keys", "tokens", "values"):
+    for name in ("keys", "values"):
         out[name] = torch.cat([a[name], b[name]], dim=2).gather(2, order)
     windows = torch.cat([a["windows"], b["windows"]], dim=2)
     out["windows"] = windows.gather(2, order.unsqueeze(-1).expand(-1, -1, -1, windows.shape[3]))
@@ -335,7 +336,6 @@ def _aligned(state: dict, other: dict) -> dict:
         out["counts"].numpy(),
         np.zeros((out["counts"].shape[0], 0), np.int32),
         out["keys"].numpy(),
-        out["tokens"].numpy(),
         out["values"].numpy(),
         out["windows"].numpy().view(np.uint16),
     )

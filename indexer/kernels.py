@@ -48,16 +48,15 @@ class IntervalArrays:
     """An interval state as numpy views (see ``StreamingIntervals``): ceiling exponents
     ``exp`` and ``started`` [U], counts ``fresh`` [U, F+1] int32 and int64 totals
     ``counts`` [U, F+1] they are added into before int32 could overflow ([U, 0] until
-    then), sample slots ``keys``/``tokens``/``values``
+    then), sample slots ``keys``/``values`` (a key names its token:
+    ``indexer.batches.key_tokens``)
     [U, S+1, r] and ``windows`` [U, S+1, r, W] as float16 bit patterns (uint16).
     ``bars``/``slots`` [U, S+1] int64 are each sample bin's largest key and its slot
     (``refresh_bars``), which the kernels keep up to date as they change the keys."""
 
-    def __init__(
-        self, exp, started, counts, fresh, keys, tokens, values, windows, before, bars, slots
-    ):
+    def __init__(self, exp, started, counts, fresh, keys, values, windows, before, bars, slots):
         self.exp, self.started, self.counts, self.fresh = exp, started, counts, fresh
-        self.keys, self.tokens, self.values, self.windows = keys, tokens, values, windows
+        self.keys, self.values, self.windows = keys, values, windows
         self.before, self.bars, self.slots = before, bars, slots
 
 
@@ -96,7 +95,6 @@ def fold(
             np.empty((n_units, 0), np.int64),
             np.empty((n_units, 0), np.int32),
             s,
-            s,
             np.empty((n_units, 0, 0), np.float32),
             np.empty((n_units, 0, 0, 0), np.uint16),
             0,
@@ -116,8 +114,7 @@ def fold(
         k = topk.values.shape[1] if (topk.tokens < 0).all() else 0  # an empty top-k too
         top, floor = _first_batch_bounds(acts, rows, k, chunks)
         # No unit had started, so growing moves no key: the bars still hold.
-        grow(top, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values,
-             iv.windows)  # fmt: skip
+        grow(top, iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.values, iv.windows)
         rows = rows[np.argsort(keys[rows], kind="stable")]
         by_key = True
         t_floor = floor
@@ -130,7 +127,7 @@ def fold(
     _fold(
         acts, bits, rows, ends, token0, keys,
         topk.values, topk.tokens, topk.windows, topk.before, t_floor,
-        iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.tokens, iv.values, iv.windows,
+        iv.exp, iv.started, iv.counts, iv.fresh, iv.keys, iv.values, iv.windows,
         iv.before, iv.bars, iv.slots, by_key, dense, chunks,
     )  # fmt: skip
 
@@ -205,7 +202,7 @@ def _scan_row(row, t_bar, ceiling, scale, fine, flag, over, top, ties):  # pragm
 def _fold(
     acts, bits, rows, ends, token0, keys,
     t_values, t_tokens, t_windows, t_before, t_floor,
-    exp, started, counts, fresh, s_keys, s_tokens, s_values, s_windows, s_before, bars, slots,
+    exp, started, counts, fresh, s_keys, s_values, s_windows, s_before, bars, slots,
     by_key, dense, chunks,
 ):  # pragma: no cover - compiled  # fmt: skip
     """One pass over the ``rows`` (``b * T + t``, in that order: ascending, or ``by_key``
@@ -221,7 +218,7 @@ def _fold(
     (``raise_ceiling``); then a positive v adds 1 to ``fresh`` [U, F+1] (int32, added
     into ``counts`` later) at fine bin ceil(v * F / 2^exp) (exact: a power-of-two scale);
     if ``dense``, the others add 1 to bin 0, which no reader uses.
-    Sample bin s = ceil(fine / per) keeps in ``s_keys``/``s_tokens``/``s_values``
+    Sample bin s = ceil(fine / per) keeps in ``s_keys``/``s_values``
     [U, S+1, r] (unordered) the r entries with the smallest ``keys``; bin 0 takes none.
     ``bars``/``slots`` [U, S+1] (``bin_bars``) are kept up to date.
 
@@ -293,7 +290,7 @@ def _fold(
                     if ceiling[i] < row[i] < np.inf:  # infinities: the top bin
                         u = u0 + i
                         raise_ceiling(u, row[i], exp, started, counts, fresh, s_keys,
-                                       s_tokens, s_values, s_windows)  # fmt: skip
+                                      s_values, s_windows)  # fmt: skip
                         bin_bars(u, s_keys, bars, slots)
                         unit_levels(i, u, exp, started, bars, ceiling, scale, opens,
                                      fine_log2, per)  # fmt: skip
@@ -349,7 +346,6 @@ def _fold(
                     q = slots[u, s]
                     taken[accepted] = (u * n_sample + s) * s_keys.shape[2] + q
                     prefetch(s_keys, u, s, q)
-                    prefetch(s_tokens, u, s, q)
                     prefetch(s_values, u, s, q)
                     prefetch(s_windows, u, s, q)
                     accepted += 1
@@ -368,7 +364,6 @@ def _fold(
                 s = (fine[i] + per - 1) >> shift
                 q = slots[u, s]
                 s_keys[u, s, q] = key
-                s_tokens[u, s, q] = token
                 s_values[u, s, q] = row[i]
                 q = largest_slot(s_keys[u, s])
                 slots[u, s] = q

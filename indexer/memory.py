@@ -51,7 +51,7 @@ def unit_state_bytes(cfg, *, sparse: bool = False) -> int:
     counts = (COUNT_BINS + 1) * 4  # int32 (int64 totals only past 2^31 tokens)
     bins = SAMPLE_BINS + 1
     window = 0 if sparse else INTERVAL_WINDOW
-    samples = bins * cfg.interval_samples * (8 + 8 + 4 + 2 * window)
+    samples = bins * cfg.interval_samples * (8 + 4 + 2 * window)  # key (names the token), value
     return topk + counts + bins * 16 + samples + 9  # bars and slots, ceiling and flag
 
 

@@ -39,18 +39,17 @@ def largest_slot(keys) -> int:
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def grow(
-    batch_max, exp, started, counts, fresh, keys, tokens, values, windows
+    batch_max, exp, started, counts, fresh, keys, values, windows
 ):  # pragma: no cover - compiled
     """Raise each unit's ceiling to cover ``batch_max`` (``raise_ceiling``)."""
     for u in numba.prange(batch_max.shape[0]):
         if batch_max[u] > 0:
-            raise_ceiling(u, batch_max[u], exp, started, counts, fresh, keys, tokens, values,
-                           windows)  # fmt: skip
+            raise_ceiling(u, batch_max[u], exp, started, counts, fresh, keys, values, windows)
 
 
 @numba.njit(cache=True, inline="always")
 def raise_ceiling(
-    u, x, exp, started, counts, fresh, keys, tokens, values, windows
+    u, x, exp, started, counts, fresh, keys, values, windows
 ):  # pragma: no cover - compiled
     """Raise unit ``u``'s ceiling 2^exp to cover ``x`` > 0 (the first positive value sets
     it): 2^d fine bins merge into one, and the sample bins likewise, each keeping its r
@@ -81,7 +80,7 @@ def raise_ceiling(
     else:
         _merge_bins(fresh[u], n_fine, d)
     # Samples: every kept entry moves to bin ceil(s / 2^d), which keeps its r smallest
-    # keys; the slot it leaves is emptied (key EMPTY, token -1, value 0, NaN window).
+    # keys; the slot it leaves is emptied (key EMPTY, value 0, NaN window).
     for s in range(2, n_sample):
         new = min(((s - 1) >> d) + 1, n_sample - 1)
         for q in range(r):
@@ -91,11 +90,9 @@ def raise_ceiling(
             m = largest_slot(keys[u, new])
             if key < keys[u, new, m]:
                 keys[u, new, m] = key
-                tokens[u, new, m] = tokens[u, s, q]
                 values[u, new, m] = values[u, s, q]
                 windows[u, new, m] = windows[u, s, q]
             keys[u, s, q] = EMPTY
-            tokens[u, s, q] = -1
             values[u, s, q] = 0.0
             windows[u, s, q] = NAN16
 

@@ -75,26 +75,52 @@ def logit_histograms(effects: torch.Tensor, bins: int = LOGIT_BINS) -> list[dict
     ]
 
 
-def logit_summaries(effects: torch.Tensor) -> tuple[list[dict], list[dict]]:
-    """Per unit of ``effects`` [U, d_vocab]: its ``logit_tables`` and ``logit_histograms``
-    entries; on a CPU from one compiled pass (``indexer.logit_kernel``), elsewhere from the
-    tensor code."""
-    if effects.device.type != "cpu":
-        return logit_tables(effects), logit_histograms(effects)
-    x = effects.detach().float().contiguous().numpy()
-    k = min(LOGIT_TOKENS, x.shape[1])
-    top_i, top_v, bot_i, bot_v, lo, hi, counts = logit_summary(x, k, LOGIT_BINS)
+LOGIT_ARRAYS = ("top_i", "top_v", "bottom_i", "bottom_v", "lo", "hi", "counts")
+"""A block of units' logit summaries as arrays: [U, k] top and bottom token ids and
+effects, [U] min and max effect, [U, LOGIT_BINS] histogram counts."""
+
+
+def logit_summary_arrays(effects: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per unit of ``effects`` [U, d_vocab] its ``logit_tables`` and ``logit_histograms``
+    entries, as the arrays ``LOGIT_ARRAYS``: on a CPU from one compiled pass
+    (``indexer.logit_kernel``), elsewhere from tensor ops."""
+    k = min(LOGIT_TOKENS, effects.shape[1])
+    if effects.device.type == "cpu":
+        x = effects.detach().float().contiguous().numpy()
+        return dict(zip(LOGIT_ARRAYS, logit_summary(x, k, LOGIT_BINS), strict=True))
+    up = effects.topk(k, dim=1)
+    down = effects.topk(k, dim=1, largest=False)
+    hists = logit_histograms(effects)
+    arrays = (
+        up.indices, up.values, down.indices, down.values,
+        [h["lo"] for h in hists], [h["hi"] for h in hists], [h["counts"] for h in hists],
+    )  # fmt: skip
+    return {
+        name: a.cpu().numpy() if torch.is_tensor(a) else np.asarray(a)
+        for name, a in zip(LOGIT_ARRAYS, arrays, strict=True)
+    }
+
+
+def logit_summaries_of(arrays: dict[str, np.ndarray]) -> tuple[list[dict], list[dict]]:
+    """``logit_summary_arrays`` as the tables and histograms the index stores."""
     tables = [
         {"top": _pairs(ti, tv), "bottom": _pairs(bi, bv)}
         for ti, tv, bi, bv in zip(
-            top_i.tolist(), top_v.tolist(), bot_i.tolist(), bot_v.tolist(), strict=True
+            *(arrays[n].tolist() for n in ("top_i", "top_v", "bottom_i", "bottom_v")),
+            strict=True,
         )
     ]
     hists = [
         {"lo": a, "hi": b, "counts": c}
-        for a, b, c in zip(lo.tolist(), hi.tolist(), counts.tolist(), strict=True)
+        for a, b, c in zip(*(arrays[n].tolist() for n in ("lo", "hi", "counts")), strict=True)
     ]
     return tables, hists
+
+
+def logit_summaries(effects: torch.Tensor) -> tuple[list[dict], list[dict]]:
+    """Per unit of ``effects`` [U, d_vocab]: its ``logit_tables`` and ``logit_histograms``
+    entries."""
+    return logit_summaries_of(logit_summary_arrays(effects))
 
 
 def logit_tables(effects: torch.Tensor, k: int = LOGIT_TOKENS) -> list[dict]:

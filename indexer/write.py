@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer import summaries
+from indexer import logit_cache, summaries
 from indexer.activation_log import LogWindows
 from indexer.checkpoint import Progress
 from indexer.config import IndexReport, Plan
@@ -246,18 +246,23 @@ def _read_windows(log: LogWindows, offset: int, unit, tokens, before, after, dty
 
 
 def _logit_summaries(model: Model, directions: torch.Tensor):
-    """Each unit's top and bottom logit effects and their histogram over the vocabulary, a
-    [chunk, d_vocab] block of effects at a time (at most ``LOGIT_BLOCK_BYTES``) in one
-    reused buffer (the effects of all of an SAE's latents would be GBs)."""
-    chunk = max(1, min(1024, LOGIT_BLOCK_BYTES // (4 * model.d_vocab)))
-    buffer = torch.empty(min(chunk, directions.shape[0]), model.d_vocab, device=model.device)
-    tables, hists = [], []
-    for lo in range(0, directions.shape[0], chunk):
-        effects = model.logit_effects(directions[lo : lo + chunk], out=buffer)
-        table, hist = summaries.logit_summaries(effects)
-        tables += table
-        hists += hist
-    return tables, hists
+    """Each unit's top and bottom logit effects and their histogram over the vocabulary,
+    from the cache when these directions were summarised before (``indexer.logit_cache``),
+    else a [chunk, d_vocab] block of effects at a time (at most ``LOGIT_BLOCK_BYTES``) in
+    one reused buffer (the effects of all of an SAE's latents would be GBs)."""
+    entry = logit_cache.key(model, directions)
+    arrays = logit_cache.load(entry)
+    if arrays is None:
+        chunk = max(1, min(1024, LOGIT_BLOCK_BYTES // (4 * model.d_vocab)))
+        n = min(chunk, directions.shape[0])
+        buffer = torch.empty(n, model.d_vocab, device=model.device)
+        parts = []
+        for lo in range(0, directions.shape[0], chunk):
+            effects = model.logit_effects(directions[lo : lo + chunk], out=buffer)
+            parts.append(summaries.logit_summary_arrays(effects))
+        arrays = {name: np.concatenate([a[name] for a in parts]) for name in parts[0]}
+        logit_cache.save(entry, arrays)
+    return summaries.logit_summaries_of(arrays)
 
 
 def latent_neighbours(src: Source, model: Model, directions: torch.Tensor):

@@ -15,6 +15,7 @@ Model specs:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -192,6 +193,7 @@ class Model:
         # BOS is decided here, once: prepend it exactly when the model was set up to.
         self.bos_id: int | None = tok.bos_token_id if cfg.default_prepend_bos else None
         self.eos_id: int | None = tok.eos_token_id
+        self._unembed_hash: str | None = None
 
     # ---- tokens ---------------------------------------------------------------
 
@@ -376,6 +378,17 @@ class Model:
         """``W_out[layer]``: what each neuron writes to the residual stream [d_mlp, d_model]
         (the block's own weight: ``HookedTransformer.W_out`` stacks every layer's)."""
         return self._tl.blocks[layer].mlp.W_out
+
+    def unembed_fingerprint(self) -> str:
+        """A hash of the unembedding ``W_U`` (its dtype, shape and values), worked out once:
+        what ``logit_effects`` depends on besides the directions."""
+        if self._unembed_hash is None:
+            w = self._tl.W_U.detach().to("cpu").contiguous()
+            h = hashlib.blake2b(digest_size=20)
+            h.update(f"{w.dtype} {tuple(w.shape)} ".encode())
+            h.update(w.view(torch.uint8).numpy().tobytes())
+            self._unembed_hash = h.hexdigest()
+        return self._unembed_hash
 
     @torch.inference_mode()
     def logit_effects(

@@ -6,6 +6,7 @@ the `tokenizers` library on the corpus text itself, the model is random-init.
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -86,6 +87,20 @@ def _corpus_texts() -> dict[str, str]:
         "unicode.txt": _prose(rng, animals + unicode_words, 250),
         "short.txt": SHORT_TEXT,
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logit_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Logit summaries cached in a folder of the session's (``indexer.logit_cache``), not
+    the user's cache; subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("SPYGLASS_CACHE_DIR")
+    os.environ["SPYGLASS_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("SPYGLASS_CACHE_DIR", None)
+    else:
+        os.environ["SPYGLASS_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -211,14 +211,18 @@ def test_a_positive_value_far_below_the_ceiling_still_counts(backend):
     assert kept == [1, 2, 5]
 
 
-def test_every_interval_of_a_smooth_distribution_gets_its_five():
+def test_intervals_of_a_smooth_distribution_get_their_five():
+    """All but a rare sample (an interval that shares a sample bin with its neighbour may
+    find the bin's slots spent on the other side: about 1% of samples) are there."""
     gen = torch.Generator().manual_seed(0)
     acts = torch.rand(64, 64, 3, generator=gen) * torch.tensor([1.0, 10.0, 1e-3])
     state = run(acts, list(range(0, 65, 8)), skip_first=1)
     iv = choose_intervals(state, acts[:, 1:].amax((0, 1)))
-    assert (iv.tokens >= 0).all()
-    assert (iv.values > iv.edges[:, :-1, None]).all()
-    assert (iv.values <= iv.edges[:, 1:, None]).all()
+    found = iv.tokens >= 0
+    assert found.double().mean().item() >= 0.98
+    assert (found.sum(2) >= 4).all()  # at most one short in any interval
+    assert (iv.values[found] > iv.edges[:, :-1, None].expand_as(found)[found]).all()
+    assert (iv.values[found] <= iv.edges[:, 1:, None].expand_as(found)[found]).all()
     assert iv.counts.sum().item() == 64 * 63 * 3
 
 
@@ -271,3 +275,19 @@ def test_counts_move_to_int64_before_int32_could_overflow(reload):
     assert plain.state_dict()["counts"].dtype == torch.int32
     assert moved.state_dict()["counts"].dtype == torch.int64
     assert_same_state(plain.state(), moved.state())
+
+
+def test_a_key_names_its_token():
+    """Sample slots keep keys only: ``key_tokens`` inverts ``token_keys`` exactly, and the
+    keys stay uniform (1 in 64 below 2^57, as the kernels' key levels assume)."""
+    from indexer.batches import key_tokens
+
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.cat(
+        [torch.arange(200_000), torch.randint(0, 1 << 45, (200_000,), generator=gen)]
+    )
+    keys = token_keys(tokens)
+    assert torch.equal(key_tokens(keys), tokens)
+    assert ((keys >= 0) & (keys < EMPTY)).all() and keys.unique().numel() == keys.numel()
+    assert abs((keys < (1 << 57)).double().mean().item() - 1 / 64) < 0.002
+    assert key_tokens(torch.tensor([EMPTY])).item() == -1
