@@ -103,11 +103,17 @@ def logit_summary_arrays(effects: torch.Tensor) -> dict[str, np.ndarray]:
 
 def logit_summaries_of(arrays: dict[str, np.ndarray]) -> tuple[list[dict], list[dict]]:
     """``logit_summary_arrays`` as the tables and histograms the index stores."""
+    # Rounded as ``round(v, 5)`` rounds, at once: a float32 times 10^5 is exact in float64
+    # (24 + 17 bits), so ``rint`` rounds the exact value half to even, as ``round`` does,
+    # and the quotient is the float nearest the 5-decimal result, as ``round`` gives.
+    top_v, bottom_v = (
+        np.round(arrays[n].astype(np.float32).astype(np.float64), 5).tolist()
+        for n in ("top_v", "bottom_v")
+    )
     tables = [
-        {"top": _pairs(ti, tv), "bottom": _pairs(bi, bv)}
+        {"top": _zipped(ti, tv), "bottom": _zipped(bi, bv)}
         for ti, tv, bi, bv in zip(
-            *(arrays[n].tolist() for n in ("top_i", "top_v", "bottom_i", "bottom_v")),
-            strict=True,
+            arrays["top_i"].tolist(), top_v, arrays["bottom_i"].tolist(), bottom_v, strict=True
         )
     ]
     hists = [
@@ -141,7 +147,11 @@ def logit_tables(effects: torch.Tensor, k: int = LOGIT_TOKENS) -> list[dict]:
 
 
 def _pairs(ids: list[int], values: list[float]) -> list[list]:
-    return list(map(list, zip(ids, map(_round5, values), strict=True)))
+    return _zipped(ids, map(_round5, values))
+
+
+def _zipped(ids, values) -> list[list]:
+    return list(map(list, zip(ids, values, strict=True)))
 
 
 def _round5(v: float) -> float:
