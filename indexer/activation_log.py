@@ -58,13 +58,16 @@ class ActivationLog:
     def _path(self, file: str) -> Path:
         return Path(self.folder) / f"{self.name}.{file}"
 
-    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> None:
+    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> tuple:
         """Log ``acts`` [B, T, U] of sequences ``first_sequence ..+B``, each of ``lengths``
-        [B] real positions (None: all T)."""
+        [B] real positions (None: all T). Returns what it listed, (rows ``b * T + t``,
+        counts, units, values) of every real position, for the correlations to share
+        (``StreamingCorrelation.update``'s ``listed``)."""
         n_seq, seq_len, _ = acts.shape
         ends = real_lengths(lengths, n_seq, seq_len)
         ends = np.full(n_seq, seq_len, np.int64) if ends is None else ends.astype(np.int64)
-        counts, units, values = nonzero_rows(acts, eligible_rows(n_seq, seq_len, 0, ends))
+        rows = eligible_rows(n_seq, seq_len, 0, ends)
+        counts, units, values = nonzero_rows(acts, rows)
         seqs = np.stack([np.arange(first_sequence, first_sequence + n_seq), ends], axis=1)
         arrays = {"seqs": seqs, "counts": counts, "units": units, "values": values}
         if not self._started and self._memory is None:
@@ -79,6 +82,7 @@ class ActivationLog:
                 with open(self._path(f), "ab") as out:
                     out.write(data.tobytes())
             self.lengths[f] += data.size
+        return rows, counts, units, values
 
     def state_dict(self) -> dict:
         """The log as one part: where it is and how long (``parts``; see ``merge_states``)."""

@@ -86,9 +86,12 @@ class StreamingCorrelation:
     def n_tokens(self) -> int:
         return sum(p["tokens"].shape[0] for p in self._parts)
 
-    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None) -> None:
+    def update(self, acts: torch.Tensor, first_sequence: int, lengths=None, listed=None) -> None:
         """Fold in ``acts`` [B, T, U] for sequences ``first_sequence ..+B``, each of
-        ``lengths`` [B] real positions (None: all T)."""
+        ``lengths`` [B] real positions (None: all T). A sparse source's non-zeros may come
+        ``listed`` already, as (rows, counts, units, values) of ascending rows that include
+        the ones sampled here (``nonzero_rows``' output beside its rows): they are not
+        listed again."""
         n_seq, seq_len, n_units = acts.shape
         if seq_len <= self.skip_first:
             return
@@ -105,7 +108,10 @@ class StreamingCorrelation:
             self._prune()
             return
 
-        counts, units, values = nonzero_rows(acts, rows, compiled=self.compiled)
+        if listed is None:
+            counts, units, values = nonzero_rows(acts, rows, compiled=self.compiled)
+        else:
+            counts, units, values = _listed_rows(*listed, rows)
         part = {
             "counts": torch.from_numpy(counts),
             "units": torch.from_numpy(units),
@@ -314,6 +320,15 @@ def nonzero_rows(acts: torch.Tensor, rows: np.ndarray, *, compiled: bool | None 
         unit.int().cpu().numpy(),
         x[row, unit].float().cpu().numpy(),
     )
+
+
+def _listed_rows(have, counts, units, values, rows):
+    """``nonzero_rows``' output for ``rows``, taken from its output for ``have`` (both
+    ascending, ``rows`` among ``have``)."""
+    keep = np.zeros(have.shape[0], bool)
+    keep[np.searchsorted(have, rows)] = True
+    picked = np.repeat(keep, counts)
+    return counts[keep], units[picked], values[picked]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -128,11 +128,13 @@ class SourceStats:
             part = None if lengths is None else lengths[lo : lo + acts.shape[0]]
             if not whole:
                 acts = acts[..., self.lo : self.hi]
-            # Top-k and intervals in one compiled pass over the block; the rest in turn.
+            # Top-k and intervals in one compiled pass over the block; a sparse source's
+            # non-zeros listed once, for its log and its correlations.
             fold_batch(self.topk, self.intervals, acts, first_sequence + lo, part)
-            for name, stat in self.statistics.items():
-                if name not in ("topk", "intervals"):
-                    stat.update(acts, first_sequence + lo, part)
+            listed = None
+            if self.log is not None:
+                listed = self.log.update(acts, first_sequence + lo, part)
+            self.correlation.update(acts, first_sequence + lo, part, listed=listed)
 
 
 def log_name(source: str) -> str:

@@ -116,3 +116,21 @@ def test_a_changed_work_folder_is_refused(tmp_path):
     (tmp_path / "log.values").write_bytes(b"")
     with pytest.raises(ValueError, match="shorter than its checkpoint"):
         ActivationLog(tmp_path, "log").load_state_dict(state)
+
+
+def test_correlations_from_the_logs_listing_equal_their_own():
+    """A sparse source lists its non-zeros once, for its log and its correlations: the
+    correlations' state is the one they would have listed themselves (skipped first
+    positions and padding left out)."""
+    from indexer.correlation import StreamingCorrelation
+
+    own = StreamingCorrelation(UNITS, sparse=True, skip_first=1)
+    shared = StreamingCorrelation(UNITS, sparse=True, skip_first=1)
+    log = ActivationLog(None, "log")
+    for first, acts, lengths in sparse_batches(5):
+        own.update(acts, first, lengths)
+        shared.update(acts, first, lengths, listed=log.update(acts, first, lengths))
+    a, b = own.state_dict(), shared.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]) if torch.is_tensor(a[name]) else a[name] == b[name]
