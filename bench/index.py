@@ -38,7 +38,7 @@ from indexer.config import Plan
 from indexer.corpus import iter_sequences
 from indexer.pipeline import IndexConfig, PassStats
 from indexer.stats import return_freed_memory
-from indexer.write import PhaseClock, write_source
+from indexer.write import PhaseClock, write_sources
 from spyglass import storage
 from spyglass.model import load_model, mlp_hook
 from spyglass.sources import mlp_sources, sae_source
@@ -163,8 +163,9 @@ def main() -> None:
                     top_k=cfg.top_k,
                 )
                 plan = Plan(cfg, model, [st.source for st in stats], {})
-                for st in stats:
-                    write_source(conn, mid, st.source, [[st.state_dict()]], plan, clock)
+                parts = [[{st.source.name: st.state_dict() for st in stats}]]
+                for _ in write_sources(conn, mid, plan, parts, clock):
+                    pass
             engine.dispose()
             return time.perf_counter() - t0, (Path(tmp) / "bench.db").stat().st_size
 

@@ -27,8 +27,9 @@ from pathlib import Path
 from indexer.config import Plan
 from indexer.correlation import DENSE_CAP, SPARSE_CAP
 from indexer.intervals import COUNT_BINS, SAMPLE_BINS
+from indexer.logit_cache import BLOCK_BYTES as LOGIT_BLOCK_BYTES
 from indexer.summaries import COSINE_BYTES
-from indexer.write import LOGIT_BLOCK_BYTES, WRITE_UNITS
+from indexer.write import WRITE_UNITS
 from spyglass.sources import BLOCK_BYTES, Source
 
 INTERVAL_WINDOW = 14

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,6 @@ from spyglass.model import Model
 from spyglass.sources import Source
 
 WRITE_UNITS = 4096
-LOGIT_BLOCK_BYTES = 256 << 20
 """Units whose rows are built and inserted at a time."""
 
 
@@ -92,13 +92,7 @@ def write_index(
                     for rows in chunks:
                         storage.add_sequences(conn, model_id, rows)
                 storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
-            sources = tqdm(plan.sources, desc="writing", unit="source", disable=not cfg.progress)
-            for src in sources:
-                slices = [[shard.pop(src.name) for shard in part] for part in parts]
-                write_source(conn, model_id, src, slices, plan, clock)  # freed once written
-                del slices
-                return_freed_memory()
-                report.sources.append(src.name)
+            report.sources += write_sources(conn, model_id, plan, parts, clock)
             report.seconds = progress.seconds + time.perf_counter() - started
             report.write_seconds = dict(clock.seconds)
             storage.finish_model(
@@ -113,13 +107,79 @@ def write_index(
     return report
 
 
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off inside: the rows are millions of small lists
+    and dicts, none in a cycle (freed by their counts all the same), and each allocation
+    burst set off a collection walking every live object: measured, 1.9 s of the 2.1 s
+    that turning a demo's logit arrays into tables took."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def write_sources(
+    conn, model_id: int, plan: Plan, parts: list[list[dict[str, dict]]], clock: PhaseClock
+) -> Iterator[str]:
+    """Every source of the plan, one after the other (``write_source``), each name yielded
+    once written. ``parts[j]`` holds slice j of every source's units as the states of its
+    token shards; a source's states are taken out of them as it is written. The logit
+    summaries are worked out a block ahead (``logit_cache.ahead``)."""
+    n_slices = len(parts)
+    blocks = (
+        src.directions(plan.model)[lo:hi]
+        for src in plan.sources
+        for lo, hi in write_blocks(src.n_units, n_slices)
+    )
+    logits = logit_cache.ahead(plan.model, blocks)
+    quiet = not plan.cfg.progress
+    for src in tqdm(plan.sources, desc="writing", unit="source", disable=quiet):
+        slices = [[shard.pop(src.name) for shard in part] for part in parts]
+        write_source(conn, model_id, src, slices, plan, clock, logits)  # freed once written
+        del slices
+        return_freed_memory()
+        yield src.name
+
+
+def write_blocks(n_units: int, n_slices: int) -> Iterator[tuple[int, int]]:
+    """The ``(lo, hi)`` blocks of units a source of ``n_units`` in ``n_slices`` slices is
+    written in, in order: each slice ``WRITE_UNITS`` units at a time."""
+    for j in range(n_slices):
+        yield from _slice_blocks(*unit_range(n_units, (j, n_slices)))
+
+
+def _slice_blocks(first: int, last: int) -> Iterator[tuple[int, int]]:
+    for lo in range(first, last, WRITE_UNITS):
+        yield lo, min(last, lo + WRITE_UNITS)
+
+
 def write_source(
-    conn, model_id: int, src: Source, slices: list[list[dict]], plan: Plan, clock: PhaseClock
+    conn,
+    model_id: int,
+    src: Source,
+    slices: list[list[dict]],
+    plan: Plan,
+    clock: PhaseClock,
+    logits: Iterator[dict] | None = None,
 ) -> None:
     """The source's row, one row per unit, and its examples. ``slices[j]``: the states of
     slice j of its units from each token shard. A slice is merged and written
-    ``WRITE_UNITS`` units at a time, then freed; the correlations need every slice's
-    tokens, and come first."""
+    ``WRITE_UNITS`` units at a time (``write_blocks``), then freed; the correlations need
+    every slice's tokens, and come first. ``logits`` yields each block's logit summary
+    arrays in turn (default: worked out here, a block ahead)."""
+    if logits is None:
+        directions = src.directions(plan.model)
+        blocks = (directions[lo:hi] for lo, hi in write_blocks(src.n_units, len(slices)))
+        logits = logit_cache.ahead(plan.model, blocks)
+    with collector_paused():
+        _write_source(conn, model_id, src, slices, plan, clock, logits)
+
+
+def _write_source(conn, model_id, src, slices, plan, clock, logits) -> None:
     cfg, model = plan.cfg, plan.model
     source_id = storage.add_source(
         conn,
@@ -166,9 +226,10 @@ def write_source(
             slices[j] = None  # the token shards' states, freed as merged
             log = LogWindows(state["log"], cfg.seq_len) if "log" in state else None
         first, last = ranges[j]
-        for lo in range(first, last, WRITE_UNITS):
-            hi = min(last, lo + WRITE_UNITS)
-            rows = _unit_rows(state, first, lo, hi, plan, directions, near, log, clock)
+        for lo, hi in _slice_blocks(first, last):
+            with clock("logit effects"):
+                arrays = next(logits)
+            rows = _unit_rows(state, first, lo, hi, plan, arrays, near, log, clock)
             with clock("insert"):
                 storage.add_units(conn, source_id, *rows[:4], first=lo)
                 storage.add_examples(conn, source_id, rows[4])
@@ -193,14 +254,14 @@ class Neighbours:
     layers: list[int] = field(default_factory=list)
 
 
-def _unit_rows(state, first, lo, hi, plan, directions, near: Neighbours, log, clock):
+def _unit_rows(state, first, lo, hi, plan, logit_arrays, near: Neighbours, log, clock):
     """Units ``lo:hi`` of the source, held in ``state`` (a slice of its units from
     ``first`` on, ranked and in key order) as rows: max, density, logit tables, stats,
     examples, samples and their intervals. A sparse source's windows come from its
     activation ``log``."""
     cfg, model = plan.cfg, plan.model
     with clock("logit effects"):
-        logits, logit_hist = _logit_summaries(model, directions[lo:hi])
+        logits, logit_hist = summaries.logit_summaries_of(logit_arrays)
     with clock("statistics"):
         a, b = lo - first, hi - first  # within the slice
         top = StreamingTopK.state_result(state["topk"], a, b)
@@ -243,26 +304,6 @@ def _unit_rows(state, first, lo, hi, plan, directions, near: Neighbours, log, cl
 def _read_windows(log: LogWindows, offset: int, unit, tokens, before, after, dtype):
     """Windows of units ``offset + unit`` of a slice from its activation log."""
     return log.windows(unit + offset, tokens, before, after, dtype)
-
-
-def _logit_summaries(model: Model, directions: torch.Tensor):
-    """Each unit's top and bottom logit effects and their histogram over the vocabulary,
-    from the cache when these directions were summarised before (``indexer.logit_cache``),
-    else a [chunk, d_vocab] block of effects at a time (at most ``LOGIT_BLOCK_BYTES``) in
-    one reused buffer (the effects of all of an SAE's latents would be GBs)."""
-    entry = logit_cache.key(model, directions)
-    arrays = logit_cache.load(entry)
-    if arrays is None:
-        chunk = max(1, min(1024, LOGIT_BLOCK_BYTES // (4 * model.d_vocab)))
-        n = min(chunk, directions.shape[0])
-        buffer = torch.empty(n, model.d_vocab, device=model.device)
-        parts = []
-        for lo in range(0, directions.shape[0], chunk):
-            effects = model.logit_effects(directions[lo : lo + chunk], out=buffer)
-            parts.append(summaries.logit_summary_arrays(effects))
-        arrays = {name: np.concatenate([a[name] for a in parts]) for name in parts[0]}
-        logit_cache.save(entry, arrays)
-    return summaries.logit_summaries_of(arrays)
 
 
 def latent_neighbours(src: Source, model: Model, directions: torch.Tensor):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import orjson
+
 __all__ = [
     "ModelRow",
     "SourceRow",
@@ -129,7 +131,7 @@ class UnitStats:
             if value := getattr(self, name):
                 out[name] = value
         out["correlation_tokens"] = self.correlation_tokens
-        return json.dumps(out)
+        return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
     @classmethod
     def from_json(cls, text: str) -> UnitStats:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 from sqlalchemy import (
     Connection,
     Table,
@@ -175,6 +176,12 @@ def add_source(conn: Connection, model_id: int, *, info: dict | None = None, **f
     return conn.execute(q).inserted_primary_key[0]
 
 
+def _dumps(value) -> str:
+    """JSON text of a unit's table: orjson, about ten times ``json.dumps``'s speed, reads
+    back equal (floats in shortest round-trip form, as ``json`` writes them)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
 def add_units(
     conn: Connection,
     source_id: int,
@@ -193,7 +200,7 @@ def add_units(
         units,
         ("source_id", "idx", "max_act", "density", "logits", "stats"),
         [
-            (source_id, u, float(m), float(d), json.dumps(lg), st.to_json() if st else None)
+            (source_id, u, float(m), float(d), _dumps(lg), st.to_json() if st else None)
             for u, (m, d, lg, st) in enumerate(
                 zip(max_act, density, logits, stats, strict=True), start=first
             )
