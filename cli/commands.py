@@ -242,6 +242,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from indexer.explain.run import explain_index
+    from spyglass import storage
+
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
+    try:
+        report = explain_index(
+            args.db, args.model, sources=sources, units=args.units, progress=not args.no_progress
+        )
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    except (ValueError, storage.DatabaseUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    print(
+        f"explained {report.explained} units of {len(report.sources)} sources in "
+        f"{report.seconds:.1f} s ({report.skipped} already explained, {report.silent} "
+        "never fired)"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from indexer.pipeline import IndexConfig
 
@@ -252,6 +273,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _run_index(IndexConfig(db=args.db, tokens=args.tokens, saes=saes))
     else:
         print(f"reusing the embedded index in {args.db} (pass --reindex to rebuild it)")
+    cmd_explain(
+        argparse.Namespace(
+            db=args.db, model="embedded", sources=None, units=None, no_progress=False
+        )
+    )
     args.preload = True
     return cmd_serve(args)
 

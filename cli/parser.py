@@ -11,6 +11,7 @@ from cli.commands import (
     CliError,
     cmd_demo,
     cmd_eval_sae,
+    cmd_explain,
     cmd_index,
     cmd_merge,
     cmd_serve,
@@ -89,11 +90,34 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     ev.set_defaults(func=cmd_eval_sae)
 
+    exp = sub.add_parser(
+        "explain",
+        help="explain and score the units of an index (offline; resumable)",
+        description="Write an explanation of each unit that fired into the index: the "
+        "token-pattern explainer (model-free: the tokens its examples sit on and follow, the "
+        "tokens it promotes and suppresses), scored by simulation on held-out examples with "
+        "a bootstrap 95%% interval. A re-run skips units already explained with the same "
+        "settings, so it resumes an interrupted run.",
+    )
+    exp.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
+    exp.add_argument("--model", default="embedded", help="the indexed model's name (embedded)")
+    exp.add_argument("--sources", help="comma-separated source names (default: all)")
+    exp.add_argument("--units", metavar="SPEC", help="units of each source: 0-99,200,300- (all)")
+    exp.add_argument(
+        "--explainer",
+        default="token-pattern",
+        choices=["token-pattern"],
+        help="the explainer (token-pattern: offline, model-free)",
+    )
+    exp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    exp.set_defaults(func=cmd_explain)
+
     demo = sub.add_parser(
         "demo",
         help="index the embedded model and corpus (unless already done), then serve",
         description="Index the embedded SmolLM2 model over the embedded corpus, unless the "
-        "database already holds that index, then serve the dashboard.",
+        "database already holds that index, explain its units (`spyglass explain`; skipped "
+        "when done), then serve the dashboard.",
     )
     demo.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
     demo.add_argument(

@@ -12,6 +12,7 @@ and reads each request from one snapshot, so no page mixes an old index with a n
 Arrays (token ids, activation windows) are stored as little-endian blobs.
 """
 
+from spyglass.storage.explanations import *  # noqa: F403
 from spyglass.storage.read import *  # noqa: F403
 from spyglass.storage.records import *  # noqa: F403
 from spyglass.storage.schema import *  # noqa: F403

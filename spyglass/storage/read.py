@@ -6,6 +6,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from sqlalchemy import (
     select,
 )
 
+from spyglass.storage.explanations import explanation_stamp
 from spyglass.storage.records import (
     ExampleRow,
     ModelRow,
@@ -59,6 +61,10 @@ __all__ = [
     "all_token_texts",
     "unit_max_acts",
     "unit_densities",
+    "PackedExamples",
+    "iter_packed_examples",
+    "sequence_tokens",
+    "unit_logits",
 ]
 
 
@@ -81,19 +87,26 @@ def index_identity(conn: Connection) -> str:
     which the server may keep pages rendered from this index. Every write to an index goes
     through :func:`replace_model` (a fresh row, a new ``created``) in one transaction, so the
     model rows alone tell one index from the next."""
-    return _identity(conn.exec_driver_sql(_IDENTITY_SQL).all())
+    return _identity(conn.exec_driver_sql(_IDENTITY_SQL).all(), explanation_stamp(conn))
 
 
 _IDENTITY_SQL = "SELECT id, slug, created, seconds FROM models ORDER BY id"
 
 
-def _identity(rows) -> str:
-    return hashlib.blake2b(repr([tuple(r) for r in rows]).encode(), digest_size=12).hexdigest()
+def _identity(rows, stamp: tuple) -> str:
+    """The model rows, and the explanations' count and last id (labels are added to an
+    index without indexing it again)."""
+    text = repr(([tuple(r) for r in rows], tuple(stamp)))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def sqlite_identity(conn: sqlite3.Connection) -> str:
     """:func:`index_identity` read through a plain sqlite3 connection."""
-    return _identity(conn.execute(_IDENTITY_SQL).fetchall())
+    have = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'explanations'")
+    stamp = ()
+    if have.fetchone()[0]:
+        stamp = conn.execute("SELECT count(*), max(id) FROM explanations").fetchone()
+    return _identity(conn.execute(_IDENTITY_SQL).fetchall(), stamp)
 
 
 def sqlite_watch(engine: Engine) -> sqlite3.Connection | None:
@@ -249,3 +262,49 @@ def unit_densities(conn: Connection, source_id: int) -> list[float]:
     """Each unit's density, by index."""
     q = select(units.c.density).where(units.c.source_id == source_id).order_by(units.c.idx)
     return list(conn.execute(q).scalars())
+
+
+@dataclass(frozen=True)
+class PackedExamples:
+    """One unit's packed row of examples or samples, as arrays: ``fields`` [n, 6] int32
+    (interval, rank, sequence_id, position, window_start, window length), ``values`` [n]
+    and ``acts``, the windows one after another (float64)."""
+
+    unit: int
+    fields: np.ndarray
+    values: np.ndarray
+    acts: np.ndarray
+
+
+def iter_packed_examples(conn: Connection, source_id: int, lo: int, hi: int, *, interval: bool):
+    """The packed examples of units ``lo:hi`` of a source (``interval``: their interval
+    samples), in unit order, as ``PackedExamples``: for passes over whole sources."""
+    table, dtype = (samples, "<f2") if interval else (examples, "<f4")
+    q = (
+        select(table)
+        .where(table.c.source_id == source_id, table.c.unit >= lo, table.c.unit < hi)
+        .order_by(table.c.unit)
+    )
+    for row in conn.execute(q):
+        yield PackedExamples(
+            row.unit,
+            np.frombuffer(row.fields, dtype="<i4").reshape(row.n, 6),
+            np.frombuffer(row.vals, dtype="<f4").astype(np.float64),
+            np.frombuffer(row.acts, dtype=dtype).astype(np.float64),
+        )
+
+
+def unit_logits(conn: Connection, source_id: int, lo: int, hi: int):
+    """``(index, max_act, logits)`` of units ``lo:hi`` of a source, in order."""
+    q = (
+        select(units.c.idx, units.c.max_act, units.c.logits)
+        .where(units.c.source_id == source_id, units.c.idx >= lo, units.c.idx < hi)
+        .order_by(units.c.idx)
+    )
+    return [(i, m, json.loads(lg)) for i, m, lg in conn.execute(q)]
+
+
+def sequence_tokens(conn: Connection, model_id: int) -> dict[int, np.ndarray]:
+    """Every sequence's token ids (int32), by id."""
+    q = select(sequences.c.id, sequences.c.tokens).where(sequences.c.model_id == model_id)
+    return {i: np.frombuffer(blob, dtype="<i4") for i, blob in conn.execute(q)}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import (
+    DDL,
     Column,
     Connection,
     Engine,
@@ -23,7 +24,9 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    func,
     inspect,
+    literal_column,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -38,6 +41,8 @@ __all__ = [
     "units",
     "examples",
     "samples",
+    "explanations",
+    "explain_failures",
     "SLUG",
     "RESERVED",
     "DatabaseUnavailable",
@@ -179,7 +184,56 @@ def _example_table(name: str) -> Table:
 examples = _example_table("examples")
 samples = _example_table("samples")
 
-_CHILDREN = (examples, samples, units)  # keyed by source_id
+explanations = Table(
+    "explanations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source_id", ForeignKey("sources.id"), nullable=False),
+    Column("unit", Integer, nullable=False),
+    Column("method", String(40), nullable=False),  # token-pattern, llm or human
+    # A hash of what made it (explainer, its model, prompt version, scorers): a run with
+    # the same settings skips the units that have one.
+    Column("settings", String(64), nullable=False),
+    Column("text", FreeText, nullable=False),
+    Column("evidence", Text),  # JSON: what the explanation was made from
+    Column("scores", Text),  # JSON: {scorer: {"value", "lo", "hi", "n"}}
+    Column("explainer", Text),  # the LLM's name, or a label's author
+    Column("created", String(40), nullable=False),
+    Index("explanations_by_unit", "source_id", "unit"),
+)
+# Full-text search over the text, in the database: FTS5 on SQLite (an external-content
+# table kept in step by triggers), a GIN index on the English tsvector on PostgreSQL.
+_SQLITE_FTS = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS explanations_fts USING fts5("
+    "text, content='explanations', content_rowid='id', tokenize='porter unicode61')",
+    "CREATE TRIGGER IF NOT EXISTS explanations_fts_insert AFTER INSERT ON explanations BEGIN "
+    "INSERT INTO explanations_fts(rowid, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS explanations_fts_delete AFTER DELETE ON explanations BEGIN "
+    "INSERT INTO explanations_fts(explanations_fts, rowid, text) "
+    "VALUES ('delete', old.id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS explanations_fts_update AFTER UPDATE ON explanations BEGIN "
+    "INSERT INTO explanations_fts(explanations_fts, rowid, text) "
+    "VALUES ('delete', old.id, old.text); "
+    "INSERT INTO explanations_fts(rowid, text) VALUES (new.id, new.text); END",
+]
+for _statement in _SQLITE_FTS:
+    event.listen(explanations, "after_create", DDL(_statement).execute_if(dialect="sqlite"))
+TSVECTOR = func.to_tsvector(literal_column("'english'"), explanations.c.text)
+Index("explanations_text", TSVECTOR, postgresql_using="gin").ddl_if(dialect="postgresql")
+
+explain_failures = Table(
+    "explain_failures",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source_id", ForeignKey("sources.id"), nullable=False, index=True),
+    Column("unit", Integer, nullable=False),
+    Column("method", String(40), nullable=False),
+    Column("settings", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("created", String(40), nullable=False),
+)
+
+_CHILDREN = (explanations, explain_failures, examples, samples, units)  # keyed by source_id
 _MODEL_CHILDREN = (vocab, sequences)  # keyed by model_id
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RESERVED = {"api", "static", "docs", "redoc", "openapi.json", "sequences", "healthz"}

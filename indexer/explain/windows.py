@@ -1,0 +1,73 @@
+"""A unit's examples as token windows: what explainers read and scorers test against.
+
+The split is fixed by position, so an explainer never sees what its explanation is
+scored on: among the top examples (by rank) and among each interval's samples (in their
+stored order) the even ones are shown to the explainer and the odd ones held out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spyglass.storage import PackedExamples
+
+
+@dataclass(frozen=True)
+class Window:
+    """One example: its sequence's tokens and the unit's activation on each, over the
+    part of the window inside the sequence."""
+
+    tokens: np.ndarray
+    """[w] token ids."""
+    acts: np.ndarray
+    """[w] the unit's activation on each token."""
+    at: int
+    """Where the example's token sits in the window."""
+    value: float
+    """The example's activation (``acts[at]``)."""
+    interval: int
+    """-1 for a top example, else its interval (from 0)."""
+    held_out: bool
+
+
+@dataclass(frozen=True)
+class UnitWindows:
+    unit: int
+    max_act: float
+    shown: list[Window]
+    """What the explainer sees."""
+    held_out: list[Window]
+    """What the explanation is scored on."""
+
+
+def unit_windows(
+    unit: int,
+    max_act: float,
+    top: PackedExamples | None,
+    sampled: PackedExamples | None,
+    seqs: dict[int, np.ndarray],
+) -> UnitWindows:
+    """The unit's windows from its packed top examples and interval samples."""
+    shown: list[Window] = []
+    held: list[Window] = []
+    for packed in (top, sampled):
+        if packed is None or not len(packed.fields):
+            continue
+        ends = np.cumsum(packed.fields[:, 5])
+        seen: dict[int, int] = {}  # examples so far in each interval
+        for i, (interval, _rank, seq, pos, start, length) in enumerate(packed.fields.tolist()):
+            k = seen.get(interval, 0)
+            seen[interval] = k + 1
+            tokens = seqs[seq][start : start + length]
+            w = Window(
+                tokens=tokens,
+                acts=packed.acts[ends[i] - length : ends[i]],
+                at=pos - start,
+                value=float(packed.values[i]),
+                interval=-1 if packed is top else int(interval),
+                held_out=k % 2 == 1,
+            )
+            (held if w.held_out else shown).append(w)
+    return UnitWindows(unit, max_act, shown, held)

@@ -1,0 +1,261 @@
+"""Explanations of units: written by ``spyglass explain`` and by people (labels), read by
+every page that links a unit, and searched through the database's own full-text index
+(SQLite FTS5, PostgreSQL tsvector with a GIN index; see ``schema.explanations``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy import (
+    Connection,
+    and_,
+    column,
+    func,
+    insert,
+    literal_column,
+    select,
+    table,
+    text,
+)
+
+from spyglass.storage.schema import TSVECTOR, explain_failures, explanations, sources, units
+
+__all__ = [
+    "ExplanationRow",
+    "SearchHit",
+    "METHOD_RANK",
+    "add_explanations",
+    "add_explain_failures",
+    "explained_units",
+    "get_explanations",
+    "unit_labels",
+    "search_explanations",
+    "search_terms",
+    "explanation_stamp",
+]
+
+METHOD_RANK = {"human": 0, "llm": 1, "token-pattern": 2}
+"""Which explanation labels a unit where it is linked: a person's first, then an LLM's,
+then the token pattern; the newest first among equals."""
+
+
+@dataclass(frozen=True)
+class ExplanationRow:
+    id: int
+    source_id: int
+    unit: int
+    method: str
+    text: str
+    explainer: str | None
+    created: str
+    evidence: dict | None = None
+    scores: dict = field(default_factory=dict)
+    """``{scorer: {"value", "lo", "hi", "n"}}``: each score with its bootstrap 95%
+    interval and the held-out examples it was measured on."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    source: str
+    unit: int
+    text: str
+    method: str
+    density: float
+    max_act: float
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _json(value) -> str | None:
+    if value is None:
+        return None
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def add_explanations(conn: Connection, source_id: int, rows: Sequence[dict]) -> None:
+    """Insert explanations of units of a source: each row a dict with ``unit``, ``method``,
+    ``settings``, ``text`` and optionally ``evidence``, ``scores``, ``explainer``."""
+    if not rows:
+        return
+    created = _now()
+    conn.execute(
+        insert(explanations),
+        [
+            {
+                "source_id": source_id,
+                "unit": int(r["unit"]),
+                "method": r["method"],
+                "settings": r["settings"],
+                "text": r["text"],
+                "evidence": _json(r.get("evidence")),
+                "scores": _json(r.get("scores")),
+                "explainer": r.get("explainer"),
+                "created": r.get("created") or created,
+            }
+            for r in rows
+        ],
+    )
+
+
+def add_explain_failures(conn: Connection, source_id: int, rows: Sequence[dict]) -> None:
+    """Record units an explainer or scorer failed on (``unit``, ``method``, ``settings``,
+    ``error``): never stored as an explanation or a score."""
+    if rows:
+        created = _now()
+        conn.execute(
+            insert(explain_failures),
+            [{"source_id": source_id, "created": created, **r} for r in rows],
+        )
+
+
+def explained_units(conn: Connection, source_id: int, method: str, settings: str) -> set[int]:
+    """Units of the source that already have an explanation made with these settings."""
+    q = select(explanations.c.unit).where(
+        explanations.c.source_id == source_id,
+        explanations.c.method == method,
+        explanations.c.settings == settings,
+    )
+    return set(conn.execute(q).scalars())
+
+
+def get_explanations(conn: Connection, source_id: int, unit: int) -> list[ExplanationRow]:
+    """A unit's explanations, the one that labels it first (``METHOD_RANK``)."""
+    q = select(explanations).where(
+        explanations.c.source_id == source_id, explanations.c.unit == unit
+    )
+    rows = [_row(r) for r in conn.execute(q)]
+    return sorted(rows, key=lambda e: _label_order(e.method, e.created, e.id))
+
+
+def _label_order(method: str, created: str, eid: int) -> tuple:
+    """Sorts by ``METHOD_RANK``, then newer first (the inverted characters of the ISO
+    time, then the larger id)."""
+    return (METHOD_RANK.get(method, 9), "".join(chr(0x10FFFF - ord(c)) for c in created), -eid)
+
+
+def _row(r) -> ExplanationRow:
+    m = r._mapping
+    return ExplanationRow(
+        id=m["id"],
+        source_id=m["source_id"],
+        unit=m["unit"],
+        method=m["method"],
+        text=m["text"],
+        explainer=m["explainer"],
+        created=m["created"],
+        evidence=orjson.loads(m["evidence"]) if m["evidence"] else None,
+        scores=orjson.loads(m["scores"]) if m["scores"] else {},
+    )
+
+
+def unit_labels(
+    conn: Connection, source_id: int, unit_ids: Iterable[int] | None = None
+) -> dict[int, str]:
+    """Each unit's label (its first explanation by ``METHOD_RANK``) for the units given,
+    or every explained unit of the source."""
+    q = select(
+        explanations.c.unit,
+        explanations.c.method,
+        explanations.c.text,
+        explanations.c.created,
+        explanations.c.id,
+    ).where(explanations.c.source_id == source_id)
+    if unit_ids is not None:
+        wanted = sorted({int(u) for u in unit_ids})
+        if not wanted:
+            return {}
+        q = q.where(explanations.c.unit.in_(wanted))
+    best: dict[int, tuple] = {}
+    for unit, method, body, created, eid in conn.execute(q):
+        key = _label_order(method, created, eid)
+        if unit not in best or key < best[unit][0]:
+            best[unit] = (key, body)
+    return {u: body for u, (_, body) in best.items()}
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def search_terms(query: str) -> list[str]:
+    """The words of a search query: operators, quotes and punctuation are dropped, so no
+    query reaches the database's query syntax as anything but quoted words."""
+    return _WORD.findall(query)[:32]
+
+
+def search_explanations(
+    conn: Connection,
+    model_id: int,
+    query: str,
+    *,
+    source: str | None = None,
+    min_density: float | None = None,
+    max_density: float | None = None,
+    offset: int = 0,
+    limit: int = 20,
+) -> list[SearchHit]:
+    """Explanations matching every word of ``query`` (the last as a prefix), best ranked
+    first: BM25 on SQLite, ``ts_rank`` on PostgreSQL. Raises ValueError for a query
+    without words."""
+    terms = search_terms(query)
+    if not terms:
+        raise ValueError("the search has no words to look for")
+    cols = (
+        sources.c.name,
+        explanations.c.unit,
+        explanations.c.text,
+        explanations.c.method,
+        units.c.density,
+        units.c.max_act,
+    )
+    join = explanations.join(sources, sources.c.id == explanations.c.source_id).join(
+        units,
+        and_(units.c.source_id == explanations.c.source_id, units.c.idx == explanations.c.unit),
+    )
+    where = [sources.c.model_id == model_id]
+    if source is not None:
+        where.append(sources.c.name == source)
+    if min_density is not None:
+        where.append(units.c.density >= min_density)
+    if max_density is not None:
+        where.append(units.c.density <= max_density)
+    if conn.dialect.name == "sqlite":
+        fts_table = table("explanations_fts", column("rowid"), column("rank"))
+        fts = " ".join(f'"{t}"' for t in terms[:-1]) + f' "{terms[-1]}"*'
+        q = (
+            select(*cols)
+            .select_from(join.join(fts_table, fts_table.c.rowid == explanations.c.id))
+            .where(text("explanations_fts MATCH :fts").bindparams(fts=fts), *where)
+            .order_by(fts_table.c.rank, explanations.c.id)  # FTS5's rank: BM25
+        )
+    else:
+        ts_query = func.to_tsquery(
+            literal_column("'english'"), " & ".join(terms[:-1] + [terms[-1] + ":*"])
+        )
+        q = (
+            select(*cols)
+            .select_from(join)
+            .where(TSVECTOR.op("@@")(ts_query), *where)
+            .order_by(func.ts_rank(TSVECTOR, ts_query).desc(), explanations.c.id)
+        )
+    rows = conn.execute(q.offset(offset).limit(limit))
+    return [SearchHit(*r) for r in rows]
+
+
+def explanation_stamp(conn: Connection) -> tuple:
+    """What changes whenever an explanation or label is added (for the page cache's
+    identity of the index): their count and last id; () on an index without the table."""
+    if conn.dialect.name == "sqlite":
+        have = conn.exec_driver_sql(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'explanations'"
+        ).scalar()
+    else:
+        have = conn.exec_driver_sql("SELECT to_regclass('explanations') IS NOT NULL").scalar()
+    if not have:
+        return ()
+    return tuple(conn.exec_driver_sql("SELECT count(*), max(id) FROM explanations").one())

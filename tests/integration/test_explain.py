@@ -1,0 +1,122 @@
+"""``spyglass explain`` over the tiny index: every unit that fired is explained from its
+shown examples only, scored on the held-out ones, found by search, and a re-run costs
+nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+
+import numpy as np
+import pytest
+from index_checks import read_index
+
+from cli.parser import main as cli_main
+from indexer.explain import run
+from spyglass import storage
+
+
+@pytest.fixture(scope="module")
+def explained(tiny_index, tmp_path_factory):
+    """A copy of the tiny index, explained (the shared one stays as indexed)."""
+    db = tmp_path_factory.mktemp("explained") / "tiny.db"
+    with sqlite3.connect(tiny_index.db) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    report = run.explain_index(str(db), tiny_index.slug, progress=False)
+    return str(db), report
+
+
+def _all(db, slug):
+    engine = storage.make_engine(db)
+    with engine.connect() as conn:
+        m = storage.get_model(conn, slug)
+        out = {
+            (s.name, u): storage.get_explanations(conn, s.id, u)
+            for s in storage.list_sources(conn, m.id)
+            for u in range(s.n_units)
+        }
+    engine.dispose()
+    return out
+
+
+def test_every_unit_that_fired_is_explained_once(explained, tiny_index):
+    db, report = explained
+    stored = read_index(tiny_index.db, tiny_index.slug)
+    fired = {
+        (src.name, u)
+        for src in stored.sources
+        for u, examples in enumerate(stored.examples[src.layer])
+        if examples
+    }
+    got = _all(db, tiny_index.slug)
+    assert {k for k, v in got.items() if v} == fired
+    assert all(len(v) <= 1 for v in got.values())
+    assert report.explained == len(fired) > 0
+
+
+def test_named_tokens_are_the_shown_examples_tokens(explained, tiny_index):
+    """Recount, from the stored examples, the tokens under the even-numbered examples:
+    the shares in the evidence are theirs, and no held-out example counts."""
+    db, _ = explained
+    stored = read_index(tiny_index.db, tiny_index.slug)
+    got = _all(db, tiny_index.slug)
+    engine = storage.make_engine(db)
+    checked = 0
+    for src in stored.sources:
+        for u, examples in enumerate(stored.examples[src.layer]):
+            (e,) = got[(src.name, u)] or [None]
+            if e is None:
+                continue
+            with engine.connect() as conn:
+                sampled = storage.get_samples(conn, src.id, u)
+            tops = sorted(examples, key=lambda x: x.rank)[::2]
+            samples = [x for k in sorted(sampled) for x in sampled[k][::2]]
+            shown = [stored.sequences[x.sequence_id].tokens[x.position] for x in tops + samples]
+            counts = Counter(shown)
+            assert e.evidence["examples"] == len(shown)
+            for token, _text, share in e.evidence["tokens"]:
+                assert share == pytest.approx(counts[token] / len(shown))
+            assert e.evidence["tokens"][0][0] == counts.most_common(1)[0][0] or (
+                counts[e.evidence["tokens"][0][0]] == counts.most_common(1)[0][1]
+            )
+            for score in e.scores.values():
+                assert score["lo"] <= score["value"] + 1e-9 or np.isnan(score["lo"])
+                assert score["n"] > 0
+            checked += 1
+    engine.dispose()
+    assert checked > 10
+
+
+def test_rerun_skips_and_units_spec_and_bad_input(explained, tiny_index, capsys):
+    db, first = explained
+    again = run.explain_index(db, tiny_index.slug, progress=False)
+    assert again.explained == 0 and again.skipped == first.explained + first.silent
+    assert cli_main(["explain", "--db", db, "--model", tiny_index.slug, "--sources", "nope"]) == 2
+    assert "no source nope" in capsys.readouterr().err
+    assert cli_main(["explain", "--db", db, "--model", tiny_index.slug, "--units", "0-999"]) == 2
+    assert "outside" in capsys.readouterr().err
+    assert cli_main(["explain", "--db", db, "--model", "nope"]) == 2
+
+
+def test_search_finds_a_unit_by_its_token(explained, tiny_index):
+    db, _ = explained
+    engine = storage.make_engine(db)
+    with engine.connect() as conn:
+        m = storage.get_model(conn, tiny_index.slug)
+        src = storage.list_sources(conn, m.id)[0]
+        worded = (
+            (e, w)
+            for u in range(src.n_units)
+            for e in storage.get_explanations(conn, src.id, u)
+            for _, text, _ in e.evidence["tokens"]
+            for w in storage.search_terms(text)
+        )
+        e, word = next(worded)
+        hits = storage.search_explanations(conn, m.id, word, limit=1000)
+        assert (src.name, e.unit) in {(h.source, h.unit) for h in hits}
+        assert all(word.casefold() in h.text.casefold() for h in hits)
+        with pytest.raises(ValueError):
+            storage.search_explanations(conn, m.id, '"" * ( - ^')
+        for hostile in ('NEAR( "x" AND', "a* OR b:c", "^x -y"):  # FTS syntax, as words
+            assert isinstance(storage.search_explanations(conn, m.id, hostile), list)
+    engine.dispose()
