@@ -31,6 +31,12 @@ def source(slug: str, name: str, **query: str | int) -> str:
     return f"{url}?{urlencode(query)}" if query else url
 
 
+def search(slug: str, **query: str | int) -> str:
+    url = f"{model(slug)}/search"
+    query = {k: v for k, v in query.items() if v is not None and v != ""}
+    return f"{url}?{urlencode(query)}" if query else url
+
+
 def random_unit(slug: str, name: str) -> str:
     return f"{source(slug, name)}/random"
 

@@ -8,22 +8,15 @@ from __future__ import annotations
 import math
 import random
 
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection
 
-from app import urls
+from app import meaning, urls
 from app.index_cache import sequences, vocabulary
+from app.meaning import Explanation
+from app.view_base import NotFound, View
 from spyglass import storage
 
 LOG_DENSITY_BINS = 30
-
-
-class NotFound(Exception):
-    """No such model, source, unit or sequence (answered with 404)."""
-
-
-class View(BaseModel):
-    model_config = ConfigDict(frozen=True)
 
 
 # ---- shared pieces ---------------------------------------------------------------------
@@ -85,6 +78,10 @@ class Neighbour(View):
     url: str
     value: float
     """Pearson r (correlated units) or cosine similarity (decoder rows, neurons)."""
+    source: str
+    index: int
+    explanation: str | None = None
+    """Its label: the first of its explanations (``storage.METHOD_RANK``)."""
 
 
 class Interval(View):
@@ -122,6 +119,8 @@ class UnitPage(View):
     logits_bottom: list[LogitToken]
     examples: list[Example]
     links: UnitLinks
+    explanations: list[Explanation] = []
+    """Its explanations with their scores, the one that labels it first."""
     histogram: Histogram | None = None
     """Positive activations over (0, max], exact counts."""
     logit_histogram: Histogram | None = None
@@ -144,6 +143,7 @@ class UnitRow(View):
     """SAE latents: the unit's share of the SAE's mean L0 (its density / sum of densities)."""
     top_logits: list[str]
     url: str
+    explanation: str | None = None
 
 
 class Histogram(View):
@@ -289,6 +289,7 @@ def source_page(
     vocab = vocabulary(conn, m)
     densities = storage.unit_densities(conn, s.id)
     density_sum = sum(densities) if s.kind == "sae" else 0.0
+    labels = storage.unit_labels(conn, s.id, [r.idx for r in rows])
     units = [
         UnitRow(
             index=r.idx,
@@ -297,6 +298,7 @@ def source_page(
             l0_share=r.density / density_sum if density_sum > 0 else None,
             top_logits=[vocab.get(i, "?") for i, _ in r.logits["top"][:3]],
             url=urls.unit(slug, name, r.idx),
+            explanation=labels.get(r.idx),
         )
         for r in rows
     ]
@@ -371,9 +373,13 @@ def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitP
             share=urls.unit(slug, name, i),
         ),
     )
+    page = page.model_copy(update={"explanations": meaning.unit_explanations(conn, s.id, i)})
     if unit.stats is None:
         return page
-    return page.model_copy(update=_unit_stats(slug, s, unit.stats, sampled, seqs, vocab))
+    stats = _unit_stats(slug, s, unit.stats, sampled, seqs, vocab)
+    for name in ("correlated", "decoder_neighbours", "aligned_neurons"):
+        stats[name] = meaning.labelled(conn, m.id, stats[name])
+    return page.model_copy(update=stats)
 
 
 def _unit_stats(
@@ -408,15 +414,25 @@ def _unit_stats(
         for k, (lo, hi, c) in enumerate(stats.intervals)
     ]
     out["correlated"] = [
-        Neighbour(label=f"{s.name}/{j}", url=urls.unit(slug, s.name, j), value=r)
+        Neighbour(
+            label=f"{s.name}/{j}", url=urls.unit(slug, s.name, j), value=r, source=s.name, index=j
+        )
         for j, r in stats.correlated
     ]
     out["decoder_neighbours"] = [
-        Neighbour(label=f"{s.name}/{j}", url=urls.unit(slug, s.name, j), value=c)
+        Neighbour(
+            label=f"{s.name}/{j}", url=urls.unit(slug, s.name, j), value=c, source=s.name, index=j
+        )
         for j, c in stats.decoder
     ]
     out["aligned_neurons"] = [
-        Neighbour(label=f"{layer}-mlp/{j}", url=urls.unit(slug, f"{layer}-mlp", j), value=c)
+        Neighbour(
+            label=f"{layer}-mlp/{j}",
+            url=urls.unit(slug, f"{layer}-mlp", j),
+            value=c,
+            source=f"{layer}-mlp",
+            index=j,
+        )
         for layer, j, c in stats.neurons
     ]
     return out

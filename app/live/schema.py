@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app import views
+from app.view_base import LimitError  # noqa: F401 - raised here, re-exported
 from spyglass.model import Model
 from spyglass.settings import Settings
 
@@ -26,17 +27,6 @@ MIN_TEMPERATURE = 0.01
 """Below it (and above 0, which is greedy) logits / temperature overflow or lose all
 precision in float32, so sampling would divide by an underflowed zero."""
 MAX_SEED = 2**31 - 1
-
-
-class LimitError(Exception):
-    """Input outside a documented cap or rule (answered with 422)."""
-
-    def __init__(self, message: str, *, field: str | None = None, rule: str = "invalid"):
-        super().__init__(message)
-        self.field = field
-        """The input at fault, dotted (``prompt``, ``units.0.strength``), if one is."""
-        self.rule = rule
-        """What it broke, a short stable word (``max_tokens``, ``range``, ``not_empty``)."""
 
 
 def _blank_to_none(value):

@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import views
+from app import meaning, views
 from app.deps import PagesDep, ReaderDep, SettingsDep
 from app.errors import PAGE_ERRORS
 from spyglass import storage
@@ -28,6 +29,27 @@ PageNumber = Annotated[int, Query(ge=1, le=10**9)]
 # Strings, as in the HTML routes: a path that names no unit (-1, abc) is a 404, not a 422.
 Index = Annotated[str, Path(description="The unit's index in its source, from 0.")]
 SeqId = Annotated[str, Path(description="The sequence's id in the index, from 0.")]
+
+
+class SearchQuery(BaseModel):
+    q: str = Field(
+        "",
+        description="Words to find in explanations (all of them; the last "
+        "may be the start of a word). Operators and quotes are read as text.",
+    )
+    source: str | None = Field(None, description="Only this source's units.")
+    min_density: float | None = Field(None, ge=0, le=1)
+    max_density: float | None = Field(None, ge=0, le=1)
+    page: int = Field(1, ge=1, le=10**6)
+
+    @field_validator("source", "min_density", "max_density", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value):
+        """An HTML form sends an empty field as an empty string: no filter."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+SearchDep = Annotated[SearchQuery, Query()]
 
 
 # ---- JSON twins (documented) ----------------------------------------------------------------
@@ -52,6 +74,15 @@ async def sequence_json(request: Request, model: str, seq_id: SeqId, pages: Page
     return await pages.serve(
         request, "sequence.html", views.sequence_page, model, seq_id, as_json=True
     )
+
+
+@router.get(
+    "/{model}/search.json",
+    response_model=meaning.SearchPage,
+    summary="Units whose explanations match a text (full-text search, ranked)",
+)
+async def search_json(request: Request, model: str, pages: PagesDep, search: SearchDep):
+    return await _search(request, model, pages, search, True)
 
 
 @router.get(
@@ -112,6 +143,29 @@ async def model_page(request: Request, model: str, pages: PagesDep):
 async def sequence_page(request: Request, model: str, seq_id: str, pages: PagesDep):
     return await pages.serve(
         request, "sequence.html", views.sequence_page, model, seq_id, as_json=False
+    )
+
+
+@html.get("/{model}/search")
+async def search_page(request: Request, model: str, pages: PagesDep, search: SearchDep):
+    return await _search(request, model, pages, search, False)
+
+
+async def _search(request, model, pages, search: SearchQuery, as_json):
+    return await pages.serve(
+        request,
+        "search.html",
+        lambda conn: meaning.search_page(
+            conn,
+            model,
+            search.q,
+            source=search.source,
+            min_density=search.min_density,
+            max_density=search.max_density,
+            page=search.page,
+        ),
+        as_json=as_json,
+        query=tuple(search.model_dump().values()),
     )
 
 

@@ -120,3 +120,86 @@ def test_search_finds_a_unit_by_its_token(explained, tiny_index):
         for hostile in ('NEAR( "x" AND', "a* OR b:c", "^x -y"):  # FTS syntax, as words
             assert isinstance(storage.search_explanations(conn, m.id, hostile), list)
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def client(explained):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from spyglass.settings import Settings
+
+    with TestClient(create_app(Settings(db=explained[0], page_size=10))) as c:
+        yield c
+
+
+def _labels(db, slug):
+    engine = storage.make_engine(db)
+    with engine.connect() as conn:
+        m = storage.get_model(conn, slug)
+        out = {s.name: storage.unit_labels(conn, s.id) for s in storage.list_sources(conn, m.id)}
+    engine.dispose()
+    return out
+
+
+def test_pages_carry_explanations_and_labels(explained, client, tiny_index):
+    db, _ = explained
+    slug = tiny_index.slug
+    labels = _labels(db, slug)
+    name, unit = next((n, u) for n, ls in labels.items() for u in sorted(ls))
+    page = client.get(f"/{slug}/{name}/{unit}.json").json()
+    top = page["explanations"][0]
+    assert top["text"] == labels[name][unit] and top["method"] == "token-pattern"
+    assert {s["name"] for s in top["scores"]} <= {"simulation_r", "simulation_auc"}
+    for n in page["correlated"]:
+        assert n["explanation"] == labels[n["source"]].get(n["index"])
+    html = client.get(f"/{slug}/{name}/{unit}").text
+    assert top["text"].replace('"', "&#34;") in html and "n=" in html
+    rows = client.get(f"/{slug}/{name}.json?sort=index&order=asc").json()["units"]
+    assert [r["explanation"] for r in rows] == [labels[name].get(r["index"]) for r in rows]
+
+
+def test_search_pages_and_bad_input(explained, client, tiny_index):
+    slug = tiny_index.slug
+    labels = _labels(explained[0], slug)
+    name, unit, word = next(
+        (n, u, w) for n, ls in labels.items() for u, t in sorted(ls.items())
+        for w in storage.search_terms(t.split(";")[0])
+    )  # fmt: skip
+    found = client.get(f"/{slug}/search.json", params={"q": word, "source": name}).json()
+    assert found["hits"] and all(h["source"] == name for h in found["hits"])
+    pages, page = [], 1
+    while True:  # every page, until the last
+        got = client.get(f"/{slug}/search.json", params={"q": word, "page": page}).json()
+        pages += [(h["source"], h["index"]) for h in got["hits"]]
+        if not got["has_next"]:
+            break
+        page += 1
+    assert (name, unit) in pages and len(pages) == len(set(pages))
+    html = client.get(f"/{slug}/search", params={"q": word, "source": "", "min_density": ""})
+    assert html.status_code == 200 and f"/{slug}/{name}/" in html.text
+    assert client.get(f"/{slug}/search", params={"q": '"" * ( - ^'}).status_code == 422
+    assert client.get(f"/{slug}/search", params={"q": "x" * 201}).status_code == 422
+    assert client.get(f"/{slug}/search", params={"q": "a", "source": "nope"}).status_code == 404
+    assert client.get("/nope/search", params={"q": "a"}).status_code == 404
+    bad = client.get(f"/{slug}/search.json", params={"q": "a", "min_density": "2"})
+    assert bad.status_code == 422
+
+
+def test_a_label_added_later_shows_first_without_a_restart(explained, client, tiny_index):
+    db, _ = explained
+    slug = tiny_index.slug
+    labels = _labels(db, slug)
+    name, unit = next((n, u) for n, ls in labels.items() for u in sorted(ls))
+    before = client.get(f"/{slug}/{name}/{unit}.json").json()["explanations"]
+    engine = storage.make_engine(db)
+    with engine.begin() as conn:
+        m = storage.get_model(conn, slug)
+        s = storage.get_source(conn, m.id, name)
+        label = {"unit": unit, "method": "human", "settings": "", "text": "a person's label"}
+        storage.add_explanations(conn, s.id, [label | {"explainer": "tester"}])
+    engine.dispose()
+    after = client.get(f"/{slug}/{name}/{unit}.json").json()["explanations"]
+    assert after[0]["text"] == "a person's label" and after[1:] == before
+    found = client.get(f"/{slug}/search.json", params={"q": "person"}).json()["hits"]
+    assert [(h["source"], h["index"]) for h in found] == [(name, unit)]

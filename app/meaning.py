@@ -1,0 +1,164 @@
+"""What units mean: their explanations on the unit page, labels wherever a unit is
+linked, and the search over explanations (``/{model}/search``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TypeVar
+
+from sqlalchemy import Connection
+
+from app import urls
+from app.view_base import LimitError, NotFound, View
+from spyglass import storage
+
+SEARCH_PAGE = 20
+MAX_QUERY = 200
+
+
+class Score(View):
+    name: str
+    """``simulation_r`` or ``simulation_auc`` (see docs/explanations.md)."""
+    value: float
+    lo: float | None
+    hi: float | None
+    """The bootstrap 95% interval."""
+    n: int
+    """Held-out examples it was measured on."""
+
+
+class Explanation(View):
+    method: str
+    """``token-pattern``, ``llm`` or ``human``."""
+    text: str
+    explainer: str | None = None
+    created: str
+    scores: list[Score] = []
+    evidence: dict | None = None
+
+
+def unit_explanations(conn: Connection, source_id: int, unit: int) -> list[Explanation]:
+    return [
+        Explanation(
+            method=e.method,
+            text=e.text,
+            explainer=e.explainer,
+            created=e.created,
+            evidence=e.evidence,
+            scores=[
+                Score(
+                    name=k,
+                    value=v["value"],
+                    lo=_finite(v.get("lo")),
+                    hi=_finite(v.get("hi")),
+                    n=v["n"],
+                )
+                for k, v in sorted(e.scores.items())
+            ],
+        )  # fmt: skip
+        for e in storage.get_explanations(conn, source_id, unit)
+    ]
+
+
+def _finite(x) -> float | None:
+    return x if isinstance(x, int | float) and x == x else None
+
+
+T = TypeVar("T", bound=View)
+
+
+def labelled(conn: Connection, model_id: int, links: list[T]) -> list[T]:
+    """Links to units (views with ``source`` and ``index``), each with its label."""
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for link in links:
+        wanted[link.source].add(link.index)
+    labels: dict[tuple[str, int], str] = {}
+    for name, ids in wanted.items():
+        s = storage.get_source(conn, model_id, name)
+        if s is not None:
+            labels |= {(name, u): t for u, t in storage.unit_labels(conn, s.id, ids).items()}
+    return [
+        link.model_copy(update={"explanation": labels.get((link.source, link.index))})
+        for link in links
+    ]
+
+
+class SearchHit(View):
+    source: str
+    index: int
+    url: str
+    explanation: str
+    method: str
+    density: float
+    max_act: float
+
+
+class SearchPage(View):
+    model: str
+    q: str
+    source: str | None = None
+    min_density: float | None = None
+    max_density: float | None = None
+    page: int
+    hits: list[SearchHit]
+    has_next: bool
+    sources: list[str]
+    """Every source of the model (the filter's choices)."""
+
+
+def search_page(
+    conn: Connection,
+    slug: str,
+    q: str,
+    *,
+    source: str | None,
+    min_density: float | None,
+    max_density: float | None,
+    page: int,
+) -> SearchPage:
+    m = storage.get_model(conn, slug)
+    if m is None:
+        raise NotFound(f"no model {slug!r}")
+    names = [s.name for s in storage.list_sources(conn, m.id)]
+    if source is not None and source not in names:
+        raise NotFound(f"no source {source!r} in {slug}")
+    q = q.strip()
+    if len(q) > MAX_QUERY:
+        raise LimitError(f"q: at most {MAX_QUERY} characters", field="q", rule="max_length")
+    hits: list[storage.SearchHit] = []
+    if q:
+        try:
+            hits = storage.search_explanations(
+                conn,
+                m.id,
+                q,
+                source=source,
+                min_density=min_density,
+                max_density=max_density,
+                offset=(page - 1) * SEARCH_PAGE,
+                limit=SEARCH_PAGE + 1,
+            )
+        except ValueError as exc:
+            raise LimitError(f"q: {exc}", field="q", rule="no_words") from None
+    return SearchPage(
+        model=slug,
+        q=q,
+        source=source,
+        min_density=min_density,
+        max_density=max_density,
+        page=page,
+        has_next=len(hits) > SEARCH_PAGE,
+        sources=names,
+        hits=[
+            SearchHit(
+                source=h.source,
+                index=h.unit,
+                url=urls.unit(slug, h.source, h.unit),
+                explanation=h.text,
+                method=h.method,
+                density=h.density,
+                max_act=h.max_act,
+            )
+            for h in hits[:SEARCH_PAGE]
+        ],
+    )
