@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy.dialects.postgresql  # noqa: F401 - registers to_tsvector & co. for func
 from sqlalchemy import (
     DDL,
     Column,

@@ -453,3 +453,30 @@ def test_cli_serve_on_an_unreachable_database_is_one_line(capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("spyglass: error: cannot open the database at postgresql+psycopg://")
     assert ":pw@" not in line
+
+
+# ---- explanations (last: they add to the shared indexes) ---------------------------------
+
+
+def test_explanations_and_search_are_the_same_on_both(indexes, clients):
+    from indexer.explain.run import explain_index
+
+    reports = {name: explain_index(db, SLUG, progress=False) for name, db in indexes.items()}
+    assert reports["sqlite"].explained == reports["postgres"].explained > 0
+    for source in ("0-mlp", "0-res-standard-24"):
+        for unit in range(4):
+            lite, pg = both(clients, f"/{SLUG}/{source}/{unit}.json")
+            assert lite["explanations"] == pg["explanations"]
+            assert lite["correlated"] == pg["correlated"]
+    page = clients["sqlite"].get(f"/{SLUG}/0-mlp/0.json").json()
+    word = next(w for e in page["explanations"] for w in storage.search_terms(e["text"]))
+    hits = []
+    for client in clients.values():
+        got = client.get(f"/{SLUG}/search.json", params={"q": word, "source": "0-mlp"})
+        assert got.status_code == 200, got.text[:300]
+        hits.append({(h["source"], h["index"]) for h in got.json()["hits"]})
+    assert hits[0] and ("0-mlp", 0) in hits[0]
+    for hostile, status in (('NEAR( "x" AND', 200), ("a:* & !b | c", 200), ("'' <-> ()", 422)):
+        for client in clients.values():
+            r = client.get(f"/{SLUG}/search.json", params={"q": hostile})
+            assert r.status_code == status, r.text[:300]
