@@ -180,6 +180,7 @@ def unit_labels(
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+BROAD = 2000
 
 
 def search_terms(query: str) -> list[str]:
@@ -200,8 +201,10 @@ def search_explanations(
     limit: int = 20,
 ) -> list[SearchHit]:
     """Explanations matching every word of ``query`` (the last as a prefix), best ranked
-    first: BM25 on SQLite, ``ts_rank`` on PostgreSQL. Raises ValueError for a query
-    without words."""
+    first: BM25 on SQLite, ``ts_rank`` on PostgreSQL. A query that more than ``BROAD``
+    explanations match (a word most of them hold, or a one-letter prefix) is listed in
+    index order: its ranking would cost a rank per match, and rank nothing. Raises
+    ValueError for a query without words."""
     terms = search_terms(query)
     if not terms:
         raise ValueError("the search has no words to look for")
@@ -227,22 +230,25 @@ def search_explanations(
     if conn.dialect.name == "sqlite":
         fts_table = table("explanations_fts", column("rowid"), column("rank"))
         fts = " ".join(f'"{t}"' for t in terms[:-1]) + f' "{terms[-1]}"*'
-        q = (
-            select(*cols)
-            .select_from(join.join(fts_table, fts_table.c.rowid == explanations.c.id))
-            .where(text("explanations_fts MATCH :fts").bindparams(fts=fts), *where)
-            .order_by(fts_table.c.rank, explanations.c.id)  # FTS5's rank: BM25
-        )
+        match = text("explanations_fts MATCH :fts").bindparams(fts=fts)
+        matches = select(fts_table.c.rowid).select_from(fts_table).where(match)
+        joined = join.join(fts_table, fts_table.c.rowid == explanations.c.id)
+        rank = fts_table.c.rank  # FTS5's rank: BM25
+        by_id = fts_table.c.rowid  # the order FTS5 yields its matches in
     else:
         ts_query = func.to_tsquery(
             literal_column("'english'"), " & ".join(terms[:-1] + [terms[-1] + ":*"])
         )
-        q = (
-            select(*cols)
-            .select_from(join)
-            .where(TSVECTOR.op("@@")(ts_query), *where)
-            .order_by(func.ts_rank(TSVECTOR, ts_query).desc(), explanations.c.id)
-        )
+        match = TSVECTOR.op("@@")(ts_query)
+        matches = select(explanations.c.id).where(match)
+        joined = join
+        rank = func.ts_rank(TSVECTOR, ts_query).desc()
+        by_id = explanations.c.id
+    broad = conn.execute(
+        select(func.count()).select_from(matches.limit(BROAD + 1).subquery())
+    ).scalar()
+    order = (by_id,) if broad > BROAD else (rank, explanations.c.id)
+    q = select(*cols).select_from(joined).where(match, *where).order_by(*order)
     rows = conn.execute(q.offset(offset).limit(limit))
     return [SearchHit(*r) for r in rows]
 
