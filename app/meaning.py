@@ -162,3 +162,24 @@ def search_page(
             for h in hits[:SEARCH_PAGE]
         ],
     )
+
+
+class EmbedOptions(View):
+    """What a unit's embed shows (``?embed=true``; Neuronpedia's embed parameters, each
+    true unless set to false)."""
+
+    embedexplanation: bool = True
+    embedplots: bool = True
+    """The logit tables and the activation histogram."""
+    embedactivations: bool = True
+    """The top activating examples (the first 5)."""
+    embedtest: bool = True
+    """The box to run a text through the unit (``defaulttesttext`` fills it)."""
+    embedsteer: bool = False
+    embedlink: bool = True
+    """A link to the whole unit page."""
+
+
+class UnitEmbed(View):
+    unit: View
+    show: EmbedOptions

@@ -60,7 +60,8 @@
   // A unit page opened from the prompt page carries ?prompt=: fill the live box and run it.
   // (The page itself is the same for every prompt, so the server can cache it.)
   function runCarriedPrompt() {
-    const text = new URLSearchParams(location.search).get("prompt");
+    const query = new URLSearchParams(location.search);
+    const text = query.get("prompt") || query.get("defaulttesttext");  // the latter: embeds
     const box = document.getElementById("prompt-text");
     if (!text || !box || !window.htmx) return;
     box.value = text;

@@ -202,11 +202,28 @@ async def random_unit(model: str, source: str, reader: ReaderDep):
 
 
 @html.get("/{model}/{source}/{index}")
-async def unit_page(request: Request, model: str, source: str, index: str, pages: PagesDep):
+async def unit_page(
+    request: Request,
+    model: str,
+    source: str,
+    index: str,
+    pages: PagesDep,
+    show: Annotated[meaning.EmbedOptions, Query()],
+    embed: bool = False,
+):
     """``?prompt=`` (from the prompt page's links) fills the live box, and the script runs
-    it on load; the page itself is the same for every prompt."""
+    it on load; the page itself is the same for every prompt. ``?embed=true``: the bare
+    version for an iframe, its parts chosen as Neuronpedia's embeds choose them."""
+    if not embed:
+        return await pages.serve(
+            request, "unit.html", views.unit_page, model, source, index, as_json=False
+        )
     return await pages.serve(
-        request, "unit.html", views.unit_page, model, source, index, as_json=False
+        request,
+        "unit_embed.html",
+        lambda conn: meaning.UnitEmbed(unit=views.unit_page(conn, model, source, index), show=show),
+        as_json=False,
+        query=("embed", *show.model_dump().values()),
     )
 
 
