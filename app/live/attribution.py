@@ -3,7 +3,7 @@ MLP layer, the top neurons and the top latents of each indexed SAE."""
 
 from __future__ import annotations
 
-from app import urls
+from app import meaning, urls
 from app.live.schema import (
     AttributionRequest,
     AttributionResult,
@@ -83,6 +83,18 @@ async def attribution(
         mlp_source = f"{layer}-mlp"
         url = urls.source(slug, mlp_source) if mlp_source in indexed else None
         components.append(Part(label=f"MLP {layer}", value=mlp, url=url))
+    neuron_parts = [
+        Part(label=f"{s}/{i}", value=v, url=link(s, i), source=s, index=i) for s, i, v in neurons
+    ]
+    latent_parts = [
+        Part(label=f"{s}/{i}", value=v, url=link(s, i), source=s, index=i) for s, i, v in latents
+    ]
+    neuron_parts, latent_parts = await reader.run(
+        lambda conn: (
+            meaning.labelled(conn, m.id, neuron_parts),
+            meaning.labelled(conn, m.id, latent_parts),
+        )
+    )
     return result.model_copy(
         update={
             "tokens": texts,
@@ -95,7 +107,7 @@ async def attribution(
             "scale": a.scale,
             "components": components,
             "heads": a.heads.tolist(),
-            "neurons": [Part(label=f"{s}/{i}", value=v, url=link(s, i)) for s, i, v in neurons],
-            "latents": [Part(label=f"{s}/{i}", value=v, url=link(s, i)) for s, i, v in latents],
+            "neurons": neuron_parts,
+            "latents": latent_parts,
         }
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from app import index_cache, urls, views
+from app import index_cache, meaning, urls, views
 from app.live.schema import (
     PREVIEW_AFTER,
     PREVIEW_BEFORE,
@@ -90,7 +90,18 @@ async def prompt_units(
         )
         for p, fired in enumerate(per_token)
     ]
+    tokens = await reader.run(_labelled_tokens, m.id, tokens)
     return result.model_copy(update={"top": top_units, "tokens": tokens})
+
+
+def _labelled_tokens(conn: Connection, model_id: int, tokens: list[TokenUnits]):
+    """Each token's units with their labels, read in one pass."""
+    flat = meaning.labelled(conn, model_id, [u for t in tokens for u in t.units])
+    out, at = [], 0
+    for t in tokens:
+        out.append(t.model_copy(update={"units": flat[at : at + len(t.units)]}))
+        at += len(t.units)
+    return out
 
 
 def _describe(
@@ -127,4 +138,4 @@ def _describe(
                 preview=preview,
             )
         )
-    return out
+    return meaning.labelled(conn, m.id, out)

@@ -192,6 +192,8 @@ class FiringUnit(views.View):
     """The unit's max over the indexed corpus."""
     preview: views.Example | None = None
     """A few tokens around the unit's top corpus example."""
+    explanation: str | None = None
+    """Its label (``storage.METHOD_RANK``)."""
 
 
 class TokenUnits(views.View):
@@ -312,6 +314,7 @@ class SteeredUnit(views.View):
     mode: str
     strength: float
     url: str
+    explanation: str | None = None
 
 
 class Completion(views.View):
@@ -380,6 +383,10 @@ class Part(views.View):
     label: str
     value: float
     url: str | None = None
+    source: str | None = None
+    """For a neuron or latent: its source and index, and its label."""
+    index: int | None = None
+    explanation: str | None = None
 
 
 class AttributionResult(views.View):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from app import urls, views
+from app import meaning, urls, views
 from app.live.schema import (
     DEFAULT_NEW_TOKENS,
     Completion,
@@ -115,12 +115,14 @@ async def steer_units(
         (i for i, (a, b) in enumerate(zip(default_ids, steered_ids, strict=False)) if a != b),
         None if len(default_ids) == len(steered_ids) else min(len(default_ids), len(steered_ids)),
     )
+    steered_units = [
+        SteeredUnit(**u.model_dump(), url=urls.unit(slug, u.source, u.index)) for u in req.units
+    ]
+    steered_units = await reader.run(meaning.labelled, m.id, steered_units)
     return MultiSteerResult(
         model=slug,
         prompt=req.prompt,
-        units=[
-            SteeredUnit(**u.model_dump(), url=urls.unit(slug, u.source, u.index)) for u in req.units
-        ],
+        units=steered_units,
         positions=req.positions,
         max_new_tokens=n_new,
         temperature=req.temperature,

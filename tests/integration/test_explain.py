@@ -186,6 +186,27 @@ def test_search_pages_and_bad_input(explained, client, tiny_index):
     assert bad.status_code == 422
 
 
+def test_live_views_label_their_units(explained, client, tiny_index):
+    slug = tiny_index.slug
+    labels = _labels(explained[0], slug)
+    text = "The cat sat on the mat, and the dog sat by the door."
+    fired = client.post(f"/api/{slug}/prompt", json={"text": text}).json()
+    units = fired["top"] + [u for t in fired["tokens"] for u in t["units"]]
+    assert units and any(u["explanation"] for u in units)
+    for u in units:
+        assert u["explanation"] == labels[u["source"]].get(u["index"])
+    assert 'class="label"' in client.get(f"/{slug}/prompt", params={"text": text}).text
+    attr = client.post(f"/api/{slug}/attribution", json={"text": text}).json()
+    assert attr["neurons"]
+    for p in attr["neurons"] + attr["latents"]:
+        assert p["explanation"] == labels[p["source"]].get(p["index"])
+    name, unit = next((n, u) for n, ls in labels.items() for u in sorted(ls))
+    body = {"prompt": "The", "units": [{"source": name, "index": unit, "strength": 1.0}],
+            "max_new_tokens": 2}  # fmt: skip
+    steered = client.post(f"/api/{slug}/steer", json=body).json()
+    assert steered["units"][0]["explanation"] == labels[name][unit]
+
+
 def test_a_label_added_later_shows_first_without_a_restart(explained, client, tiny_index):
     db, _ = explained
     slug = tiny_index.slug
