@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from app import views
+from app.labels import LabelsUnavailable
 from app.live.schema import LimitError
 from app.model_service import ModelUnavailable, ServiceBusy
 from app.render import templates
@@ -40,6 +41,7 @@ class ErrorResponse(BaseModel):
 _STATUS_DOC = {
     400: "Malformed request: the body is not valid JSON.",
     404: "No such model, source, unit, sequence or example.",
+    403: "This server does not accept labels (SPYGLASS_LABELS=false).",
     413: "The request body is larger than the server accepts.",
     422: "An input breaks the schema or a documented cap; `errors` names the field and rule.",
     503: "The model is busy (queue full; see Retry-After) or cannot be loaded here.",
@@ -53,6 +55,7 @@ def responses(*statuses: int) -> dict:
 
 PAGE_ERRORS = responses(404, 422)
 LIVE_ERRORS = responses(400, 404, 413, 422, 503)
+LABEL_ERRORS = responses(400, 403, 404, 413, 422, 503)
 
 
 def error(request: Request, status: int, detail: str, errors: list[FieldError], headers=None):
@@ -113,6 +116,11 @@ def install(app: FastAPI) -> None:
             message = f"{field}: {err['msg']}" if field else err["msg"]
             errors.append(FieldError(field=field, rule=err["type"], message=message))
         return error(request, 422, "; ".join(e.message for e in errors), errors)
+
+    @app.exception_handler(LabelsUnavailable)
+    async def labels_unavailable(request: Request, exc: LabelsUnavailable):
+        msg = str(exc)
+        return error(request, 503, msg, [FieldError(field=None, rule="read_only", message=msg)])
 
     @app.exception_handler(ModelUnavailable)
     async def unavailable(request: Request, exc: ModelUnavailable):

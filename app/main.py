@@ -10,10 +10,12 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from app import errors
 from app.body_limit import BodyLimit
+from app.labels import LabelStore
 from app.model_service import ModelService
 from app.page_cache import PageCache
 from app.reader import make_reader
 from app.render import ROOT, CachedPages, PageServer
+from app.routes import labels as label_routes
 from app.routes import live as live_routes
 from app.routes import pages
 from app.static import CompressedStatic
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             sys.setswitchinterval(switch)
             reader.engine.dispose()
+            app.state.labels.close()
 
     app = FastAPI(
         title="Spyglass",
@@ -72,8 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.reader = reader
     app.state.pages = PageServer(reader, PageCache(settings.page_cache_mb * 2**20))
     app.state.models = service
+    app.state.labels = LabelStore(settings.db)
     app.mount("/static", CompressedStatic(directory=ROOT / "static"), name="static")
     app.include_router(live_routes.api)
+    app.include_router(label_routes.api)
     app.include_router(live_routes.twins)
     app.include_router(live_routes.fragments)
     app.include_router(pages.router)

@@ -37,6 +37,11 @@ def search(slug: str, **query: str | int) -> str:
     return f"{url}?{urlencode(query)}" if query else url
 
 
+def labels(slug: str, name: str, index: int) -> str:
+    """Where a label of the unit is posted."""
+    return f"/api{source(slug, name)}/{index}/labels"
+
+
 def random_unit(slug: str, name: str) -> str:
     return f"{source(slug, name)}/random"
 

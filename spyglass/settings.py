@@ -50,3 +50,6 @@ class Settings(BaseSettings):
     """Memory for rendered pages (kept compressed and plain) per server process."""
     max_body_bytes: int = 65536
     """Largest request body accepted; larger ones get 413."""
+    labels: bool = True
+    """Accept people's labels of units (``POST /api/{model}/{source}/{index}/labels``),
+    written through an engine of the server's own; false answers 403."""

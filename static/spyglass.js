@@ -67,6 +67,22 @@
     box.value = text;
     htmx.trigger("#prompt-form", "carried");
   }
+  // The unit page's label form posts JSON; on success the page reloads with the label.
+  document.addEventListener("submit", async (ev) => {
+    const form = ev.target.closest && ev.target.closest("#label-form");
+    if (!form) return;
+    ev.preventDefault();
+    const error = document.getElementById("label-error");
+    error.textContent = "";
+    const body = Object.fromEntries(new FormData(form).entries());
+    try {
+      const r = await fetch(form.dataset.url, {
+        method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+      });
+      if (r.status === 201) { location.reload(); return; }
+      error.textContent = (await r.json()).detail || ("error " + r.status);
+    } catch (e) { error.textContent = "could not reach the server"; }
+  });
   document.addEventListener("DOMContentLoaded", () => {
     shadeTokens(document); drawPlots(document); runCarriedPrompt();
   });

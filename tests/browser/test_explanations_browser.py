@@ -95,3 +95,28 @@ def test_a_unit_embedded_in_an_iframe(page, base_url, explained_unit, console_er
     assert frame.locator("#live-result .tok[data-v]").count() == expected
     assert frame.locator("#full-page").get_attribute("href") == f"/tiny/{SOURCE}/{n}"
     assert console_errors == []
+
+
+def test_a_person_adds_a_label_from_the_unit_page(page, base_url, console_errors):
+    page.goto(f"/tiny/{SOURCE}/4")
+    page.locator("#add-label summary").click()
+    page.fill("#label-form input[name=text]", "")
+    page.fill("#label-form input[name=author]", "ada")
+    page.locator("#label-form button[type=submit]").click()  # the browser refuses: required
+    assert page.locator("#explanation .method").all_text_contents() != ["human"]
+    page.fill("#label-form input[name=text]", "x" * 20)
+    page.evaluate("document.querySelector('#label-form input[name=text]').value = ' '")
+    page.locator("#label-form").evaluate("f => f.requestSubmit()")
+    page.locator("#label-error", has_text="text").wait_for()  # the server's 422, shown
+    page.fill("#label-form input[name=text]", "fires at the start of a line")
+    with page.expect_navigation():
+        page.locator("#label-form button[type=submit]").click()
+    top = page.locator("#explanation")
+    assert top.locator(".method").inner_text().lower() == "human"
+    assert "fires at the start of a line" in top.inner_text()
+    assert get_json(f"{base_url}/tiny/{SOURCE}/4.json")["explanations"][0]["explainer"] == "ada"
+    page.goto(f"/tiny/{SOURCE}?sort=index&order=asc")
+    assert page.locator("#units tbody tr").nth(4).locator(".label").get_attribute("title") == (
+        "fires at the start of a line"
+    )
+    assert console_errors == [] or all("422" in e for e in console_errors)

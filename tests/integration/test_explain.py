@@ -224,3 +224,42 @@ def test_a_label_added_later_shows_first_without_a_restart(explained, client, ti
     assert after[0]["text"] == "a person's label" and after[1:] == before
     found = client.get(f"/{slug}/search.json", params={"q": "person"}).json()["hits"]
     assert [(h["source"], h["index"]) for h in found] == [(name, unit)]
+
+
+def test_a_person_labels_a_unit_through_the_api(explained, client, tiny_index, tmp_path):
+    slug = tiny_index.slug
+    url = f"/api/{slug}/0-mlp/2/labels"
+    made = client.post(url, json={"text": "  fires on   cats ", "author": "ada"})
+    assert made.status_code == 201, made.text
+    assert made.json()["text"] == "fires on cats" and made.json()["explainer"] == "ada"
+    page = client.get(f"/{slug}/0-mlp/2.json").json()["explanations"]
+    assert page[0]["method"] == "human" and page[0]["text"] == "fires on cats"
+    assert any(e["method"] == "token-pattern" for e in page[1:]) or len(page) == 1
+    hits = client.get(f"/{slug}/search.json", params={"q": "cats"}).json()["hits"]
+    assert ("0-mlp", 2) in {(h["source"], h["index"]) for h in hits}
+    for body, field in (
+        ({"text": " ", "author": "ada"}, "text"),
+        ({"text": "x" * 501, "author": "ada"}, "text"),
+        ({"text": "ok", "author": ""}, "author"),
+        ({"text": "ok", "author": "ada", "score": 1}, "score"),
+    ):
+        r = client.post(url, json=body)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, r.text
+    assert (
+        client.post(
+            f"/api/{slug}/0-mlp/99999/labels", json={"text": "a", "author": "b"}
+        ).status_code
+        == 404
+    )
+    assert (
+        client.post(f"/api/{slug}/nope/0/labels", json={"text": "a", "author": "b"}).status_code
+        == 404
+    )
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from spyglass.settings import Settings
+
+    with TestClient(create_app(Settings(db=explained[0], labels=False))) as off:
+        assert off.post(url, json={"text": "a", "author": "b"}).status_code == 403

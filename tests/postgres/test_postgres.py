@@ -340,6 +340,8 @@ def test_a_select_only_role_serves_but_cannot_index(postgres_server, indexes):
     url = f"postgresql+psycopg://viewer@127.0.0.1:{postgres_server.port}/compare"
     with TestClient(create_app(Settings(db=url))) as viewer:
         assert viewer.get(f"/{SLUG}/0-mlp/3.json").status_code == 200
+        label = viewer.post(f"/api/{SLUG}/0-mlp/3/labels", json={"text": "a", "author": "b"})
+        assert label.status_code == 503 and "cannot be stored" in label.json()["detail"]
     postgres_server.create_database("viewer_cannot_create")
     with pytest.raises(storage.DatabaseUnavailable, match="cannot create tables in .*denied"):
         storage.make_engine(url.replace("/compare", "/viewer_cannot_create"), create=True)

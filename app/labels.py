@@ -1,0 +1,81 @@
+"""People's labels of units: the one write the server makes.
+
+The reader's engine refuses writes, so labels go through an engine of their own, opened
+on the first label. A label is an explanation with method ``human``, its author and time:
+it is added beside the generated ones, never in their place, and labels the unit from then
+on (``storage.METHOD_RANK``). The page cache sees the new row at once (the index's
+identity counts explanations), so the next view of any page shows it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pydantic import Field, field_validator
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from app.live.schema import Request
+from app.meaning import Explanation, unit_explanations
+from app.view_base import NotFound
+from spyglass import storage
+
+MAX_LABEL = 500
+MAX_AUTHOR = 80
+
+
+class LabelRequest(Request):
+    text: str = Field(description=f"The label, 1 to {MAX_LABEL} characters.")
+    author: str = Field(description=f"Who gives it, 1 to {MAX_AUTHOR} characters.")
+
+    @field_validator("text", "author")
+    @classmethod
+    def _trimmed(cls, value: str, info) -> str:
+        value = " ".join(value.split())  # one line, single spaces
+        most = MAX_LABEL if info.field_name == "text" else MAX_AUTHOR
+        if not value:
+            raise ValueError("must not be empty")
+        if len(value) > most:
+            raise ValueError(f"at most {most} characters")
+        return value
+
+
+class LabelsUnavailable(Exception):
+    """The index cannot take a label here (a read-only file or role); answered 503."""
+
+
+class LabelStore:
+    def __init__(self, target: str):
+        self.target = target
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def _writer(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                try:  # creates the explanation tables in an index written before them
+                    self._engine = storage.make_engine(self.target, create=True)
+                except storage.DatabaseUnavailable as exc:
+                    raise LabelsUnavailable(f"labels cannot be stored here: {exc}") from None
+            return self._engine
+
+    def add(self, slug: str, source: str, index: str, req: LabelRequest) -> Explanation:
+        """Store the label (on a worker thread); the unit's newest label comes back."""
+        try:
+            with self._writer().begin() as conn:
+                m = storage.get_model(conn, slug)
+                s = storage.get_source(conn, m.id, source) if m else None
+                unit = int(index) if index.isdigit() else -1
+                if s is None or not 0 <= unit < s.n_units:
+                    raise NotFound(f"no unit {source}/{index} in {slug}")
+                row = {"unit": unit, "method": "human", "settings": "", "text": req.text}
+                storage.add_explanations(conn, s.id, [row | {"explainer": req.author}])
+            with self._writer().connect() as conn:
+                return unit_explanations(conn, s.id, unit)[0]
+        except DBAPIError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise LabelsUnavailable(f"labels cannot be stored here: {reason}") from None
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
