@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
-from app import urls
+from app import index_cache, urls
 from app.view_base import LimitError, NotFound, View
 from spyglass import storage
 
@@ -87,15 +87,23 @@ class SearchHit(View):
     source: str
     index: int
     url: str
-    explanation: str
-    method: str
+    explanation: str | None = None
+    """The matching explanation (text search), or the unit's label (token search)."""
+    method: str | None = None
     density: float
     max_act: float
+    token: str | None = None
+    """Token search: the token matched."""
+    weight: float | None = None
+    """Token search: the share of the unit's top examples on the token (``fires``), or
+    its effect on the token's logit (``promotes``, ``suppresses``)."""
 
 
 class SearchPage(View):
     model: str
     q: str
+    token: str = ""
+    effect: str = "fires"
     source: str | None = None
     min_density: float | None = None
     max_density: float | None = None
@@ -115,6 +123,8 @@ def search_page(
     min_density: float | None,
     max_density: float | None,
     page: int,
+    token: str = "",
+    effect: str = "fires",
 ) -> SearchPage:
     m = storage.get_model(conn, slug)
     if m is None:
@@ -122,6 +132,8 @@ def search_page(
     names = [s.name for s in storage.list_sources(conn, m.id)]
     if source is not None and source not in names:
         raise NotFound(f"no source {source!r} in {slug}")
+    if token:
+        return _token_search(conn, m, names, token, effect, source, page)
     q = q.strip()
     if len(q) > MAX_QUERY:
         raise LimitError(f"q: at most {MAX_QUERY} characters", field="q", rule="max_length")
@@ -183,3 +195,49 @@ class EmbedOptions(View):
 class UnitEmbed(View):
     unit: View
     show: EmbedOptions
+
+
+def _token_search(conn, m, names, token, effect, source, page) -> SearchPage:
+    """Units whose top examples sit on ``token`` (``fires``), or that promote or suppress
+    it most, from the token index the indexer wrote. The token is a vocabulary entry's
+    exact text, or else every entry equal to it after trimming and case folding."""
+    if len(token) > MAX_QUERY:
+        raise LimitError(f"token: at most {MAX_QUERY} characters", field="token", rule="max_length")
+    vocab = index_cache.vocabulary(conn, m)
+    ids = [i for i, t in vocab.items() if t == token]
+    if not ids:
+        wanted = token.strip().casefold()
+        ids = [i for i, t in vocab.items() if t.strip().casefold() == wanted]
+    if not ids:
+        raise LimitError(
+            f"token: {token!r} is not in the model's vocabulary", field="token", rule="vocab"
+        )
+    found = storage.units_for_tokens(conn, m.id, ids, effect, source=source)
+    shown = found[(page - 1) * SEARCH_PAGE : page * SEARCH_PAGE]
+    by_name = {s.name: s for s in storage.list_sources(conn, m.id)}
+    hits = []
+    for h in shown:
+        row = storage.get_unit(conn, by_name[h.source].id, h.unit)
+        hits.append(
+            SearchHit(
+                source=h.source,
+                index=h.unit,
+                url=urls.unit(m.slug, h.source, h.unit),
+                density=row.density,
+                max_act=row.max_act,
+                token=vocab[h.token_id],
+                weight=h.weight,
+            )
+        )
+    hits = labelled(conn, m.id, hits)
+    return SearchPage(
+        model=m.slug,
+        q="",
+        token=token,
+        effect=effect,
+        source=source,
+        page=page,
+        has_next=len(found) > page * SEARCH_PAGE,
+        sources=names,
+        hits=hits,
+    )

@@ -38,6 +38,7 @@ from indexer.config import Plan
 from indexer.corpus import iter_sequences
 from indexer.pipeline import IndexConfig, PassStats
 from indexer.stats import return_freed_memory
+from indexer.token_index import CorpusGrid
 from indexer.write import PhaseClock, write_sources
 from spyglass import storage
 from spyglass.model import load_model, mlp_hook
@@ -164,7 +165,9 @@ def main() -> None:
                 )
                 plan = Plan(cfg, model, [st.source for st in stats], {})
                 parts = [[{st.source.name: st.state_dict() for st in stats}]]
-                for _ in write_sources(conn, mid, plan, parts, clock):
+                corpus = CorpusGrid(args.seq_len)
+                corpus.add((i, "", 0, s.tokens) for i, s in enumerate(seqs))
+                for _ in write_sources(conn, mid, plan, parts, clock, corpus):
                     pass
             engine.dispose()
             return time.perf_counter() - t0, (Path(tmp) / "bench.db").stat().st_size

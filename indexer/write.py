@@ -32,6 +32,7 @@ from indexer.correlation import StreamingCorrelation
 from indexer.interval_choice import choose_intervals
 from indexer.intervals import SAMPLE_AFTER, SAMPLE_BEFORE, IntervalState
 from indexer.stats import merge_source_states, return_freed_memory, unit_range
+from indexer.token_index import CorpusGrid, TokenUnits
 from spyglass import storage
 from spyglass.model import Model
 from spyglass.sources import Source
@@ -87,12 +88,14 @@ def write_index(
                 top_k=cfg.top_k,
                 options=json.dumps(plan.options) if plan.options else None,
             )
+            corpus = CorpusGrid(cfg.seq_len)
             with clock("insert"):
                 for chunks in sequences:
                     for rows in chunks:
                         storage.add_sequences(conn, model_id, rows)
+                        corpus.add(rows)
                 storage.add_vocab(conn, model_id, model.token_strings(range(model.d_vocab)))
-            report.sources += write_sources(conn, model_id, plan, parts, clock)
+            report.sources += write_sources(conn, model_id, plan, parts, clock, corpus)
             report.seconds = progress.seconds + time.perf_counter() - started
             report.write_seconds = dict(clock.seconds)
             storage.finish_model(
@@ -123,12 +126,18 @@ def collector_paused():
 
 
 def write_sources(
-    conn, model_id: int, plan: Plan, parts: list[list[dict[str, dict]]], clock: PhaseClock
+    conn,
+    model_id: int,
+    plan: Plan,
+    parts: list[list[dict[str, dict]]],
+    clock: PhaseClock,
+    corpus: CorpusGrid | None = None,
 ) -> Iterator[str]:
     """Every source of the plan, one after the other (``write_source``), each name yielded
     once written. ``parts[j]`` holds slice j of every source's units as the states of its
     token shards; a source's states are taken out of them as it is written. The logit
-    summaries are worked out a block ahead (``logit_cache.ahead``)."""
+    summaries are worked out a block ahead (``logit_cache.ahead``). ``corpus``: the
+    sequences' tokens, for the token index (``indexer.token_index``)."""
     n_slices = len(parts)
     blocks = (
         src.directions(plan.model)[lo:hi]
@@ -139,7 +148,7 @@ def write_sources(
     quiet = not plan.cfg.progress
     for src in tqdm(plan.sources, desc="writing", unit="source", disable=quiet):
         slices = [[shard.pop(src.name) for shard in part] for part in parts]
-        write_source(conn, model_id, src, slices, plan, clock, logits)  # freed once written
+        write_source(conn, model_id, src, slices, plan, clock, logits, corpus)  # then freed
         del slices
         return_freed_memory()
         yield src.name
@@ -165,6 +174,7 @@ def write_source(
     plan: Plan,
     clock: PhaseClock,
     logits: Iterator[dict] | None = None,
+    corpus: CorpusGrid | None = None,
 ) -> None:
     """The source's row, one row per unit, and its examples. ``slices[j]``: the states of
     slice j of its units from each token shard. A slice is merged and written
@@ -176,10 +186,10 @@ def write_source(
         blocks = (directions[lo:hi] for lo, hi in write_blocks(src.n_units, len(slices)))
         logits = logit_cache.ahead(plan.model, blocks)
     with collector_paused():
-        _write_source(conn, model_id, src, slices, plan, clock, logits)
+        _write_source(conn, model_id, src, slices, plan, clock, logits, corpus)
 
 
-def _write_source(conn, model_id, src, slices, plan, clock, logits) -> None:
+def _write_source(conn, model_id, src, slices, plan, clock, logits, corpus) -> None:
     cfg, model = plan.cfg, plan.model
     source_id = storage.add_source(
         conn,
@@ -219,6 +229,7 @@ def _write_source(conn, model_id, src, slices, plan, clock, logits) -> None:
     many = src.n_units > WRITE_UNITS
     if near.decoder is not None:
         return_freed_memory()
+    by_token = TokenUnits()
     for j, part in enumerate(slices):
         with clock("statistics"):
             # The state itself: the streamers' arrays would be a second copy of it.
@@ -230,6 +241,13 @@ def _write_source(conn, model_id, src, slices, plan, clock, logits) -> None:
             with clock("logit effects"):
                 arrays = next(logits)
             rows = _unit_rows(state, first, lo, hi, plan, arrays, near, log, clock)
+            with clock("token index"):
+                by_token.add_logits(lo, arrays)
+                if corpus is not None:
+                    ex = rows[4]
+                    by_token.add_examples(
+                        ex.unit, corpus.tokens(ex.sequence_id, ex.position), cfg.top_k
+                    )
             with clock("insert"):
                 storage.add_units(conn, source_id, *rows[:4], first=lo)
                 storage.add_examples(conn, source_id, rows[4])
@@ -238,6 +256,8 @@ def _write_source(conn, model_id, src, slices, plan, clock, logits) -> None:
             if many:
                 return_freed_memory()
         del state
+    with clock("token index"):
+        storage.add_token_units(conn, source_id, by_token.rows())
 
 
 @dataclass

@@ -299,3 +299,15 @@ def save_random_topk_sae(out: Path, *, hook: str, d_in: int, width: int, k: int,
     cfg = SaeConfig(architecture="topk", d_in=d_in, d_sae=width, hook_name=hook, k=k)
     save_sae(Sae(cfg, tensors), out)
     return tensors
+
+
+def copy_index(db: str, folder) -> str:
+    """A copy of the SQLite index ``db`` in ``folder`` (SQLite's backup: the WAL included),
+    for tests that write to it (explanations, labels) while others read the original."""
+    import sqlite3
+    from pathlib import Path
+
+    out = Path(folder) / Path(db).name
+    with sqlite3.connect(db) as src, sqlite3.connect(out) as dst:
+        src.backup(dst)
+    return str(out)

@@ -41,6 +41,13 @@ class SearchQuery(BaseModel):
     min_density: float | None = Field(None, ge=0, le=1)
     max_density: float | None = Field(None, ge=0, le=1)
     page: int = Field(1, ge=1, le=10**6)
+    token: str = Field(
+        "",
+        description="Instead of words: a token's exact text (else matched trimmed and "
+        "case-folded); finds the units whose top examples sit on it, or with `effect`, "
+        "the units that promote or suppress it most.",
+    )
+    effect: Literal["fires", "promotes", "suppresses"] = "fires"
 
     @field_validator("source", "min_density", "max_density", mode="before")
     @classmethod
@@ -163,6 +170,8 @@ async def _search(request, model, pages, search: SearchQuery, as_json):
             min_density=search.min_density,
             max_density=search.max_density,
             page=search.page,
+            token=search.token,
+            effect=search.effect,
         ),
         as_json=as_json,
         query=tuple(search.model_dump().values()),

@@ -44,6 +44,8 @@ __all__ = [
     "samples",
     "explanations",
     "explain_failures",
+    "token_units",
+    "TOKEN_BLOCK",
     "SLUG",
     "RESERVED",
     "DatabaseUnavailable",
@@ -234,7 +236,20 @@ explain_failures = Table(
     Column("created", String(40), nullable=False),
 )
 
-_CHILDREN = (explanations, explain_failures, examples, samples, units)  # keyed by source_id
+token_units = Table(
+    "token_units",
+    metadata,
+    Column("source_id", ForeignKey("sources.id"), primary_key=True),
+    Column("effect", String(20), primary_key=True),  # fires, promotes or suppresses
+    Column("block", Integer, primary_key=True, autoincrement=False),  # token_id // TOKEN_BLOCK
+    # Sorted by token: int32 token ids, int32 units, float32 weights (indexer.token_index).
+    Column("tokens", LargeBinary, nullable=False),
+    Column("units", LargeBinary, nullable=False),
+    Column("weights", LargeBinary, nullable=False),
+)
+TOKEN_BLOCK = 1024
+
+_CHILDREN = (explanations, explain_failures, token_units, examples, samples, units)
 _MODEL_CHILDREN = (vocab, sequences)  # keyed by model_id
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RESERVED = {"api", "static", "docs", "redoc", "openapi.json", "sequences", "healthz"}

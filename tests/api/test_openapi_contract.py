@@ -13,6 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from index_checks import copy_index
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -37,10 +38,12 @@ _calls: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def api_schema(tiny_index):
+def api_schema(tiny_index, tmp_path_factory):
     # Small caps so generated prompts and generations hit them, and a queue that never
-    # refuses (this test calls one request at a time).
-    capped = Settings(db=tiny_index.db, max_new_tokens=8, max_prompt_tokens=24, request_timeout=120)
+    # refuses (this test calls one request at a time). A copy of the index: the fuzzed
+    # label operation writes to it.
+    db = copy_index(tiny_index.db, tmp_path_factory.mktemp("api-index"))
+    capped = Settings(db=db, max_new_tokens=8, max_prompt_tokens=24, request_timeout=120)
     with serve(capped) as base:
         yield _schema(base, tiny_index.slug)
 

@@ -3,10 +3,10 @@ unit links, and a unit embedded in an iframe, over an explained copy of the tiny
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 
 import pytest
+from index_checks import copy_index
 from served import get_json, serve
 
 from indexer.explain.run import explain_index
@@ -19,11 +19,9 @@ SOURCE = "0-mlp"
 
 @pytest.fixture(scope="module")
 def base_url(tiny_index, tmp_path_factory) -> Iterator[str]:
-    db = tmp_path_factory.mktemp("explained-browser") / "tiny.db"
-    with sqlite3.connect(tiny_index.db) as src, sqlite3.connect(db) as dst:
-        src.backup(dst)
-    explain_index(str(db), "tiny", progress=False)
-    with serve(Settings(db=str(db))) as url:
+    db = copy_index(tiny_index.db, tmp_path_factory.mktemp("explained-browser"))
+    explain_index(db, "tiny", progress=False)
+    with serve(Settings(db=db)) as url:
         yield url
 
 

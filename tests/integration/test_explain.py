@@ -4,12 +4,11 @@ nothing."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 
 import numpy as np
 import pytest
-from index_checks import read_index
+from index_checks import copy_index, read_index
 
 from cli.parser import main as cli_main
 from indexer.explain import run
@@ -19,11 +18,9 @@ from spyglass import storage
 @pytest.fixture(scope="module")
 def explained(tiny_index, tmp_path_factory):
     """A copy of the tiny index, explained (the shared one stays as indexed)."""
-    db = tmp_path_factory.mktemp("explained") / "tiny.db"
-    with sqlite3.connect(tiny_index.db) as src, sqlite3.connect(db) as dst:
-        src.backup(dst)
-    report = run.explain_index(str(db), tiny_index.slug, progress=False)
-    return str(db), report
+    db = copy_index(tiny_index.db, tmp_path_factory.mktemp("explained"))
+    report = run.explain_index(db, tiny_index.slug, progress=False)
+    return db, report
 
 
 def _all(db, slug):
@@ -263,3 +260,59 @@ def test_a_person_labels_a_unit_through_the_api(explained, client, tiny_index, t
 
     with TestClient(create_app(Settings(db=explained[0], labels=False))) as off:
         assert off.post(url, json={"text": "a", "author": "b"}).status_code == 403
+
+
+def test_token_search_equals_the_stored_examples_and_logits(client, tiny_index):
+    """Every unit whose top examples sit on the token, with the share of its top_k, and
+    every unit with the token among its top (bottom) logit effects: recounted from the
+    stored pages."""
+    slug = tiny_index.slug
+    stored = read_index(tiny_index.db, slug)
+    k = stored.model.top_k
+    vocab = client.get(f"/{slug}/sequences/0.json").json()
+    seqs = stored.sequences
+    counts: dict[int, Counter] = {}
+    for src in stored.sources:
+        for u, examples in enumerate(stored.examples[src.layer]):
+            for e in examples:
+                if e.value > 0:
+                    counts.setdefault(seqs[e.sequence_id].tokens[e.position], Counter())[
+                        (src.name, u)
+                    ] += 1
+    token_id = max(counts, key=lambda t: len(counts[t]))
+    text = dict(zip(vocab["token_ids"], vocab["tokens"], strict=False)).get(token_id)
+    if text is None:  # the token's text, from any unit page that shows it
+        engine = storage.make_engine(tiny_index.db)
+        with engine.connect() as conn:
+            text = storage.token_texts(conn, stored.model.id, [token_id])[token_id]
+        engine.dispose()
+    hits, page = [], 1
+    while True:
+        got = client.get(f"/{slug}/search.json", params={"token": text, "page": page}).json()
+        hits += got["hits"]
+        if not got["has_next"]:
+            break
+        page += 1
+    same_text = {h["token"] for h in hits} == {text}
+    assert same_text
+    assert {(h["source"], h["index"]): h["weight"] for h in hits} == pytest.approx(
+        {unit: c / k for unit, c in counts[token_id].items()}
+    )
+    weights = [h["weight"] for h in hits]
+    assert weights == sorted(weights, reverse=True)
+    for effect, side in (("promotes", "top"), ("suppresses", "bottom")):
+        expect = {
+            (src.name, u.idx): dict(u.logits[side])[token_id]
+            for src in stored.sources
+            for u in stored.units[src.layer]
+            if token_id in dict(u.logits[side])
+        }
+        got = client.get(
+            f"/{slug}/search.json", params={"token": text, "effect": effect, "page": 1}
+        ).json()
+        assert len(got["hits"]) == min(20, len(expect))
+        for h in got["hits"]:
+            assert h["weight"] == pytest.approx(expect[(h["source"], h["index"])], abs=1e-4)
+    bad = client.get(f"/{slug}/search.json", params={"token": "no such token \u2603"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "token"
+    assert client.get(f"/{slug}/search", params={"token": text}).status_code == 200
