@@ -212,7 +212,10 @@ def _token_search(conn, m, names, token, effect, source, page) -> SearchPage:
         raise LimitError(
             f"token: {token!r} is not in the model's vocabulary", field="token", rule="vocab"
         )
-    found = storage.units_for_tokens(conn, m.id, ids, effect, source=source)
+    try:
+        found = storage.units_for_tokens(conn, m.id, ids, effect, source=source)
+    except LookupError as exc:
+        raise LimitError(f"token: {exc}", field="token", rule="no_token_index") from None
     shown = found[(page - 1) * SEARCH_PAGE : page * SEARCH_PAGE]
     by_name = {s.name: s for s in storage.list_sources(conn, m.id)}
     hits = []

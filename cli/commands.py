@@ -298,6 +298,8 @@ def _remove_outdated_demo_index(db: str) -> None:
 
 def _indexed_saes(db: str, slug: str) -> set[str] | None:
     """The SAE folders indexed for ``slug`` in ``db``; None when there is no such index."""
+    from sqlalchemy import inspect
+
     from spyglass import storage
 
     try:
@@ -307,8 +309,8 @@ def _indexed_saes(db: str, slug: str) -> set[str] | None:
     try:
         with engine.connect() as conn:
             model = storage.get_model(conn, slug)
-            if model is None:
-                return None
+            if model is None or not inspect(conn).has_table(storage.token_units.name):
+                return None  # none, or one written before the token index: index again
             return {s.sae for s in storage.list_sources(conn, model.id) if s.sae}
     except Exception:  # noqa: BLE001 - an unreadable or foreign file simply has no index
         return None

@@ -18,6 +18,7 @@ from sqlalchemy import (
     column,
     func,
     insert,
+    inspect,
     literal_column,
     select,
     table,
@@ -56,6 +57,21 @@ __all__ = [
 METHOD_RANK = {"human": 0, "llm": 1, "token-pattern": 2}
 """Which explanation labels a unit where it is linked: a person's first, then an LLM's,
 then the token pattern; the newest first among equals."""
+
+
+_PRESENT: set[tuple[str, str]] = set()
+
+
+def _has(conn: Connection, table) -> bool:
+    """Whether the index has ``table``: one written before it (or before ``spyglass
+    explain`` ran on it) has not, and reads as having no rows there. Kept once found."""
+    key = (conn.engine.url.render_as_string(hide_password=True), table.name)
+    if key in _PRESENT:
+        return True
+    if inspect(conn).has_table(table.name):
+        _PRESENT.add(key)
+        return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,8 @@ def add_explain_failures(conn: Connection, source_id: int, rows: Sequence[dict])
 
 def explained_units(conn: Connection, source_id: int, method: str, settings: str) -> set[int]:
     """Units of the source that already have an explanation made with these settings."""
+    if not _has(conn, explanations):
+        return set()
     q = select(explanations.c.unit).where(
         explanations.c.source_id == source_id,
         explanations.c.method == method,
@@ -141,6 +159,8 @@ def explained_units(conn: Connection, source_id: int, method: str, settings: str
 
 def get_explanations(conn: Connection, source_id: int, unit: int) -> list[ExplanationRow]:
     """A unit's explanations, the one that labels it first (``METHOD_RANK``)."""
+    if not _has(conn, explanations):
+        return []
     q = select(explanations).where(
         explanations.c.source_id == source_id, explanations.c.unit == unit
     )
@@ -174,6 +194,8 @@ def unit_labels(
 ) -> dict[int, str]:
     """Each unit's label (its first explanation by ``METHOD_RANK``) for the units given,
     or every explained unit of the source."""
+    if not _has(conn, explanations):
+        return {}
     q = select(
         explanations.c.unit,
         explanations.c.method,
@@ -223,6 +245,8 @@ def search_explanations(
     terms = search_terms(query)
     if not terms:
         raise ValueError("the search has no words to look for")
+    if not _has(conn, explanations):
+        return []
     cols = (
         sources.c.name,
         explanations.c.unit,
@@ -321,6 +345,8 @@ def units_for_tokens(
     wanted = sorted({int(t) for t in token_ids})
     if not wanted:
         return []
+    if not _has(conn, token_units):
+        raise LookupError("this index was written before the token index: index it again")
     q = (
         select(sources.c.name, token_units.c.tokens, token_units.c.units, token_units.c.weights)
         .join(sources, sources.c.id == token_units.c.source_id)

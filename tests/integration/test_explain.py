@@ -316,3 +316,30 @@ def test_token_search_equals_the_stored_examples_and_logits(client, tiny_index):
     bad = client.get(f"/{slug}/search.json", params={"token": "no such token \u2603"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "token"
     assert client.get(f"/{slug}/search", params={"token": text}).status_code == 200
+
+
+def test_an_index_written_before_explanations_still_serves(tiny_index, tmp_path):
+    """No explanation or token tables (an index from before them): every page answers,
+    without labels; token search says why it cannot."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from spyglass.settings import Settings
+
+    db = copy_index(tiny_index.db, tmp_path)
+    with sqlite3.connect(db) as conn:
+        for name in ("explanations_fts", "explanations", "explain_failures", "token_units"):
+            conn.execute(f"DROP TABLE {name}")
+    slug = tiny_index.slug
+    with TestClient(create_app(Settings(db=db))) as old:
+        assert old.get(f"/{slug}/0-mlp/1.json").json()["explanations"] == []
+        assert old.get(f"/{slug}/0-mlp/1").status_code == 200
+        assert old.get(f"/{slug}/0-mlp.json").json()["units"][0]["explanation"] is None
+        assert old.get(f"/{slug}/search.json", params={"q": "the"}).json()["hits"] == []
+        r = old.get(f"/{slug}/search.json", params={"token": "the"})
+        assert r.status_code == 422 and "index it again" in r.json()["detail"]
+        made = old.post(f"/api/{slug}/0-mlp/1/labels", json={"text": "a label", "author": "b"})
+        assert made.status_code == 201  # the label store adds the tables
+        assert old.get(f"/{slug}/0-mlp/1.json").json()["explanations"][0]["text"] == "a label"
