@@ -315,7 +315,10 @@ def test_token_search_equals_the_stored_examples_and_logits(client, tiny_index):
             assert h["weight"] == pytest.approx(expect[(h["source"], h["index"])], abs=1e-4)
     bad = client.get(f"/{slug}/search.json", params={"token": "no such token \u2603"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "token"
-    assert client.get(f"/{slug}/search", params={"token": text}).status_code == 200
+    html = client.get(f"/{slug}/search", params={"token": text})
+    assert html.status_code == 200
+    first = hits[0]
+    assert f'href="/{slug}/{first["source"]}/{first["index"]}"' in html.text
 
 
 def test_an_index_written_before_explanations_still_serves(tiny_index, tmp_path):

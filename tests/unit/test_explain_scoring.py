@@ -89,3 +89,11 @@ def test_constant_prediction_scores_zero_and_unnamed_tokens_are_not_scored():
     assert out["simulation_auc"]["value"] == 0.5
     assert simulation.score('"zebra"', held, 1.0, index) is None
     assert simulation.score("no quotes at all", held, 1.0, index) is None
+
+
+def test_interval_quantiles_are_numpys():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 1000):
+        x = np.sort(rng.standard_normal(n))
+        for q in (0.025, 0.975):
+            assert simulation._quantile(x, q) == pytest.approx(np.percentile(x, 100 * q))
