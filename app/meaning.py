@@ -133,6 +133,12 @@ def search_page(
     if source is not None and source not in names:
         raise NotFound(f"no source {source!r} in {slug}")
     if token:
+        if min_density is not None or max_density is not None:
+            raise LimitError(
+                "min_density and max_density filter a search by words, not by token",
+                field="min_density" if min_density is not None else "max_density",
+                rule="not_with_token",
+            )
         return _token_search(conn, m, names, token, effect, source, page)
     q = q.strip()
     if len(q) > MAX_QUERY:

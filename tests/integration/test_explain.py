@@ -313,6 +313,8 @@ def test_token_search_equals_the_stored_examples_and_logits(client, tiny_index):
         assert len(got["hits"]) == min(20, len(expect))
         for h in got["hits"]:
             assert h["weight"] == pytest.approx(expect[(h["source"], h["index"])], abs=1e-4)
+    both = client.get(f"/{slug}/search.json", params={"token": text, "min_density": 0.1})
+    assert both.status_code == 422 and both.json()["errors"][0]["rule"] == "not_with_token"
     bad = client.get(f"/{slug}/search.json", params={"token": "no such token \u2603"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "token"
     html = client.get(f"/{slug}/search", params={"token": text})
