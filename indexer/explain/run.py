@@ -76,6 +76,7 @@ def explain_index(
     """Explain (token pattern) and score (simulation) the units of ``slug``'s sources in
     the index at ``db``. ValueError for an unknown model, source or unit."""
     started = time.perf_counter()
+    storage.make_engine(db).dispose()  # FileNotFoundError for a missing file: none is made
     engine = storage.make_engine(db, create=True)  # adds the tables to an older index
     report = ExplainReport()
     key = settings_key()

@@ -84,7 +84,7 @@ def test_named_tokens_are_the_shown_examples_tokens(explained, tiny_index):
     assert checked > 10
 
 
-def test_rerun_skips_and_units_spec_and_bad_input(explained, tiny_index, capsys):
+def test_rerun_skips_and_units_spec_and_bad_input(explained, tiny_index, capsys, tmp_path):
     db, first = explained
     again = run.explain_index(db, tiny_index.slug, progress=False)
     assert again.explained == 0 and again.skipped == first.explained + first.silent
@@ -93,6 +93,10 @@ def test_rerun_skips_and_units_spec_and_bad_input(explained, tiny_index, capsys)
     assert cli_main(["explain", "--db", db, "--model", tiny_index.slug, "--units", "0-999"]) == 2
     assert "outside" in capsys.readouterr().err
     assert cli_main(["explain", "--db", db, "--model", "nope"]) == 2
+    missing = str(tmp_path / "missing.db")
+    assert cli_main(["explain", "--db", missing]) == 2
+    assert "no index database" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()
 
 
 def test_search_finds_a_unit_by_its_token(explained, tiny_index):
