@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write an explanation of each unit that fired into the index: the "
         "token-pattern explainer (model-free: the tokens its examples sit on and follow, the "
         "tokens it promotes and suppresses), scored by simulation on held-out examples with "
-        "a bootstrap 95%% interval. A re-run skips units already explained with the same "
+        "a bootstrap 95% interval. A re-run skips units already explained with the same "
         "settings, so it resumes an interrupted run.",
     )
     exp.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
