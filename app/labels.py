@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.live.schema import Request
 from app.meaning import Explanation, unit_explanations
-from app.view_base import NotFound
+from app.view_base import require_model, require_source, require_unit
 from spyglass import storage
 
 MAX_LABEL = 500
@@ -63,11 +63,8 @@ class LabelStore:
         """Store the label (on a worker thread); the unit's newest label comes back."""
         try:
             with self._writer().begin() as conn:
-                m = storage.get_model(conn, slug)
-                s = storage.get_source(conn, m.id, source) if m else None
-                unit = int(index) if index.isdigit() else -1
-                if s is None or not 0 <= unit < s.n_units:
-                    raise NotFound(f"no unit {source}/{index} in {slug}")
+                s = require_source(conn, require_model(conn, slug), source)
+                unit = require_unit(conn, s, index).idx
                 row = {"unit": unit, "method": "human", "settings": "", "text": req.text}
                 storage.add_explanations(conn, s.id, [row | {"explainer": req.author}])
             with self._writer().connect() as conn:

@@ -9,7 +9,7 @@ from typing import TypeVar
 from sqlalchemy import Connection
 
 from app import index_cache, urls
-from app.view_base import LimitError, NotFound, View
+from app.view_base import LimitError, View, require_model, require_source
 from spyglass import storage
 
 SEARCH_PAGE = 20
@@ -126,12 +126,11 @@ def search_page(
     token: str = "",
     effect: str = "fires",
 ) -> SearchPage:
-    m = storage.get_model(conn, slug)
-    if m is None:
-        raise NotFound(f"no model {slug!r}")
-    names = [s.name for s in storage.list_sources(conn, m.id)]
-    if source is not None and source not in names:
-        raise NotFound(f"no source {source!r} in {slug}")
+    m = require_model(conn, slug)
+    if source is not None:
+        require_source(conn, m, source)
+    rows = storage.list_sources(conn, m.id)
+    names = [s.name for s in rows]
     if token:
         if min_density is not None or max_density is not None:
             raise LimitError(
@@ -139,7 +138,7 @@ def search_page(
                 field="min_density" if min_density is not None else "max_density",
                 rule="not_with_token",
             )
-        return _token_search(conn, m, names, token, effect, source, page)
+        return _token_search(conn, m, rows, token, effect, source, page)
     q = q.strip()
     if len(q) > MAX_QUERY:
         raise LimitError(f"q: at most {MAX_QUERY} characters", field="q", rule="max_length")
@@ -203,7 +202,7 @@ class UnitEmbed(View):
     show: EmbedOptions
 
 
-def _token_search(conn, m, names, token, effect, source, page) -> SearchPage:
+def _token_search(conn, m, rows, token, effect, source, page) -> SearchPage:
     """Units whose top examples sit on ``token`` (``fires``), or that promote or suppress
     it most, from the token index the indexer wrote. The token is a vocabulary entry's
     exact text, or else every entry equal to it after trimming and case folding."""
@@ -223,7 +222,7 @@ def _token_search(conn, m, names, token, effect, source, page) -> SearchPage:
     except LookupError as exc:
         raise LimitError(f"token: {exc}", field="token", rule="no_token_index") from None
     shown = found[(page - 1) * SEARCH_PAGE : page * SEARCH_PAGE]
-    by_name = {s.name: s for s in storage.list_sources(conn, m.id)}
+    by_name = {s.name: s for s in rows}
     hits = []
     for h in shown:
         row = storage.get_unit(conn, by_name[h.source].id, h.unit)
@@ -247,6 +246,6 @@ def _token_search(conn, m, names, token, effect, source, page) -> SearchPage:
         source=source,
         page=page,
         has_next=len(found) > page * SEARCH_PAGE,
-        sources=names,
+        sources=list(by_name),
         hits=hits,
     )

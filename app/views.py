@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 from app import meaning, urls
 from app.index_cache import sequences, vocabulary
 from app.meaning import Explanation
-from app.view_base import NotFound, View
+from app.view_base import NotFound, View, require_model, require_source, require_unit
 from spyglass import storage
 
 LOG_DENSITY_BINS = 30
@@ -215,31 +215,6 @@ def _model_summary(m: storage.ModelRow) -> ModelSummary:
     )
 
 
-def require_model(conn: Connection, slug: str) -> storage.ModelRow:
-    m = storage.get_model(conn, slug)
-    if m is None:
-        raise NotFound(f"no model {slug!r} in this index")
-    return m
-
-
-def _require_source(conn: Connection, m: storage.ModelRow, name: str) -> storage.SourceRow:
-    s = storage.get_source(conn, m.id, name)
-    if s is None:
-        raise NotFound(f"model {m.slug!r} has no source {name!r}")
-    return s
-
-
-def _require_unit(conn: Connection, s: storage.SourceRow, index: str | int) -> storage.UnitRow:
-    try:
-        idx = int(index)
-    except ValueError:
-        raise NotFound(f"unit index must be an integer, not {index!r}") from None
-    unit = storage.get_unit(conn, s.id, idx) if 0 <= idx < s.n_units else None
-    if unit is None:
-        raise NotFound(f"source {s.name!r} has no unit {index} (it has 0..{s.n_units - 1})")
-    return unit
-
-
 def home(conn: Connection) -> HomePage:
     return HomePage(models=[_model_summary(m) for m in storage.list_models(conn)])
 
@@ -275,7 +250,7 @@ def source_page(
     conn: Connection, slug: str, name: str, *, sort: str, order: str, page: int, page_size: int
 ) -> SourcePage:
     m = require_model(conn, slug)
-    s = _require_source(conn, m, name)
+    s = require_source(conn, m, name)
     n_pages = max(1, math.ceil(s.n_units / page_size))
     page = min(max(page, 1), n_pages)
     rows = storage.list_units(
@@ -345,8 +320,8 @@ def _examples(
 
 def unit_page(conn: Connection, slug: str, name: str, index: str | int) -> UnitPage:
     m = require_model(conn, slug)
-    s = _require_source(conn, m, name)
-    unit = _require_unit(conn, s, index)
+    s = require_source(conn, m, name)
+    unit = require_unit(conn, s, index)
     sampled = storage.get_samples(conn, s.id, unit.idx)
     sample_seq_ids = {e.sequence_id for rows in sampled.values() for e in rows}
     examples, seqs, vocab = _examples(conn, m, s, unit.idx, sample_seq_ids)
@@ -478,8 +453,8 @@ def _example(
 
 def expanded_example(conn: Connection, slug: str, name: str, index: str, rank: int):
     m = require_model(conn, slug)
-    s = _require_source(conn, m, name)
-    unit = _require_unit(conn, s, index)
+    s = require_source(conn, m, name)
+    unit = require_unit(conn, s, index)
     examples, seqs, vocab = _examples(conn, m, s, unit.idx)
     ex = next((e for e in examples if e.rank == rank), None)
     if ex is None:
@@ -494,7 +469,7 @@ def expanded_example(conn: Connection, slug: str, name: str, index: str, rank: i
 
 def random_unit_url(conn: Connection, slug: str, name: str, rng: random.Random) -> str:
     m = require_model(conn, slug)
-    s = _require_source(conn, m, name)
+    s = require_source(conn, m, name)
     return urls.unit(slug, name, rng.randrange(s.n_units))
 
 
@@ -521,6 +496,6 @@ def sequence_page(conn: Connection, slug: str, seq_id: str | int) -> SequencePag
 def model_spec(conn: Connection, slug: str, name: str, index: str | int):
     """The model spec, source and unit behind a live request (404s as pages do)."""
     m = require_model(conn, slug)
-    s = _require_source(conn, m, name)
-    unit = _require_unit(conn, s, index)
+    s = require_source(conn, m, name)
+    unit = require_unit(conn, s, index)
     return m, s, unit

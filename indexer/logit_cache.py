@@ -36,9 +36,9 @@ from indexer.summaries import LOGIT_ARRAYS, LOGIT_BINS, LOGIT_TOKENS
 from spyglass.model import Model
 
 VERSION = 1
+"""Bumped when the summaries' content or layout changes."""
 BLOCK_BYTES = 256 << 20
 """Most bytes of the [chunk, d_vocab] float32 block of effects summarised at a time."""
-"""Bumped when the summaries' content or layout changes."""
 
 
 def cache_dir() -> Path | None:

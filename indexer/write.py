@@ -173,18 +173,14 @@ def write_source(
     slices: list[list[dict]],
     plan: Plan,
     clock: PhaseClock,
-    logits: Iterator[dict] | None = None,
+    logits: Iterator[dict],
     corpus: CorpusGrid | None = None,
 ) -> None:
     """The source's row, one row per unit, and its examples. ``slices[j]``: the states of
     slice j of its units from each token shard. A slice is merged and written
     ``WRITE_UNITS`` units at a time (``write_blocks``), then freed; the correlations need
     every slice's tokens, and come first. ``logits`` yields each block's logit summary
-    arrays in turn (default: worked out here, a block ahead)."""
-    if logits is None:
-        directions = src.directions(plan.model)
-        blocks = (directions[lo:hi] for lo, hi in write_blocks(src.n_units, len(slices)))
-        logits = logit_cache.ahead(plan.model, blocks)
+    arrays in turn (``write_sources`` works them out a block ahead)."""
     with collector_paused():
         _write_source(conn, model_id, src, slices, plan, clock, logits, corpus)
 
