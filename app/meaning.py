@@ -18,7 +18,8 @@ MAX_QUERY = 200
 
 class Score(View):
     name: str
-    """``simulation_r`` or ``simulation_auc`` (see docs/explanations.md)."""
+    """``simulation_r``, ``simulation_auc``, ``detection``, ``detection_hard`` or
+    ``fuzzing`` (see docs/explanations.md)."""
     value: float
     lo: float | None
     hi: float | None
@@ -27,36 +28,53 @@ class Score(View):
     """Held-out examples it was measured on."""
 
 
+class Baseline(View):
+    """The token-pattern explanation of the same unit, scored by the same scorers on the
+    same examples as an LLM's explanation."""
+
+    method: str
+    text: str
+    scores: list[Score] = []
+
+
 class Explanation(View):
     method: str
     """``token-pattern``, ``llm`` or ``human``."""
     text: str
     explainer: str | None = None
+    """The LLM (its endpoint's model name), or the person, who wrote it."""
     created: str
     scores: list[Score] = []
+    baseline: Baseline | None = None
     evidence: dict | None = None
 
 
 def unit_explanations(conn: Connection, source_id: int, unit: int) -> list[Explanation]:
+    out = []
+    for e in storage.get_explanations(conn, source_id, unit):
+        base = (e.evidence or {}).get("baseline")
+        out.append(
+            Explanation(
+                method=e.method,
+                text=e.text,
+                explainer=e.explainer,
+                created=e.created,
+                evidence=e.evidence,
+                scores=_scores(e.scores),
+                baseline=None
+                if not base
+                else Baseline(
+                    method=base["method"], text=base["text"], scores=_scores(base["scores"])
+                ),
+            )  # fmt: skip
+        )
+    return out
+
+
+def _scores(raw: dict) -> list[Score]:
     return [
-        Explanation(
-            method=e.method,
-            text=e.text,
-            explainer=e.explainer,
-            created=e.created,
-            evidence=e.evidence,
-            scores=[
-                Score(
-                    name=k,
-                    value=v["value"],
-                    lo=_finite(v.get("lo")),
-                    hi=_finite(v.get("hi")),
-                    n=v["n"],
-                )
-                for k, v in sorted(e.scores.items())
-            ],
-        )  # fmt: skip
-        for e in storage.get_explanations(conn, source_id, unit)
+        Score(name=k, value=v["value"], lo=_finite(v.get("lo")), hi=_finite(v.get("hi")), n=v["n"])
+        for k, v in sorted(raw.items())
     ]
 
 

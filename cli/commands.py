@@ -243,15 +243,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from indexer.explain.endpoint import EndpointFailure
+    from indexer.explain.llm import SCORERS, LlmSettings
     from indexer.explain.run import explain_index
     from spyglass import storage
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
+    scorers = tuple(s.strip() for s in args.scorer.split(",") if s.strip() not in ("", "none"))
+    unknown = sorted(set(scorers) - set(SCORERS))
+    if unknown:
+        raise CliError(f"--scorer: unknown {', '.join(unknown)} (choose from {', '.join(SCORERS)})")
+    counts = {"--score-examples": args.score_examples, "--score-batch": args.score_batch,
+              "--concurrency": args.concurrency}  # fmt: skip
+    for flag, value in counts.items():
+        if value < 1:
+            raise CliError(f"{flag} must be at least 1")
+    if args.retries < 0:
+        raise CliError("--retries must be at least 0")
     try:
         report = explain_index(
-            args.db, args.model, sources=sources, units=args.units, progress=not args.no_progress
+            args.db,
+            args.model,
+            sources=sources,
+            units=args.units,
+            progress=not args.no_progress,
+            explainer=args.explainer,
+            explainer_model=args.explainer_model,
+            llm_settings=LlmSettings(
+                examples=args.score_examples, batch=args.score_batch, scorers=scorers
+            ),
+            concurrency=args.concurrency,
+            retries=args.retries,
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, EndpointFailure) as exc:
         raise CliError(str(exc)) from None
     except (ValueError, storage.DatabaseUnavailable) as exc:
         raise CliError(str(exc)) from None
@@ -260,6 +284,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
         f"{report.seconds:.1f} s ({report.skipped} already explained, {report.silent} "
         "never fired)"
     )
+    if report.usage is not None:
+        u = report.usage
+        print(
+            f"endpoint: {u.calls} calls, {u.retries} retries, {u.prompt_tokens} prompt and "
+            f"{u.completion_tokens} completion tokens"
+        )
+    if report.failed or report.failed_scores:
+        print(
+            f"failed: {report.failed} units without an explanation, {report.failed_scores} "
+            "scores left out (recorded in explain_failures; a re-run tries the units again)"
+        )
+        for line in report.errors:
+            print(f"  {line}")
     return 0
 
 
@@ -275,7 +312,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"reusing the embedded index in {args.db} (pass --reindex to rebuild it)")
     cmd_explain(
         argparse.Namespace(
-            db=args.db, model="embedded", sources=None, units=None, no_progress=False
+            db=args.db,
+            model="embedded",
+            sources=None,
+            units=None,
+            no_progress=False,
+            explainer="token-pattern",
+            explainer_model=None,
+            scorer="none",
+            score_examples=10,
+            score_batch=5,
+            concurrency=1,
+            retries=0,
         )
     )
     args.preload = True

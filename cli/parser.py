@@ -96,8 +96,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Write an explanation of each unit that fired into the index: the "
         "token-pattern explainer (model-free: the tokens its examples sit on and follow, the "
         "tokens it promotes and suppresses), scored by simulation on held-out examples with "
-        "a bootstrap 95% interval. A re-run skips units already explained with the same "
-        "settings, so it resumes an interrupted run.",
+        "a bootstrap 95% interval; or an LLM's, through an OpenAI-compatible endpoint, "
+        "scored there by detection and fuzzing beside the token-pattern baseline. A re-run "
+        "skips units already explained with the same settings, so it resumes an "
+        "interrupted run; units the endpoint failed on are recorded and tried again.",
     )
     exp.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
     exp.add_argument("--model", default="embedded", help="the indexed model's name (embedded)")
@@ -106,8 +108,39 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--explainer",
         default="token-pattern",
-        choices=["token-pattern"],
-        help="the explainer (token-pattern: offline, model-free)",
+        metavar="NAME|openai:URL",
+        help="token-pattern (offline, model-free; the default) or openai:URL, any "
+        "OpenAI-compatible chat endpoint (vLLM, llama.cpp, Ollama, transformers serve, "
+        "OpenAI; key from SPYGLASS_OPENAI_API_KEY or OPENAI_API_KEY)",
+    )
+    exp.add_argument("--explainer-model", metavar="NAME", help="the endpoint's model name")
+    exp.add_argument(
+        "--scorer",
+        default="detection,fuzzing",
+        metavar="LIST",
+        help="endpoint scorers for openai: explanations, comma-separated: detection, "
+        "fuzzing, or none (default detection,fuzzing; simulation always runs offline)",
+    )
+    exp.add_argument(
+        "--score-examples",
+        type=int,
+        default=10,
+        metavar="N",
+        help="held-out examples where a unit fires per endpoint score, and as many negatives (10)",
+    )
+    exp.add_argument(
+        "--score-batch", type=int, default=5, metavar="N", help="examples per judging call (5)"
+    )
+    exp.add_argument(
+        "--concurrency", type=int, default=4, metavar="N", help="units in flight at once (4)"
+    )
+    exp.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="retries of a failed or malformed endpoint answer, with exponential backoff, "
+        "before the unit is recorded as failed (3)",
     )
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp.set_defaults(func=cmd_explain)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from indexer.explain import simulation, token_pattern
+from indexer.explain import llm, llm_run, simulation, token_pattern
+from indexer.explain.endpoint import Endpoint, Usage, parse_spec
 from indexer.explain.windows import unit_windows
 from spyglass import storage
 
@@ -30,8 +31,16 @@ class ExplainReport:
     """Units that already had an explanation with these settings."""
     silent: int = 0
     """Units with no examples (they never fired): nothing to explain."""
+    failed: int = 0
+    """Units the endpoint gave no explanation of (recorded in ``explain_failures``)."""
+    failed_scores: int = 0
+    """Scores the endpoint failed on (recorded; the explanation is kept without them)."""
+    errors: list[str] = field(default_factory=list)
+    """The first few failures, as recorded."""
     seconds: float = 0.0
     sources: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    """The endpoint's calls, retries and tokens (LLM explainer)."""
 
 
 def settings_key() -> str:
@@ -42,6 +51,7 @@ def settings_key() -> str:
         "version": token_pattern.VERSION,
         "scorer": ["simulation", simulation.FIRES, simulation.BOOTSTRAP],
         "split": "even shown, odd held out",
+        "skip_first": "left out",
     }
     return hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=8).hexdigest()
 
@@ -72,14 +82,31 @@ def explain_index(
     sources: list[str] | None = None,
     units: str | None = None,
     progress: bool = True,
+    explainer: str = "token-pattern",
+    explainer_model: str | None = None,
+    llm_settings: llm.LlmSettings | None = None,
+    concurrency: int = 4,
+    retries: int = 3,
 ) -> ExplainReport:
-    """Explain (token pattern) and score (simulation) the units of ``slug``'s sources in
-    the index at ``db``. ValueError for an unknown model, source or unit."""
+    """Explain and score the units of ``slug``'s sources in the index at ``db``: with the
+    token pattern (scored by simulation), or through the OpenAI-compatible endpoint of
+    ``explainer`` (``openai:URL``; scored by simulation and ``llm_settings.scorers``).
+    ValueError for an unknown model, source or unit, EndpointFailure for an endpoint that
+    cannot be reached."""
     started = time.perf_counter()
+    endpoint = None
+    if explainer != token_pattern.METHOD:
+        if not explainer_model:
+            raise ValueError("--explainer openai:URL needs --explainer-model NAME")
+        endpoint = Endpoint(parse_spec(explainer), explainer_model, attempts=retries + 1)
+    llm_settings = llm_settings or llm.LlmSettings()
     storage.make_engine(db).dispose()  # FileNotFoundError for a missing file: none is made
     engine = storage.make_engine(db, create=True)  # adds the tables to an older index
     report = ExplainReport()
-    key = settings_key()
+    if endpoint is None:
+        method, key = token_pattern.METHOD, settings_key()
+    else:
+        method, key = llm.METHOD, llm_run.settings_key(explainer_model, llm_settings)
     try:
         with engine.connect() as conn:
             m = storage.get_model(conn, slug)
@@ -99,10 +126,23 @@ def explain_index(
             seqs = storage.sequence_tokens(conn, m.id)
             todo = {}
             for s in chosen:
-                done = storage.explained_units(conn, s.id, token_pattern.METHOD, key)
+                done = storage.explained_units(conn, s.id, method, key)
                 todo[s.name] = sorted((wanted[s.name] or set(range(s.n_units))) - done)
                 report.skipped += len(wanted[s.name] or range(s.n_units)) - len(todo[s.name])
         tokens = simulation.TokenIndex(vocab)
+        step, explain_block = CHUNK, None
+        if endpoint is not None and any(todo.values()):
+            endpoint.check()
+            ctx = llm_run.LlmContext(
+                endpoint, llm_settings, key, vocab, seqs, tokens,
+                _model_for(m) if "detection" in llm_settings.scorers else None,
+                m.skip_first, concurrency,
+            )  # fmt: skip
+            step = llm_run.CHUNK
+
+            def explain_block(s, block):
+                return llm_run.explain_chunk(ctx, engine, s, block)
+
         bar = tqdm(
             total=sum(len(v) for v in todo.values()),
             desc="explaining",
@@ -111,21 +151,43 @@ def explain_index(
         )
         for s in chosen:
             remaining = todo[s.name]
-            for i in range(0, len(remaining), CHUNK):
-                block = remaining[i : i + CHUNK]
-                rows = _explain_block(engine, s, block, seqs, vocab, tokens, key, report)
+            for i in range(0, len(remaining), step):
+                block = remaining[i : i + step]
+                failures: list[dict] = []
+                if explain_block is None:
+                    rows = _explain_block(
+                        engine, s, block, seqs, vocab, tokens, key, report, m.skip_first
+                    )
+                else:
+                    rows, failures, silent = explain_block(s, block)
+                    report.explained += len(rows)
+                    report.silent += silent
+                    report.failed += sum(f["method"] == llm.METHOD for f in failures)
+                    report.failed_scores += sum(f["method"] != llm.METHOD for f in failures)
+                    report.errors += [f"{s.name}/{f['unit']} {f['method']}: {f['error']}"
+                                      for f in failures][: 5 - len(report.errors)]  # fmt: skip
                 with engine.begin() as conn:
                     storage.add_explanations(conn, s.id, rows)
+                    storage.add_explain_failures(conn, s.id, failures)
                 bar.update(len(block))
             report.sources.append(s.name)
         bar.close()
     finally:
         engine.dispose()
     report.seconds = time.perf_counter() - started
+    if endpoint is not None:
+        report.usage = endpoint.usage
     return report
 
 
-def _explain_block(engine, s, block, seqs, vocab, tokens, key, report) -> list[dict]:
+def _model_for(m: storage.ModelRow):
+    """The indexed model, for measuring detection's negatives."""
+    from spyglass.model import load_model
+
+    return load_model(m.spec, options=m.options)
+
+
+def _explain_block(engine, s, block, seqs, vocab, tokens, key, report, skip_first) -> list[dict]:
     """The explanation rows of the units ``block`` (ascending) of source ``s``."""
     lo, hi = block[0], block[-1] + 1
     wanted = set(block)
@@ -139,7 +201,7 @@ def _explain_block(engine, s, block, seqs, vocab, tokens, key, report) -> list[d
     for unit, max_act, unit_logits in logits:
         if unit not in wanted:
             continue
-        windows = unit_windows(unit, max_act, top.get(unit), sampled.get(unit), seqs)
+        windows = unit_windows(unit, max_act, top.get(unit), sampled.get(unit), seqs, skip_first)
         made = token_pattern.explain(windows, unit_logits, vocab)
         if made is None:
             report.silent += 1

@@ -48,8 +48,11 @@ def unit_windows(
     top: PackedExamples | None,
     sampled: PackedExamples | None,
     seqs: dict[int, np.ndarray],
+    skip_first: int = 0,
 ) -> UnitWindows:
-    """The unit's windows from its packed top examples and interval samples."""
+    """The unit's windows from its packed top examples and interval samples. The first
+    ``skip_first`` tokens of a sequence are no part of a unit's statistics: their
+    activations read NaN, so no explainer or scorer sees them."""
     shown: list[Window] = []
     held: list[Window] = []
     for packed in (top, sampled):
@@ -61,9 +64,13 @@ def unit_windows(
             k = seen.get(interval, 0)
             seen[interval] = k + 1
             tokens = seqs[seq][start : start + length]
+            acts = packed.acts[ends[i] - length : ends[i]]
+            if start < skip_first:
+                acts = acts.astype(np.float32)  # a copy
+                acts[: skip_first - start] = np.nan
             w = Window(
                 tokens=tokens,
-                acts=packed.acts[ends[i] - length : ends[i]],
+                acts=acts,
                 at=pos - start,
                 value=float(packed.values[i]),
                 interval=-1 if packed is top else int(interval),

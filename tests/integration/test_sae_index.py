@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -23,6 +24,7 @@ import cli
 from app.main import create_app
 from indexer.pipeline import build_index
 from indexer.sae_training import TrainConfig, train_sae, write_trained_sae
+from spyglass import storage
 from spyglass.model import load_model
 from spyglass.settings import Settings
 
@@ -274,3 +276,32 @@ def test_attribution_lists_latents_with_their_direct_effect(client, sae_dir, tin
         assert p["url"] == f"/tinysae/{SOURCE}/{i}"
     best = expect.abs().topk(len(latents)).indices.tolist()
     assert sorted(int(p["label"].split("/")[1]) for p in latents) == sorted(best)
+
+
+@pytest.mark.parametrize("source", ["1-mlp", SOURCE])
+def test_explain_negatives_measure_units_as_the_indexer_did(sae_index, source):
+    """The LLM scorers' negatives are judged silent by a forward pass of their own
+    (``indexer.explain.negatives``): on the stored top examples' windows it reads each
+    unit's stored activations back."""
+    from indexer.explain import negatives
+
+    engine = storage.make_engine(sae_index.db)
+    with engine.connect() as conn:
+        m = storage.get_model(conn, sae_index.name)
+        s = storage.get_source(conn, m.id, source)
+        seqs = storage.sequence_tokens(conn, m.id)
+        packed = list(storage.iter_packed_examples(conn, s.id, 0, s.n_units, interval=False))
+    engine.dispose()
+    model = load_model(m.spec, "cpu")
+    recompute = negatives.Recompute(model, negatives.source_for(s, model), m.skip_first, seqs)
+    recompute.run({int(f[2]) for p in packed for f in p.fields}, [p.unit for p in packed])
+    checked = 0
+    for p in packed:
+        ends = np.cumsum(p.fields[:, 5])
+        for i, (_interval, _rank, seq, _pos, start, length) in enumerate(p.fields.tolist()):
+            got = recompute.window(p.unit, seq, start, length).acts
+            want = p.acts[ends[i] - length : ends[i]].astype(np.float64)
+            keep = np.isfinite(got)  # the first skip_first tokens are left out
+            np.testing.assert_allclose(got[keep], want[keep], rtol=1e-3, atol=1e-4)
+            checked += int(keep.sum())
+    assert checked > 100
