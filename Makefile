@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make demo   set up, index the embedded model + corpus (first run only), serve on :8000
-#   make test   set up, run every test tier (unit + integration, slow, browser, postgres)
+#   make test   set up, run every test tier (unit + integration, slow, browser, postgres, api, llm)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -44,7 +44,7 @@ test: $(VENV)/.installed-test chromium postgres
 	$(BIN)/python -m pytest -q
 
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not slow and not browser and not postgres"
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not postgres and not llm"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

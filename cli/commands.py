@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 DEMO_TOKENS = 131_072
@@ -247,6 +248,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from indexer.explain.llm import SCORERS, LlmSettings
     from indexer.explain.run import explain_index
     from spyglass import storage
+    from spyglass.model import ModelLoadError
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
     scorers = tuple(s.strip() for s in args.scorer.split(",") if s.strip() not in ("", "none"))
@@ -279,6 +281,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     except (ValueError, storage.DatabaseUnavailable) as exc:
         raise CliError(str(exc)) from None
+    except ModelLoadError as exc:
+        raise CliError(f"{exc} (detection measures its negatives with the indexed model; "
+                       "--scorer fuzzing needs none)") from None  # fmt: skip
     print(
         f"explained {report.explained} units of {len(report.sources)} sources in "
         f"{report.seconds:.1f} s ({report.skipped} already explained, {report.silent} "
@@ -297,6 +302,44 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
         for line in report.errors:
             print(f"  {line}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from indexer.neuronpedia.export import export_index
+    from spyglass import storage
+
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
+    started = time.perf_counter()
+    try:
+        r = export_index(args.db, args.model, args.out, sources)
+    except (FileNotFoundError, ValueError, storage.DatabaseUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    print(
+        f"exported {r.features} units, {r.activations} activation records and "
+        f"{r.explanations} explanations of {len(r.sources)} sources to {args.out} "
+        f"({r.files} files, {time.perf_counter() - started:.1f} s)"
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from indexer.neuronpedia.importer import import_export
+    from spyglass import storage
+
+    started = time.perf_counter()
+    try:
+        r = import_export(
+            args.folder, args.db, model=args.model, slug=args.name, replace=args.replace
+        )
+    except (ValueError, storage.DatabaseUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    kind = "a Spyglass export, as it was" if r.exact else "Neuronpedia's records"
+    print(
+        f"imported {r.slug}: {r.units} units, {r.examples} examples and {r.explanations} "
+        f"explanations of {len(r.sources)} sources from {kind} "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
     return 0
 
 

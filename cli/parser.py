@@ -12,6 +12,8 @@ from cli.commands import (
     cmd_demo,
     cmd_eval_sae,
     cmd_explain,
+    cmd_export,
+    cmd_import,
     cmd_index,
     cmd_merge,
     cmd_serve,
@@ -144,6 +146,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp.set_defaults(func=cmd_explain)
+
+    out = sub.add_parser(
+        "export",
+        help="write an index in Neuronpedia's export layout",
+        description="Write a model's index as Neuronpedia exports are laid out: per source, "
+        "model/sourceset/source records and gzipped JSONL batches of features, activations "
+        "and explanations (1,024 units a batch), with config/ for the explanation types. A "
+        "spyglass/ folder beside them holds what Neuronpedia has no field for, so `spyglass "
+        "import` rebuilds the same index.",
+    )
+    out.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
+    out.add_argument("--model", default="embedded", help="the indexed model's name (embedded)")
+    out.add_argument("--sources", help="comma-separated source names (default: all)")
+    out.add_argument("--format", choices=["neuronpedia"], default="neuronpedia")
+    out.add_argument("--out", required=True, help="a new or empty folder")
+    out.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser(
+        "import",
+        help="read a Neuronpedia-layout export into an index",
+        description="Import an export in Neuronpedia's layout (from `spyglass export`, or "
+        "Neuronpedia's own) into an index, in one transaction. A Spyglass export comes back "
+        "as it was; Neuronpedia's own gives its features, activation records (each a "
+        "sequence of its own) and explanations.",
+    )
+    imp.add_argument("folder", help="the export's folder (its config/ and model folders)")
+    imp.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
+    imp.add_argument("--format", choices=["neuronpedia"], default="neuronpedia")
+    imp.add_argument("--model", help="which model of the export (default: its only one)")
+    imp.add_argument("--as", dest="name", help="the name to index it under (default: the model's)")
+    imp.add_argument("--replace", action="store_true", help="replace an index of that name")
+    imp.set_defaults(func=cmd_import)
 
     demo = sub.add_parser(
         "demo",

@@ -26,7 +26,8 @@ API_KEY_ENV = "SPYGLASS_OPENAI_API_KEY"
 """The endpoint's key (``OPENAI_API_KEY`` is read too); local servers need none."""
 RETRY_TEMPERATURE = 0.7
 
-logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per call
+for _name in ("httpx", "httpx2"):  # the OpenAI client's HTTP libraries: not a line per call
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class EndpointFailure(Exception):

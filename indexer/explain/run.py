@@ -96,9 +96,10 @@ def explain_index(
     started = time.perf_counter()
     endpoint = None
     if explainer != token_pattern.METHOD:
+        url = parse_spec(explainer)
         if not explainer_model:
             raise ValueError("--explainer openai:URL needs --explainer-model NAME")
-        endpoint = Endpoint(parse_spec(explainer), explainer_model, attempts=retries + 1)
+        endpoint = Endpoint(url, explainer_model, attempts=retries + 1)
     llm_settings = llm_settings or llm.LlmSettings()
     storage.make_engine(db).dispose()  # FileNotFoundError for a missing file: none is made
     engine = storage.make_engine(db, create=True)  # adds the tables to an older index

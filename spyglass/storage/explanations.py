@@ -44,6 +44,7 @@ __all__ = [
     "add_explain_failures",
     "explained_units",
     "get_explanations",
+    "source_explanations",
     "unit_labels",
     "search_explanations",
     "search_terms",
@@ -87,6 +88,8 @@ class ExplanationRow:
     scores: dict = field(default_factory=dict)
     """``{scorer: {"value", "lo", "hi", "n"}}``: each score with its bootstrap 95%
     interval and the held-out examples it was measured on."""
+    settings: str = ""
+    """What made it (``spyglass explain``'s settings hash; ``human`` for a label)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,22 @@ def get_explanations(conn: Connection, source_id: int, unit: int) -> list[Explan
     return sorted(rows, key=lambda e: _label_order(e.method, e.created, e.id))
 
 
+def source_explanations(conn: Connection, source_id: int, lo: int, hi: int) -> list[ExplanationRow]:
+    """Every explanation of the units ``lo:hi`` of a source, by unit, oldest first."""
+    if not _has(conn, explanations):
+        return []
+    q = (
+        select(explanations)
+        .where(
+            explanations.c.source_id == source_id,
+            explanations.c.unit >= lo,
+            explanations.c.unit < hi,
+        )
+        .order_by(explanations.c.unit, explanations.c.id)
+    )
+    return [_row(r) for r in conn.execute(q)]
+
+
 def _label_order(method: str, created: str, eid: int) -> tuple:
     """Sorts by ``METHOD_RANK``, then newer first (the inverted characters of the ISO
     time, then the larger id)."""
@@ -186,6 +205,7 @@ def _row(r) -> ExplanationRow:
         created=m["created"],
         evidence=orjson.loads(m["evidence"]) if m["evidence"] else None,
         scores=orjson.loads(m["scores"]) if m["scores"] else {},
+        settings=m["settings"],
     )
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "iter_packed_examples",
     "sequence_tokens",
     "unit_logits",
+    "iter_units",
 ]
 
 
@@ -186,6 +187,18 @@ def list_units(
     order = (col.desc() if descending else col.asc(), units.c.idx.asc())
     q = select(units).where(units.c.source_id == source_id).order_by(*order)
     return [_unit(r) for r in conn.execute(q.offset(offset).limit(limit))]
+
+
+def iter_units(conn: Connection, source_id: int, lo: int, hi: int):
+    """The units ``lo:hi`` of a source, in index order, as ``UnitRow``: for passes over
+    whole sources (export)."""
+    q = (
+        select(units)
+        .where(units.c.source_id == source_id, units.c.idx >= lo, units.c.idx < hi)
+        .order_by(units.c.idx)
+    )
+    for row in conn.execute(q):
+        yield _unit(row)
 
 
 def get_unit(conn: Connection, source_id: int, idx: int) -> UnitRow | None:

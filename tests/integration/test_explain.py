@@ -99,6 +99,28 @@ def test_rerun_skips_and_units_spec_and_bad_input(explained, tiny_index, capsys,
     assert not (tmp_path / "missing.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--explainer", "gpt-4o"], "neither token-pattern nor openai:URL"),
+        (["--explainer", "openai:http://127.0.0.1:9"], "needs --explainer-model"),
+        (["--explainer", "openai:http://127.0.0.1:9", "--explainer-model", "m"], "cannot connect"),
+        (["--scorer", "simulation"], "unknown simulation"),
+        (["--score-examples", "0"], "at least 1"),
+        (["--retries", "-1"], "at least 0"),
+    ],
+)
+def test_bad_llm_options_are_one_line_errors_and_store_nothing(
+    explained, tiny_index, capsys, args, message
+):
+    db, _ = explained
+    before = _all(db, tiny_index.slug)
+    assert cli_main(["explain", "--db", db, "--model", tiny_index.slug, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert _all(db, tiny_index.slug) == before
+
+
 def test_search_finds_a_unit_by_its_token(explained, tiny_index):
     db, _ = explained
     engine = storage.make_engine(db)
