@@ -222,6 +222,12 @@ def cmd_eval_sae(args: argparse.Namespace) -> int:
         f"{metrics['loss_recovered']:.1%}, dead {metrics['dead_fraction']:.1%}, "
         f"dense {metrics['dense_fraction']:.1%} over {metrics['tokens']} tokens"
     )
+    ratio = metrics["kl_ratio"]
+    print(
+        f"ΔCE {metrics['delta_ce']:.4f} nats, KL {metrics['kl_spliced']:.4f} against "
+        f"{metrics['kl_epsilon_random']:.4f} for ε-random errors of the same size "
+        f"(ratio {'-' if ratio is None else f'{ratio:.2f}'})"
+    )
     return 0
 
 

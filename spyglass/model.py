@@ -280,18 +280,18 @@ class Model:
         return out
 
     @torch.inference_mode()
-    def next_token_loss(
+    def next_token_log_probs(
         self,
         tokens: torch.Tensor,
         hook: str | None = None,
         edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Cross-entropy of each next token, [batch, pos - 1]; with ``hook`` and ``edit``
-        the activation there is replaced by ``edit(activation)`` on the way."""
+        """Log-probabilities of the next token at each position, [batch, pos, V] float32;
+        with ``hook`` and ``edit`` the activation there is replaced by ``edit(activation)``
+        on the way."""
         hooks = [(hook, lambda act, hook: edit(act))] if hook and edit else []
-        return self._tl.run_with_hooks(
-            tokens.to(self.device), fwd_hooks=hooks, return_type="loss", loss_per_token=True
-        )
+        logits = self._tl.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks)
+        return logits.float().log_softmax(-1)
 
     @torch.inference_mode()
     def log_probs(self, ids: Sequence[int], steer: Sequence[Steer] = ()) -> torch.Tensor:

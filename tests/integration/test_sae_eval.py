@@ -10,7 +10,7 @@ from index_checks import fresh_hooked
 
 import cli
 from indexer.corpus import iter_sequences
-from indexer.sae_eval import EvalConfig, evaluate_sae
+from indexer.sae_eval import EvalConfig, epsilon_random, evaluate_sae
 from spyglass.model import load_model
 from spyglass.sae import Sae, SaeConfig, save_sae
 
@@ -86,6 +86,84 @@ def test_dead_and_dense_latents_are_counted(model, tiny_corpus_dir):
     acts_dead = D / (3 * D)
     assert m["dead_fraction"] == pytest.approx(acts_dead, abs=0.05)
     assert m["dense_fraction"] >= 0.5  # each +/- latent fires on roughly half the tokens
+
+
+def _random_sae(seed: int = 0, width: int = 24) -> Sae:
+    g = torch.Generator().manual_seed(seed)
+    w_enc = torch.randn(D, width, generator=g) / D**0.5
+    return standard_sae(w_enc, w_enc.T.clone() * 0.8)
+
+
+def test_kl_and_the_epsilon_random_baseline_against_an_independent_run(
+    model, tiny_corpus_dir, tiny_model_dir
+):
+    """KL(clean || spliced), KL(clean || ε-random) and ΔCE, recomputed here with a fresh
+    TransformerLens run, its own hooks and torch's KL, the random directions drawn from
+    the same seed in the same order."""
+    sae = _random_sae()
+    cfg = eval_cfg(tiny_corpus_dir)
+    m = evaluate_sae(sae, model, cfg)
+    seqs = list(iter_sequences(str(tiny_corpus_dir), model.tokenize, seq_len=16,
+                               bos_id=model.bos_id, full_only=True))[: cfg.sequences]  # fmt: skip
+    hooked = fresh_hooked(tiny_model_dir)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    kl = {"spliced": 0.0, "random": 0.0}
+    ce = {"clean": 0.0, "spliced": 0.0}
+    n = 0
+    for i in range(0, len(seqs), cfg.batch_size):
+        tokens = torch.tensor([s.tokens for s in seqs[i : i + cfg.batch_size]])
+
+        def run(make=None, tokens=tokens):
+            def hook(act, hook):
+                x = act[:, 1:].reshape(-1, D)
+                act = act.clone()
+                act[:, 1:] = make(x).reshape(act[:, 1:].shape)
+                return act
+
+            hooks = [(HOOK, hook)] if make else []
+            with torch.no_grad():
+                out = hooked.run_with_hooks(tokens, fwd_hooks=hooks)
+            return torch.log_softmax(out[:, 1:-1].double(), -1)
+
+        def recon(x):
+            return sae.decode(sae.encode(x), x)
+
+        def random(x):
+            u = torch.randn(x.shape, generator=gen)
+            return x + (x - recon(x)).norm(dim=-1, keepdim=True) * u / u.norm(dim=-1, keepdim=True)
+
+        clean, spliced, moved = run(), run(recon), run(random)
+        flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+        kl["spliced"] += torch.nn.functional.kl_div(
+            flat(spliced), flat(clean), log_target=True, reduction="sum").item()  # fmt: skip
+        kl["random"] += torch.nn.functional.kl_div(
+            flat(moved), flat(clean), log_target=True, reduction="sum").item()  # fmt: skip
+        targets = tokens[:, 2:].reshape(-1)
+        ce["clean"] += torch.nn.functional.nll_loss(flat(clean), targets, reduction="sum").item()
+        ce["spliced"] += torch.nn.functional.nll_loss(
+            flat(spliced), targets, reduction="sum").item()  # fmt: skip
+        n += targets.numel()
+    assert m["kl_spliced"] == pytest.approx(kl["spliced"] / n, rel=1e-4)
+    assert m["kl_epsilon_random"] == pytest.approx(kl["random"] / n, rel=1e-4)
+    assert m["kl_ratio"] == pytest.approx(kl["spliced"] / kl["random"], rel=1e-3)
+    assert m["delta_ce"] == pytest.approx((ce["spliced"] - ce["clean"]) / n, abs=1e-5)
+    assert m["kl_spliced"] > 0 and m["kl_epsilon_random"] > 0
+
+
+def test_a_perfect_sae_has_no_kl_and_no_baseline_to_divide_by(model, tiny_corpus_dir):
+    m = evaluate_sae(perfect_sae(), model, eval_cfg(tiny_corpus_dir))
+    assert m["kl_spliced"] == pytest.approx(0, abs=1e-6)
+    assert m["kl_epsilon_random"] == pytest.approx(0, abs=1e-6)  # an error of length 0
+    assert m["delta_ce"] == pytest.approx(0, abs=1e-5)
+
+
+def test_epsilon_random_moves_each_row_by_its_error_length():
+    g = torch.Generator().manual_seed(1)
+    x, x_hat = torch.randn(50, D, generator=g), torch.randn(50, D, generator=g)
+    moved = epsilon_random(x, x_hat, torch.Generator().manual_seed(2))
+    torch.testing.assert_close((moved - x).norm(dim=-1), (x - x_hat).norm(dim=-1))
+    cos = torch.nn.functional.cosine_similarity(moved - x, x_hat - x, dim=-1)
+    assert cos.abs().mean() < 0.5  # not along the error: a random direction
 
 
 def test_the_eval_sae_command_stores_its_metrics(tiny_model_dir, tiny_corpus_dir, tmp_path, capsys):

@@ -149,6 +149,8 @@ def test_the_sae_source_page_shows_its_metrics(client):
     assert 0 < ev["l0"] <= 4 and ev["tokens"] > 0
     html = client.get(f"/tinysae/{SOURCE}").text
     assert 'id="sae-metrics"' in html and f"{ev['loss_recovered'] * 100:.1f}%" in html
+    assert 'id="sae-errors"' in html and ev["kl_spliced"] > 0 and ev["kl_epsilon_random"] > 0
+    assert f"{ev['kl_ratio']:.2f}" in html and "ε-random" in html
     assert [s["name"] for s in client.get("/tinysae.json").json()["sources"]] == [
         "0-res-topk-32",
         "1-mlp",
