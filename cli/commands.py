@@ -303,8 +303,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     if report.failed or report.failed_scores:
         print(
-            f"failed: {report.failed} units without an explanation, {report.failed_scores} "
-            "scores left out (recorded in explain_failures; a re-run tries the units again)"
+            f"failed: {report.failed} units without an explanation (a re-run tries them "
+            f"again), {report.failed_scores} scores left out; all recorded in explain_failures"
         )
         for line in report.errors:
             print(f"  {line}")

@@ -59,7 +59,7 @@ def spread(items: list, n: int) -> list:
 
 def explain(
     ep: Endpoint, unit: UnitWindows, threshold: float, vocab: dict[int, str], logits: dict,
-    max_tokens: int = 200,
+    max_tokens: int = LlmSettings.max_tokens,
 ) -> str:  # fmt: skip
     """The endpoint's explanation of ``unit``; EndpointFailure when it gives none."""
     messages = prompts.explain_messages(
@@ -73,9 +73,11 @@ def explain(
     return ep.ask(messages, prompts.parse_explanation, max_tokens=max_tokens)
 
 
-def positives(unit: UnitWindows, n: int) -> list[Window]:
-    """``n`` held-out windows where the unit fires, spread over its activation range."""
-    return spread(sorted(unit.held_out, key=lambda w: -w.value), n)
+def positives(unit: UnitWindows, n: int, threshold: float) -> list[Window]:
+    """``n`` held-out windows where the unit fires (its example at least ``threshold``,
+    the line negatives stay under), spread over its activation range."""
+    firing = [w for w in unit.held_out if w.value >= threshold]
+    return spread(sorted(firing, key=lambda w: -w.value), n)
 
 
 def detect(
@@ -92,7 +94,7 @@ def detect(
     n = min(len(pos), len(neg))
     if n == 0:
         return None
-    items = [(prompts.render(w, vocab), 1) for w in pos[:n]]
+    items = [(prompts.render(w, vocab), 1) for w in spread(pos, n)]
     items += [(prompts.render(w, vocab), 0) for w in neg[:n]]
     return _judge(ep, prompts.DETECTION_SYSTEM, explanation, items, settings, seed)
 
@@ -115,7 +117,7 @@ def fuzz(
         if i % 2 == 0:
             items.append((prompts.render(w, vocab, right), 1))
             continue
-        others = np.flatnonzero(~right)
+        others = np.flatnonzero(~right & np.isfinite(w.acts))  # shown and silent
         if len(others) < right.sum():
             continue
         wrong = np.zeros_like(right)
@@ -133,9 +135,8 @@ def _judge(ep, system, explanation, items, settings, seed) -> dict:
     for i in range(0, len(shuffled), settings.batch):
         batch = shuffled[i : i + settings.batch]
         messages = prompts.judge_messages(system, explanation, [text for text, _ in batch])
-        said += ep.ask(
-            messages, functools.partial(prompts.parse_judgements, n=len(batch)), max_tokens=60
-        )
+        parse = functools.partial(prompts.parse_judgements, n=len(batch))
+        said += ep.ask(messages, parse, max_tokens=16 + 4 * len(batch))
     truth = np.array([t for _, t in shuffled])
     return balanced_accuracy(np.array(said), truth)
 
@@ -146,12 +147,13 @@ def balanced_accuracy(said: np.ndarray, truth: np.ndarray) -> dict:
     correct = (said == truth).astype(np.float64)
     pos, neg = correct[truth == 1], correct[truth == 0]
     value = 0.5 * (pos.mean() + neg.mean())
-    boot = 0.5 * (_resampled_means(pos) + _resampled_means(neg))
+    rng = np.random.default_rng([len(pos), len(neg)])  # one stream: the classes apart
+    boot = 0.5 * (_resampled_means(pos, rng) + _resampled_means(neg, rng))
     boot.sort()
     return {"value": round(float(value), 4), "lo": round(_quantile(boot, 0.025), 4),
             "hi": round(_quantile(boot, 0.975), 4), "n": int(len(truth))}  # fmt: skip
 
 
-def _resampled_means(x: np.ndarray) -> np.ndarray:
-    rng = np.random.default_rng(len(x))
+def _resampled_means(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The means of ``BOOTSTRAP`` resamples of ``x``."""
     return rng.multinomial(len(x), np.full(len(x), 1 / len(x)), size=BOOTSTRAP) @ x / len(x)

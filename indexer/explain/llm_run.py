@@ -60,8 +60,9 @@ def settings_key(model: str, settings: llm.LlmSettings) -> str:
         "scorers": list(settings.scorers),
         "examples": settings.examples,
         "batch": settings.batch,
+        "max_tokens": settings.max_tokens,
         "baseline": [token_pattern.METHOD, token_pattern.VERSION],
-        "split": "even shown, odd held out",
+        "split": "by sequence: the 1st, 3rd, ... new one shown, the others held out",
         "skip_first": "left out",
     }
     return hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=8).hexdigest()
@@ -115,11 +116,14 @@ def explain_chunk(
         return _unit_rows(ctx, unit, uw, unit_logits, threshold, negs)
 
     rows, failures = [], []
-    with ThreadPoolExecutor(max_workers=max(1, ctx.concurrency)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, ctx.concurrency))
+    try:
         for row, failed in pool.map(one, sorted(units)):
             if row is not None:
                 rows.append(row)
             failures += failed
+    finally:  # on Ctrl-C, no more calls for the units not started
+        pool.shutdown(cancel_futures=True)
     return rows, failures, len(logits) - len(units)
 
 
@@ -159,11 +163,13 @@ def _unit_rows(ctx, unit, uw: UnitWindows, unit_logits, threshold, negs):
         failures.append({"unit": unit, "method": method, "settings": ctx.key, "error": error})
 
     try:
-        text = llm.explain(ctx.endpoint, uw, threshold, ctx.vocab, unit_logits)
+        text = llm.explain(
+            ctx.endpoint, uw, threshold, ctx.vocab, unit_logits, ctx.settings.max_tokens
+        )
     except EndpointFailure as exc:
         failed(llm.METHOD, str(exc))
         return None, failures
-    pos = llm.positives(uw, ctx.settings.examples)
+    pos = llm.positives(uw, ctx.settings.examples, threshold)
     scores = _scores(ctx, unit, text, uw, pos, threshold, negs, lambda m, e: failed(m, e))
     evidence: dict = {"model": ctx.endpoint.model, "shown": len(llm.shown_examples(uw))}
     baseline = token_pattern.explain(uw, unit_logits, ctx.vocab)

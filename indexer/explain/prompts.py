@@ -137,6 +137,8 @@ def parse_explanation(answer: str) -> str:
         raise Malformed("an empty explanation")
     if not any(c.isalpha() for c in text):
         raise Malformed(f"an explanation without words: {_clip(text)!r}")
+    if text.startswith("<") and text.endswith(">"):
+        raise Malformed(f"the format's placeholder, not an explanation: {_clip(text)!r}")
     if len(text) > MAX_EXPLANATION:
         raise Malformed(f"an explanation of {len(text)} characters (at most {MAX_EXPLANATION})")
     return text
@@ -167,12 +169,15 @@ _LIST = re.compile(r"\[([^\[\]]*)\]")
 def parse_judgements(answer: str, n: int) -> list[int]:
     """The first ``[...]`` list of exactly ``n`` 0s and 1s in an answer; Malformed
     otherwise."""
+    wrong = None
     for m in _LIST.finditer(answer):
         items = [x.strip().strip("'\"") for x in m.group(1).split(",") if x.strip()]
         if items and all(x in ("0", "1") for x in items):
-            if len(items) != n:
-                raise Malformed(f"{len(items)} judgements for {n} texts")
-            return [int(x) for x in items]
+            if len(items) == n:
+                return [int(x) for x in items]
+            wrong = len(items)
+    if wrong is not None:
+        raise Malformed(f"{wrong} judgements for {n} texts")
     raise Malformed(f"no list of 0s and 1s in {_clip(answer)!r}")
 
 

@@ -50,7 +50,7 @@ def settings_key() -> str:
         "method": token_pattern.METHOD,
         "version": token_pattern.VERSION,
         "scorer": ["simulation", simulation.FIRES, simulation.BOOTSTRAP],
-        "split": "even shown, odd held out",
+        "split": "by sequence: the 1st, 3rd, ... new one shown, the others held out",
         "skip_first": "left out",
     }
     return hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=8).hexdigest()
@@ -168,6 +168,14 @@ def explain_index(
                     report.errors += [f"{s.name}/{f['unit']} {f['method']}: {f['error']}"
                                       for f in failures][: 5 - len(report.errors)]  # fmt: skip
                 with engine.begin() as conn:
+                    storage.supersede_explanations(
+                        conn,
+                        s.id,
+                        [r["unit"] for r in rows],
+                        method,
+                        endpoint and endpoint.model,
+                        key,
+                    )
                     storage.add_explanations(conn, s.id, rows)
                     storage.add_explain_failures(conn, s.id, failures)
                 bar.update(len(block))

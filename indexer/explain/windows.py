@@ -1,8 +1,11 @@
 """A unit's examples as token windows: what explainers read and scorers test against.
 
-The split is fixed by position, so an explainer never sees what its explanation is
-scored on: among the top examples (by rank) and among each interval's samples (in their
-stored order) the even ones are shown to the explainer and the odd ones held out.
+The split is fixed, so an explainer never sees what its explanation is scored on, and it
+goes by sequence, so it never sees a near copy either (two top examples a token apart in
+one sequence are one window twice): among the top examples (by rank) and among each
+interval's samples (in their stored order), the examples of a unit's first, third, ...
+new sequence are shown to the explainer and those of its second, fourth, ... are held
+out; an example on a sequence met before goes where that sequence went.
 """
 
 from __future__ import annotations
@@ -55,14 +58,17 @@ def unit_windows(
     activations read NaN, so no explainer or scorer sees them."""
     shown: list[Window] = []
     held: list[Window] = []
+    side: dict[int, bool] = {}  # sequence -> held out
     for packed in (top, sampled):
         if packed is None or not len(packed.fields):
             continue
         ends = np.cumsum(packed.fields[:, 5])
-        seen: dict[int, int] = {}  # examples so far in each interval
+        new: dict[int, int] = {}  # new sequences so far in each interval
         for i, (interval, _rank, seq, pos, start, length) in enumerate(packed.fields.tolist()):
-            k = seen.get(interval, 0)
-            seen[interval] = k + 1
+            if seq not in side:
+                k = new.get(interval, 0)
+                new[interval] = k + 1
+                side[seq] = k % 2 == 1
             tokens = seqs[seq][start : start + length]
             acts = packed.acts[ends[i] - length : ends[i]]
             if start < skip_first:
@@ -74,7 +80,7 @@ def unit_windows(
                 at=pos - start,
                 value=float(packed.values[i]),
                 interval=-1 if packed is top else int(interval),
-                held_out=k % 2 == 1,
+                held_out=side[seq],
             )
             (held if w.held_out else shown).append(w)
     return UnitWindows(unit, max_act, shown, held)

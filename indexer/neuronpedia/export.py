@@ -93,17 +93,19 @@ def _export(conn, m: storage.ModelRow, chosen, out: Path) -> ExportReport:
     side.mkdir(parents=True)
     _write_json(side / "index.json", _index_json(m, chosen))
     _write_lines(side / "vocab.jsonl.gz", [vocab[i] for i in sorted(vocab)])
-    seqs = storage.get_sequences(conn, m.id, range(m.n_sequences))
     _write_lines(
         side / "sequences.jsonl.gz",
-        [[s.id, s.document, s.offset, s.tokens] for _, s in sorted(seqs.items())],
+        ([q.id, q.document, q.offset, q.tokens] for q in storage.iter_sequences(conn, m.id)),
     )
+    seqs = storage.sequence_tokens(conn, m.id)  # int32 arrays: 4 bytes a token
     now = m.created
     explainers: set[str] = set()
+    # One model record for every source: its neurons per layer are the MLP's width.
+    mlp_width = next((s.n_units for s in storage.list_sources(conn, m.id) if s.kind == "mlp"), 0)
     for s in chosen:
         folder = out / m.slug / s.name
         folder.mkdir(parents=True)
-        _write_lines(folder / "model.jsonl", [_model_record(m, s)])
+        _write_lines(folder / "model.jsonl", [_model_record(m, mlp_width)])
         _write_lines(folder / "sourceset.jsonl", [_sourceset_record(m, s)])
         _write_lines(folder / "source.jsonl", [_source_record(m, s)])
         for b, lo in enumerate(range(0, s.n_units, BATCH)):
@@ -150,12 +152,12 @@ def _batch(conn, m: storage.ModelRow, s, lo: int, hi: int, vocab, seqs):
             for i, f in enumerate(packed.fields.tolist()):
                 interval, rank, seq, pos, start, length = f
                 window = packed.acts[ends[i] - length : ends[i]]
-                acts.append(_activation(m, s, u, k, key, f, window, seqs[seq].tokens, vocab))
+                acts.append(_activation(m, s, u, k, key, f, window, seqs[seq], vocab))
                 meta = [rank, seq, pos, start, float(packed.values[i])]
                 line[key].append(meta if key == "top" else [interval, *meta])
                 k += 1
-        for j, e in enumerate(by_unit.get(u.idx, [])):
-            rec = _explanation(m, s, u.idx, j, e)
+        for e in by_unit.get(u.idx, []):
+            rec = _explanation(m, s, u.idx, e)
             expl.append(rec)
             line["explanations"].append(
                 {
@@ -215,11 +217,11 @@ def _set_name(s: storage.SourceRow) -> str:
     return rest if head.isdigit() and rest else s.name
 
 
-def _model_record(m: storage.ModelRow, s) -> dict:
+def _model_record(m: storage.ModelRow, mlp_width: int) -> dict:
     return {"id": m.slug, "displayNameShort": m.slug, "displayName": m.spec,
             "creatorId": BOT, "tlensId": m.spec, "dimension": m.d_model,
             "visibility": "PUBLIC", "inferenceEnabled": False, "instruct": False,
-            "layers": m.n_layers, "neuronsPerLayer": s.n_units if s.kind == "mlp" else 0,
+            "layers": m.n_layers, "neuronsPerLayer": mlp_width,
             "owner": "", "createdAt": _time(m.created), "updatedAt": _time(m.created)}  # fmt: skip
 
 
@@ -281,7 +283,10 @@ def _activation(m, s, u, k, key, f, window, seq_tokens, vocab) -> dict:
     interval, _rank, seq, pos, start, length = f
     values = [float(v) for v in window]
     tokens = [vocab.get(int(t), "") for t in seq_tokens[start : start + length]]
-    top = np.argmax(window) if len(window) else 0
+    # The first skip_first tokens of a sequence are in no statistic: not its max or min.
+    first = min(len(values), max(0, m.skip_first - start))
+    counted = values[first:] or values
+    top = (first if values[first:] else 0) + int(np.argmax(counted)) if counted else 0
     if key == "top":
         lo, hi, contains = -1.0, u.max_act, -1.0
     else:
@@ -291,18 +296,18 @@ def _activation(m, s, u, k, key, f, window, seq_tokens, vocab) -> dict:
     return {
         "id": _id(m.slug, s.name, u.idx, "a", k), "modelId": m.slug, "layer": s.name,
         "index": u.idx, "creatorId": BOT, "createdAt": _time(m.created), "tokens": tokens,
-        "values": values, "maxValue": max(values, default=0.0),
-        "maxValueTokenIndex": int(top), "minValue": min(values, default=0.0),
+        "values": values, "maxValue": max(counted, default=0.0),
+        "maxValueTokenIndex": int(top), "minValue": min(counted, default=0.0),
         "dataIndex": f"{seq}:{start}", "dataSource": m.corpus, "binMin": lo, "binMax": hi,
         "binContains": contains, "qualifyingTokenIndex": pos - start,
     }  # fmt: skip
 
 
-def _explanation(m, s, unit: int, j: int, e: storage.ExplanationRow) -> dict:
+def _explanation(m, s, unit: int, e: storage.ExplanationRow) -> dict:
     model_name = e.explainer if e.method == "llm" and e.explainer else TYPES.get(e.method, e.method)
     notes = f"by {e.explainer}" if e.method == "human" and e.explainer else None
     return {
-        "id": _id(m.slug, s.name, unit, "e", j), "modelId": m.slug, "layer": s.name,
+        "id": _id(m.slug, s.name, unit, "e", e.id), "modelId": m.slug, "layer": s.name,
         "index": unit, "description": e.text, "authorId": BOT,
         "typeName": TYPES.get(e.method, e.method), "explanationModelName": model_name,
         "notes": notes, "createdAt": _time(e.created), "updatedAt": _time(e.created),
@@ -337,10 +342,13 @@ def _write_json(path: Path, value) -> None:
     path.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
 
-def _write_lines(path: Path, rows: list) -> None:
-    """JSONL, gzipped when the name ends in ``.gz``."""
+def _write_lines(path: Path, rows) -> None:
+    """JSONL, gzipped when the name ends in ``.gz``, written as ``rows`` come."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in rows)
+    raw = path.open("wb")
+    out = raw
     if path.suffix == ".gz":
-        data = gzip.compress(data, compresslevel=5, mtime=0)
-    path.write_bytes(data)
+        out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5, mtime=0)
+    with raw, out:
+        for r in rows:
+            out.write(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from indexer.neuronpedia.export import TYPES
-from indexer.neuronpedia.reading import ImportReport, batches, columns, read_lines
+from indexer.neuronpedia.reading import (
+    ImportReport,
+    add_logit_entries,
+    batches,
+    columns,
+    read_lines,
+)
 from indexer.token_index import TokenUnits
 from spyglass import storage
 
@@ -87,10 +93,7 @@ def import_records(conn, folder: Path, slug: str, report: ImportReport) -> None:
         storage.add_examples(conn, source_id, columns(b.sampled), interval=intervals)
         storage.add_explanations(conn, source_id, b.explanations)
         by_token = TokenUnits()
-        for u, lg in enumerate(b.logits):
-            for effect, side in (("promotes", "top"), ("suppresses", "bottom")):
-                for t, v in lg[side]:
-                    by_token.add(effect, [t], [u], [v])
+        add_logit_entries(by_token, list(range(b.n_units)), b.logits)
         if b.top:
             units = np.array([r[0] for r in b.top])
             tokens = np.array([sequences[r[3]][3][r[4]] for r in b.top])

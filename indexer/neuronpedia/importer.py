@@ -21,9 +21,18 @@ import numpy as np
 
 from indexer.neuronpedia.export import SIDE
 from indexer.neuronpedia.foreign import import_records
-from indexer.neuronpedia.reading import ImportReport, batches, columns, read_lines
+from indexer.neuronpedia.reading import (
+    ImportReport,
+    add_logit_entries,
+    batches,
+    columns,
+    read_lines,
+)
 from indexer.token_index import TokenUnits
 from spyglass import storage
+
+SEQUENCE_CHUNK = 10_000
+"""Sequences inserted at a time."""
 
 
 def model_folder(root: Path, model: str | None) -> Path:
@@ -61,10 +70,16 @@ def import_export(
             if storage.get_model(conn, slug) is not None and not replace:
                 raise ValueError(f"{slug!r} is in the index already: pass --replace, or --as NAME")
             report = ImportReport(slug=slug, exact=exact)
-            if exact:
-                _import_exact(conn, folder, side, slug, report)
-            else:
-                import_records(conn, folder, slug, report)
+            try:
+                if exact:
+                    _import_exact(conn, folder, side, slug, report)
+                else:
+                    import_records(conn, folder, slug, report)
+            except (KeyError, TypeError, IndexError, AttributeError) as exc:
+                # A record without a field it needs, or of the wrong type.
+                raise ValueError(
+                    f"{folder}: a malformed export ({type(exc).__name__}: {exc})"
+                ) from None
     finally:
         engine.dispose()
     return report
@@ -80,11 +95,14 @@ def _import_exact(conn, folder: Path, side: Path, slug: str, report: ImportRepor
     model_id = storage.replace_model(conn, slug, **{**m, "options": _json(m.get("options"))})
     vocab = [row for row in _plain_lines(side / "vocab.jsonl.gz")]
     storage.add_vocab(conn, model_id, vocab)
-    seqs = {}
+    seqs: dict[int, np.ndarray] = {}  # for the token index: 4 bytes a token
     rows = []
     for seq_id, document, offset, tokens in _plain_lines(side / "sequences.jsonl.gz"):
-        seqs[seq_id] = tokens
+        seqs[seq_id] = np.asarray(tokens, np.int32)
         rows.append((seq_id, document, offset, tokens))
+        if len(rows) == SEQUENCE_CHUNK:
+            storage.add_sequences(conn, model_id, rows)
+            rows = []
     storage.add_sequences(conn, model_id, rows)
     for src in index["sources"]:
         source_id = storage.add_source(conn, model_id, **src)
@@ -92,6 +110,8 @@ def _import_exact(conn, folder: Path, side: Path, slug: str, report: ImportRepor
         sfolder = folder / src["name"]
         for part in batches(side / src["name"]):
             lines = list(read_lines(part))
+            if not lines:
+                continue
             acts = defaultdict(list)
             for a in read_lines(sfolder / "activations" / part.name):
                 acts[int(a["index"])].append(a["values"])
@@ -125,10 +145,7 @@ def _exact_units(conn, source_id, lines, acts, texts, top_k, seqs, by_token, rep
             if e["id"] not in texts:
                 raise ValueError(f"unit {u}: explanation {e['id']} is not in the export")
             explained.append({**e, "unit": u, "text": texts[e["id"]]["description"]})
-        for t, v in x["logits"].get("top", []):
-            by_token.add("promotes", [t], [u], [v])
-        for t, v in x["logits"].get("bottom", []):
-            by_token.add("suppresses", [t], [u], [v])
+    add_logit_entries(by_token, [x["index"] for x in lines], [x["logits"] for x in lines])
     if top:
         by_token.add_examples(
             np.array([r[0] for r in top]), np.array([seqs[r[3]][r[4]] for r in top]), top_k

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.token_index import TokenUnits
 from spyglass import storage
 
 
@@ -70,3 +71,14 @@ def columns(rows: list[tuple]) -> storage.ExampleColumns:
         value=col(6, np.float32), windows=windows, first=first,
         last=first + np.array([len(r[7]) for r in rows], np.int64), before=before,
     )  # fmt: skip
+
+
+def add_logit_entries(by_token: TokenUnits, units: list[int], logits: list[dict]) -> None:
+    """The token index's promotes / suppresses entries of units and their logit tables."""
+    for effect, side in (("promotes", "top"), ("suppresses", "bottom")):
+        pairs = [
+            (t, u, v) for u, lg in zip(units, logits, strict=True) for t, v in lg.get(side, [])
+        ]
+        if pairs:
+            tokens, which, values = zip(*pairs, strict=True)
+            by_token.add(effect, tokens, which, values)

@@ -42,6 +42,7 @@ __all__ = [
     "METHOD_RANK",
     "add_explanations",
     "add_explain_failures",
+    "supersede_explanations",
     "explained_units",
     "get_explanations",
     "source_explanations",
@@ -135,6 +136,34 @@ def add_explanations(conn: Connection, source_id: int, rows: Sequence[dict]) -> 
             for r in rows
         ],
     )
+
+
+def supersede_explanations(
+    conn: Connection,
+    source_id: int,
+    units: Sequence[int],
+    method: str,
+    explainer: str | None,
+    settings: str,
+) -> int:
+    """Delete the units' explanations by ``method`` and ``explainer`` made with other
+    settings than ``settings``: a run with new settings replaces its own earlier
+    explanations (another explainer's, and people's labels, stay). Returns how many."""
+    if not units or not _has(conn, explanations):
+        return 0
+    same = (
+        explanations.c.explainer.is_(None)
+        if explainer is None
+        else explanations.c.explainer == explainer
+    )
+    q = explanations.delete().where(
+        explanations.c.source_id == source_id,
+        explanations.c.unit.in_(sorted({int(u) for u in units})),
+        explanations.c.method == method,
+        explanations.c.settings != settings,
+        same,
+    )
+    return conn.execute(q).rowcount
 
 
 def add_explain_failures(conn: Connection, source_id: int, rows: Sequence[dict]) -> None:

@@ -66,6 +66,7 @@ __all__ = [
     "sequence_tokens",
     "unit_logits",
     "iter_units",
+    "iter_sequences",
 ]
 
 
@@ -250,6 +251,19 @@ def get_sequences(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[i
         r.id: SequenceRow(r.id, r.document, r.offset, from_int_blob(r.tokens))
         for r in conn.execute(q)
     }
+
+
+def iter_sequences(conn: Connection, model_id: int, chunk: int = 4096):
+    """Every sequence of a model's index, by id, read ``chunk`` rows at a time: for passes
+    over the whole corpus (export)."""
+    q = (
+        select(sequences)
+        .where(sequences.c.model_id == model_id)
+        .order_by(sequences.c.id)
+        .execution_options(yield_per=chunk)
+    )
+    for r in conn.execute(q):
+        yield SequenceRow(r.id, r.document, r.offset, from_int_blob(r.tokens))
 
 
 def token_texts(conn: Connection, model_id: int, ids: Iterable[int]) -> dict[int, str]:

@@ -52,8 +52,9 @@ def test_every_unit_that_fired_is_explained_once(explained, tiny_index):
 
 
 def test_named_tokens_are_the_shown_examples_tokens(explained, tiny_index):
-    """Recount, from the stored examples, the tokens under the even-numbered examples:
-    the shares in the evidence are theirs, and no held-out example counts."""
+    """Recount, from the stored examples, the tokens under the shown examples (those of
+    the 1st, 3rd, ... new sequence of the top examples and of each interval's samples): the
+    shares in the evidence are theirs, and no held-out example counts."""
     db, _ = explained
     stored = read_index(tiny_index.db, tiny_index.slug)
     got = _all(db, tiny_index.slug)
@@ -66,9 +67,18 @@ def test_named_tokens_are_the_shown_examples_tokens(explained, tiny_index):
                 continue
             with engine.connect() as conn:
                 sampled = storage.get_samples(conn, src.id, u)
-            tops = sorted(examples, key=lambda x: x.rank)[::2]
-            samples = [x for k in sorted(sampled) for x in sampled[k][::2]]
-            shown = [stored.sequences[x.sequence_id].tokens[x.position] for x in tops + samples]
+            held: dict[int, bool] = {}
+            chosen = []
+            tops = sorted(examples, key=lambda x: x.rank)
+            for group in [tops, *(sampled[k] for k in sorted(sampled))]:
+                fresh = 0
+                for x in group:
+                    if x.sequence_id not in held:
+                        held[x.sequence_id] = fresh % 2 == 1
+                        fresh += 1
+                    if not held[x.sequence_id]:
+                        chosen.append(x)
+            shown = [stored.sequences[x.sequence_id].tokens[x.position] for x in chosen]
             counts = Counter(shown)
             assert e.evidence["examples"] == len(shown)
             for token, _text, share in e.evidence["tokens"]:
@@ -374,3 +384,25 @@ def test_an_index_written_before_explanations_still_serves(tiny_index, tmp_path)
         made = old.post(f"/api/{slug}/0-mlp/1/labels", json={"text": "a label", "author": "b"})
         assert made.status_code == 201  # the label store adds the tables
         assert old.get(f"/{slug}/0-mlp/1.json").json()["explanations"][0]["text"] == "a label"
+
+
+def test_new_settings_replace_a_methods_old_explanations_not_labels(tiny_index, tmp_path):
+    """An index explained by an earlier version (other settings) is explained again, and
+    the old token-pattern rows go; a person's label stays."""
+    db = copy_index(tiny_index.db, tmp_path)
+    first = run.explain_index(db, tiny_index.slug, progress=False)
+    engine = storage.make_engine(db)
+    with engine.begin() as conn:
+        conn.execute(storage.explanations.update().values(settings="an older version"))
+        s = storage.list_sources(conn, storage.get_model(conn, tiny_index.slug).id)[0]
+        label = {"unit": 0, "method": "human", "settings": "", "text": "mine", "explainer": "ada"}
+        storage.add_explanations(conn, s.id, [label])
+    engine.dispose()
+    again = run.explain_index(db, tiny_index.slug, progress=False)
+    assert again.explained == first.explained and again.skipped == 0
+    rows = _all(db, tiny_index.slug)
+    per_unit = Counter((k, e.method) for k, v in rows.items() for e in v)
+    assert set(per_unit.values()) == {1}
+    assert [e.text for e in rows[(s.name, 0)] if e.method == "human"] == ["mine"]
+    assert all(e.settings == run.settings_key() for v in rows.values() for e in v
+               if e.method == "token-pattern")  # fmt: skip

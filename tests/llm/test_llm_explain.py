@@ -89,8 +89,9 @@ def test_scores_are_measured_or_recorded_never_both(explained, tiny_index):
                 assert (name in scores) != (prefix + name in failed), (u, name)
             for name in SCORES:
                 assert (name in base["scores"]) != (f"baseline:{name}" in failed), (u, name)
-            for s in [*e.scores.values(), *base["scores"].values()]:
-                assert 0 <= s["lo"] <= s["value"] <= s["hi"] <= 1 or "simulation_r" in e.scores
+            for name, s in [*e.scores.items(), *base["scores"].items()]:
+                low = -1 if name == "simulation_r" else 0  # r runs from -1, the rest from 0
+                assert low <= s["lo"] <= s["hi"] <= 1 and low <= s["value"] <= 1, (u, name, s)
                 assert s["n"] > 0
 
 

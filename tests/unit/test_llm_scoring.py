@@ -13,7 +13,7 @@ from chat_server import ChatServer, completion
 
 from indexer.explain import llm, prompts
 from indexer.explain.endpoint import Endpoint, EndpointFailure, Malformed, parse_spec
-from indexer.explain.windows import Window
+from indexer.explain.windows import UnitWindows, Window
 
 VOCAB = {0: " the", 1: " dog", 2: " cat", 3: " sat", 4: "."}
 SETTINGS = llm.LlmSettings(examples=6, batch=4)
@@ -66,6 +66,30 @@ def test_fuzzing_marks_the_firing_tokens_or_as_many_others():
     assert got == {"value": 1.0, "lo": 1.0, "hi": 1.0, "n": 6}
 
 
+def test_positives_are_held_out_examples_where_the_unit_fires():
+    held = [_window([0, 1], [0, v]) for v in (2.0, 0.05, 1.0, 0.15, 0.5)]
+    unit = UnitWindows(0, 2.0, [], held)
+    got = llm.positives(unit, 10, threshold=0.2)
+    assert [w.value for w in got] == [2.0, 1.0, 0.5]  # the ones under 0.1 x max are not
+
+
+def test_fuzzing_marks_only_tokens_it_shows():
+    """The first tokens of a sequence (NaN: in no statistic) are not shown, so no mark,
+    right or wrong, may fall on them: every text carries its marks."""
+    pos = [_window([0, 2, 1, 3, 4], [np.nan, np.nan, 2.0, 0, 0]) for _ in range(8)]
+    texts = []
+
+    def reply(body):
+        got = _texts(body)
+        texts.extend(got)
+        return 200, completion(str([1] * len(got))), {}
+
+    with ChatServer(reply) as url:
+        llm.fuzz(Endpoint(url, "j", attempts=1), "x", pos, 1.0, VOCAB, SETTINGS, 0)
+    assert len(texts) == 8 and all("<<" in t for t in texts)
+    assert not any(" the" in t or " cat" in t for t in texts)
+
+
 def test_balanced_accuracy_and_its_interval_against_brute_force():
     rng = np.random.default_rng(3)
     truth = np.array([1] * 7 + [0] * 5)
@@ -76,6 +100,23 @@ def test_balanced_accuracy_and_its_interval_against_brute_force():
     assert got["value"] == round((tpr + tnr) / 2, 4) and got["n"] == 12
     # Every resample of each class lies between the class's worst and best hit rate.
     assert 0 <= got["lo"] <= got["value"] <= got["hi"] <= 1
+
+
+def test_the_interval_resamples_each_class_apart():
+    """Hits on the positives and misses on the negatives at the same places: pairing the
+    classes' resamples would cancel them into [0.5, 0.5]. An independent bootstrap, each
+    class resampled on its own, gives the interval."""
+    truth = np.array([1] * 10 + [0] * 10)
+    right = np.array([1] * 5 + [0] * 5 + [0] * 5 + [1] * 5, bool)
+    said = np.where(right, truth, 1 - truth)
+    got = llm.balanced_accuracy(said, truth)
+    assert got["value"] == 0.5
+    rng = np.random.default_rng(7)
+    pos, neg = right[:10].astype(float), right[10:].astype(float)
+    boot = 0.5 * (rng.choice(pos, (20000, 10)).mean(1) + rng.choice(neg, (20000, 10)).mean(1))
+    assert got["lo"] == pytest.approx(np.quantile(boot, 0.025), abs=0.03)
+    assert got["hi"] == pytest.approx(np.quantile(boot, 0.975), abs=0.03)
+    assert got["hi"] - got["lo"] > 0.3
 
 
 def test_a_failed_batch_fails_the_whole_score():
