@@ -84,6 +84,11 @@ def steer(slug: str, query: list[tuple[str, str]] | None = None) -> str:
     return f"{url}?{urlencode(query)}" if query else url
 
 
+def atp(slug: str, **query) -> str:
+    url = f"{model(slug)}/atp"
+    return f"{url}?{urlencode(query, doseq=True)}" if query else url
+
+
 def attribution(slug: str, **query) -> str:
     url = f"{model(slug)}/attribution"
     return f"{url}?{urlencode(query)}" if query else url

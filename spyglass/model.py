@@ -365,6 +365,79 @@ class Model:
             through=through,
         )
 
+    @property
+    def n_heads(self) -> int:
+        return self._tl.cfg.n_heads
+
+    def with_grads(
+        self,
+        ids: Sequence[int],
+        hooks: Sequence[str],
+        metric: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        backward: bool = True,
+    ) -> tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One forward and backward pass of one sequence: ``metric(logits [T, V])`` (a
+        scalar), and each hook's activation and its gradient, [T, ...] each. The weights
+        get no gradient. Without ``backward``: the forward pass only, and no gradients."""
+        acts: dict[str, torch.Tensor] = {}
+        tokens = torch.tensor([list(ids)], device=self.device)
+        if not backward:
+            with torch.inference_mode():
+                logits = self._tl.run_with_hooks(
+                    tokens, fwd_hooks=[(h, lambda a, hook: acts.update({hook.name: a[0]}))
+                                       for h in hooks],
+                )  # fmt: skip
+                return float(metric(logits[0].float())), acts, {}
+
+        def keep(act: torch.Tensor, hook) -> None:
+            act.retain_grad()
+            acts[hook.name] = act
+
+        with torch.enable_grad():
+            params = [p for p in self._tl.parameters() if p.requires_grad]
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                # The embedding's output needs a gradient for anything after it to have one.
+                start = [("hook_embed", lambda act, hook: act.requires_grad_(True))]
+                logits = self._tl.run_with_hooks(
+                    tokens, fwd_hooks=start + [(h, keep) for h in hooks]
+                )
+                value = metric(logits[0].float())
+                value.backward()
+            finally:
+                for p in params:
+                    p.requires_grad_(True)
+        return (
+            float(value.detach()),
+            {h: a[0].detach() for h, a in acts.items()},
+            {h: a.grad[0] for h, a in acts.items()},
+        )
+
+    @torch.inference_mode()
+    def metric_batch(
+        self,
+        ids: Sequence[int],
+        edits: Sequence[dict[str, Callable[[torch.Tensor], torch.Tensor]]],
+        metric: Callable[[torch.Tensor], torch.Tensor],
+    ) -> list[float]:
+        """``metric(logits [T, V])`` of one sequence run once per entry of ``edits`` (one
+        batch): entry b maps hook names to an edit of that run's activation [T, ...]."""
+        if not edits:
+            return []
+        tokens = torch.tensor([list(ids)] * len(edits), device=self.device)
+        names = sorted({h for e in edits for h in e})
+
+        def edit(act: torch.Tensor, hook) -> torch.Tensor:
+            for b, e in enumerate(edits):
+                if hook.name in e:
+                    act[b] = e[hook.name](act[b])
+            return act
+
+        logits = self._tl.run_with_hooks(tokens, fwd_hooks=[(h, edit) for h in names])
+        return [float(metric(logits[b].float())) for b in range(len(edits))]
+
     def mlp_activations(
         self, tokens: torch.Tensor, layers: Sequence[int]
     ) -> dict[int, torch.Tensor]:

@@ -48,8 +48,11 @@
     if (!window.Plotly) return;
     root.querySelectorAll(".plot[data-plot]").forEach((el) => {
       const h = JSON.parse(el.dataset.plot);
-      const trace = el.dataset.kind === "heatmap"
+      const kind = el.dataset.kind;
+      const trace = kind === "heatmap"
         ? { type: "heatmap", z: h.z, colorscale: "RdBu", reversescale: true, zmid: 0 }
+        : kind === "scatter"
+        ? { type: "scatter", mode: "markers", x: h.x, y: h.y, text: h.text, marker: { color: "#b45309" } }
         : { type: "bar", x: h.x, y: h.y, marker: { color: "#b45309" } };
       Plotly.newPlot(el, [trace], {
         title: { text: el.dataset.title || "" }, margin: { t: 40, r: 10, b: 40, l: 50 },

@@ -19,7 +19,7 @@ from spyglass.model import Model
 from spyglass.settings import Settings
 
 
-def _one_token(model: Model, text: str, field: str) -> int:
+def one_token(model: Model, text: str, field: str) -> int:
     ids = model.tokenize(text)
     if len(ids) != 1:
         raise LimitError(
@@ -52,8 +52,8 @@ async def attribution(
             raise LimitError(
                 f"position must be in 0..{len(ids) - 1}, got {pos}", field="position", rule="range"
             )
-        target = _one_token(model, req.target, "target") if req.target else None
-        other = _one_token(model, req.other, "other") if req.other else None
+        target = one_token(model, req.target, "target") if req.target else None
+        other = one_token(model, req.other, "other") if req.other else None
         loaded = [load_source(service, s, model) for s in saes]
         a = model.attribute(ids, pos, target, other, hooks=sorted({s.hook for s in loaded}))
         latents = []

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.deps import ModelsDep, ReaderDep, SettingsDep
 from app.errors import LIVE_ERRORS
-from app.live import ablation, activations, attribution, prompt, steer
+from app.live import ablation, activations, atp, attribution, prompt, steer
 from app.live.schema import (
     AblationResult,
     ActivationRequest,
@@ -194,6 +194,32 @@ async def attribution_page(
     return render(request, "attribution.html", result)
 
 
+@twins.get("/{model}/atp.json", response_model=atp.AtpResult, summary="Attribution patching")
+async def atp_json(
+    request: Request,
+    model: str,
+    req: Annotated[atp.AtpRequest, Query()],
+    reader: ReaderDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await atp.atp(models, settings, reader, model, req)
+    return render(request, "atp.html", result, as_json=True)
+
+
+@fragments.get("/{model}/atp")
+async def atp_page(
+    request: Request,
+    model: str,
+    req: Annotated[atp.AtpRequest, Query()],
+    reader: ReaderDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await atp.atp(models, settings, reader, model, req)
+    return render(request, "atp.html", result)
+
+
 # ---- /api -----------------------------------------------------------------------------------
 
 
@@ -219,6 +245,21 @@ async def attribution_api(
     latents, through the final norm's frozen scale. The parts sum to logit - bias.
     """
     return await attribution.attribution(models, settings, reader, model, req)
+
+
+@api.post("/{model}/atp", response_model=atp.AtpResult)
+async def atp_api(
+    model: str, req: atp.AtpRequest, reader: ReaderDep, models: ModelsDep, settings: SettingsDep
+):
+    """Attribution patching: for a clean and a corrupt prompt of the same length, every
+    indexed unit's and every head's first-order estimate of its effect on the metric
+    (logit of ``target`` minus ``other`` at the last position), and the measured effect of
+    patching the top ``verify`` units to their corrupt values.
+
+    Caps (422 when exceeded): prompt characters and tokens, ``verify``. Prompts of
+    different token lengths, an unknown source or a target of several tokens are 422s.
+    """
+    return await atp.atp(models, settings, reader, model, req)
 
 
 @api.post("/{model}/prompt", response_model=PromptResult)
