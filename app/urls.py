@@ -84,6 +84,10 @@ def steer(slug: str, query: list[tuple[str, str]] | None = None) -> str:
     return f"{url}?{urlencode(query)}" if query else url
 
 
+def steer_eval(slug: str) -> str:
+    return f"{model(slug)}/steer/eval"
+
+
 def atp(slug: str, **query) -> str:
     url = f"{model(slug)}/atp"
     return f"{url}?{urlencode(query, doseq=True)}" if query else url

@@ -51,6 +51,8 @@
       const kind = el.dataset.kind;
       const trace = kind === "heatmap"
         ? { type: "heatmap", z: h.z, colorscale: "RdBu", reversescale: true, zmid: 0 }
+        : kind === "errorbars"
+        ? { type: "scatter", mode: "lines+markers", x: h.x, y: h.y, error_y: { type: "data", array: h.sd, visible: true }, marker: { color: "#b45309" } }
         : kind === "scatter"
         ? { type: "scatter", mode: "markers", x: h.x, y: h.y, text: h.text, marker: { color: "#b45309" } }
         : { type: "bar", x: h.x, y: h.y, marker: { color: "#b45309" } };

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.deps import ModelsDep, ReaderDep, SettingsDep
 from app.errors import LIVE_ERRORS
-from app.live import ablation, activations, atp, attribution, prompt, steer
+from app.live import ablation, activations, atp, attribution, prompt, steer, steer_eval
 from app.live.schema import (
     AblationResult,
     ActivationRequest,
@@ -194,6 +194,36 @@ async def attribution_page(
     return render(request, "attribution.html", result)
 
 
+@twins.get(
+    "/{model}/steer/eval.json",
+    response_model=steer_eval.SteerEvalResult,
+    summary="Steering measured over a prompt set",
+)
+async def steer_eval_json(
+    request: Request,
+    model: str,
+    req: Annotated[steer_eval.SteerEvalRequest, Query()],
+    reader: ReaderDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await steer_eval.steer_eval(models, settings, reader, model, req)
+    return render(request, "steer_eval.html", result, as_json=True)
+
+
+@fragments.get("/{model}/steer/eval")
+async def steer_eval_page(
+    request: Request,
+    model: str,
+    req: Annotated[steer_eval.SteerEvalRequest, Query()],
+    reader: ReaderDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    result = await steer_eval.steer_eval(models, settings, reader, model, req)
+    return render(request, "steer_eval.html", result)
+
+
 @twins.get("/{model}/atp.json", response_model=atp.AtpResult, summary="Attribution patching")
 async def atp_json(
     request: Request,
@@ -260,6 +290,26 @@ async def atp_api(
     different token lengths, an unknown source or a target of several tokens are 422s.
     """
     return await atp.atp(models, settings, reader, model, req)
+
+
+@api.post("/{model}/steer/eval", response_model=steer_eval.SteerEvalResult)
+async def steer_eval_api(
+    model: str,
+    req: steer_eval.SteerEvalRequest,
+    reader: ReaderDep,
+    models: ModelsDep,
+    settings: SettingsDep,
+):
+    """Steering measured over a prompt set: for each strength (a multiple of each unit's
+    max activation) and prompt, the mean change in log p(targets) over the steered
+    continuation, the KL divergence on neutral text, and the unsteered loss on the
+    continuation; per strength their mean, standard deviation and the share of prompts
+    moved the intended way.
+
+    Caps (422 when exceeded): units, strengths, prompts, new tokens, the total forward
+    passes, each strength x max activation.
+    """
+    return await steer_eval.steer_eval(models, settings, reader, model, req)
 
 
 @api.post("/{model}/prompt", response_model=PromptResult)

@@ -1,0 +1,104 @@
+"""Steering measured over a prompt set (after Tan et al. 2024: one sample hides how
+unreliable a steering vector is). For each strength and each prompt:
+
+- **effect**: over the steered continuation, the mean change in the log-probability of
+  the target tokens (their total probability) between the steered and the unsteered
+  model, both reading the same steered text;
+- **fluency**: the unsteered model's mean loss on the steered continuation;
+- **side effect**: on a neutral text (one per prompt), the mean KL divergence from the
+  unsteered to the steered next-token distribution.
+
+Default and steered runs share their seed; strength 0 steers nothing and measures exactly
+0 effect and 0 KL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from spyglass.model import Model, Steer
+
+
+@dataclass(frozen=True)
+class Measure:
+    strength: float
+    prompt: int
+    effect: float
+    fluency: float
+    kl: float
+    continuation: list[int]
+
+
+def evaluate(
+    model: Model,
+    steers: Callable[[float], Sequence[Steer]],
+    strengths: Sequence[float],
+    prompts: Sequence[list[int]],
+    neutral: Sequence[list[int]],
+    targets: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    deadline: float | None = None,
+) -> list[Measure]:
+    """One measure per (strength, prompt); ``steers(strength)`` gives the edits of a
+    strength (the multiple applied to each unit's own scale), ``neutral[i]`` is prompt i's
+    neutral text."""
+    target = torch.tensor(list(targets), device=model.device)
+    plain = [model.log_probs(text) for text in neutral]
+    out = []
+    for strength in strengths:
+        edits = list(steers(strength))
+        for i, ids in enumerate(prompts):
+            new = model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 seed=seed, steer=edits, deadline=deadline)  # fmt: skip
+            text = [*ids, *new]
+            steered, default = model.log_probs(text, edits), model.log_probs(text)
+            rows = torch.arange(len(ids) - 1, len(text) - 1, device=model.device)
+            effect = (
+                steered[rows][:, target].logsumexp(-1) - default[rows][:, target].logsumexp(-1)
+            ).mean()
+            nexts = torch.tensor(new, device=model.device)
+            fluency = -default[rows, nexts].mean()
+            moved = model.log_probs(neutral[i], edits)
+            kl = (plain[i].exp() * (plain[i] - moved)).sum(-1).mean()
+            out.append(Measure(strength, i, float(effect), float(fluency), float(kl), new))
+    return out
+
+
+@dataclass(frozen=True)
+class Summary:
+    strength: float
+    n: int
+    effect_mean: float
+    effect_sd: float
+    intended: float
+    """Share of prompts whose effect has the strength's sign (strength 0: none asked)."""
+    fluency_mean: float
+    fluency_sd: float
+    kl_mean: float
+    kl_sd: float
+
+
+def summarise(measures: Sequence[Measure]) -> list[Summary]:
+    """Mean, standard deviation (n - 1) and share of the intended sign, per strength."""
+    out = []
+    for strength in dict.fromkeys(m.strength for m in measures):
+        ms = [m for m in measures if m.strength == strength]
+
+        def stats(values: list[float]) -> tuple[float, float]:
+            t = torch.tensor(values, dtype=torch.float64)
+            return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+        effect, fluency, kl = (
+            stats([getattr(m, k) for m in ms]) for k in ("effect", "fluency", "kl")
+        )
+        sign = (strength > 0) - (strength < 0)
+        hits = sum((m.effect > 0) - (m.effect < 0) == sign for m in ms)
+        intended = hits / len(ms) if sign else 0.0
+        out.append(Summary(strength, len(ms), *effect, intended, *fluency, *kl))
+    return out
