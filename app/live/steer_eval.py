@@ -203,6 +203,12 @@ async def steer_eval(
             targets = [one_token(model, t, "target") for t in req.target]
         else:
             targets = [t for t, _ in units[0][1].logits.get("top", [])[:DEFAULT_TARGETS]]
+            if not targets:
+                raise LimitError(
+                    f"{req.unit[0]} has no logit effects to take targets from: name them",
+                    field="target",
+                    rule="not_empty",
+                )
         loaded = [(load_source(service, s, model), u) for s, u in units]
 
         def steers(strength: float):
