@@ -520,6 +520,59 @@ class Model:
                 inputs = torch.tensor([[next_id]], device=self.device)
         return new
 
+    @torch.inference_mode()
+    def generate_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        steer: Sequence[Steer] = (),
+        deadline: float | None = None,
+    ) -> list[list[int]]:
+        """``generate`` for prompts of one length at once, a row each: each row draws from
+        its own generator seeded with ``seed``, as ``generate`` does, and stops at EOS."""
+        if len({len(p) for p in prompts}) > 1:
+            raise ValueError("generate_batch needs prompts of one length")
+        gens = [torch.Generator(device=self.device).manual_seed(seed) for _ in prompts]
+        on_prompt = [True]
+
+        def edit(act: torch.Tensor, hook, s: Steer) -> torch.Tensor:
+            return act if s.prompt_only and not on_prompt[0] else s.apply(act)
+
+        hooks = [(s.hook, lambda act, hook, s=s: edit(act, hook, s)) for s in steer]
+        cache = TransformerLensKeyValueCache.init_cache(self._tl.cfg, self.device, len(prompts))
+        new: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        inputs = torch.tensor([list(p) for p in prompts], device=self.device)
+        with self._tl.hooks(fwd_hooks=hooks):
+            for _ in range(max_new_tokens):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("generation ran past its deadline")
+                logits = self._tl(inputs, past_kv_cache=cache)[:, -1].float()
+                on_prompt[0] = False
+                picked = []
+                for row, gen in enumerate(gens):
+                    next_id = _pick(logits[row], temperature, gen)
+                    picked.append(next_id)
+                    if not done[row]:
+                        new[row].append(next_id)
+                        done[row] = next_id == self.eos_id
+                if all(done):
+                    break
+                inputs = torch.tensor([[i] for i in picked], device=self.device)
+        return new
+
+    @torch.inference_mode()
+    def log_probs_batch(
+        self, texts: Sequence[Sequence[int]], steer: Sequence[Steer] = ()
+    ) -> torch.Tensor:
+        """``log_probs`` of sequences of one length at once: [B, T, V]."""
+        hooks = [(s.hook, lambda act, hook, s=s: s.apply(act)) for s in steer]
+        tokens = torch.tensor([list(t) for t in texts], device=self.device)
+        return self._tl.run_with_hooks(tokens, fwd_hooks=hooks).float().log_softmax(-1)
+
 
 def _store_transposed(hooked: HookedTransformer) -> None:
     """Lay out the weights TransformerLens multiplies as ``W.T.contiguous()`` column-major.

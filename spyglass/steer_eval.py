@@ -49,24 +49,48 @@ def evaluate(
     strength (the multiple applied to each unit's own scale), ``neutral[i]`` is prompt i's
     neutral text."""
     target = torch.tensor(list(targets), device=model.device)
-    plain = [model.log_probs(text) for text in neutral]
+    plain = _log_probs(model, neutral, ())
     out = []
     for strength in strengths:
         edits = list(steers(strength))
+        news: dict[int, list[int]] = {}
+        for group in _by_length(prompts):  # one batch per prompt length
+            made = model.generate_batch(
+                [prompts[i] for i in group], max_new_tokens=max_new_tokens,
+                temperature=temperature, seed=seed, steer=edits, deadline=deadline,
+            )  # fmt: skip
+            news.update(zip(group, made, strict=True))
+        texts = [[*prompts[i], *news[i]] for i in range(len(prompts))]
+        steered, default = _log_probs(model, texts, edits), _log_probs(model, texts, ())
+        moved = _log_probs(model, neutral, edits)
         for i, ids in enumerate(prompts):
-            new = model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 seed=seed, steer=edits, deadline=deadline)  # fmt: skip
-            text = [*ids, *new]
-            steered, default = model.log_probs(text, edits), model.log_probs(text)
-            rows = torch.arange(len(ids) - 1, len(text) - 1, device=model.device)
+            rows = torch.arange(len(ids) - 1, len(texts[i]) - 1, device=model.device)
             effect = (
-                steered[rows][:, target].logsumexp(-1) - default[rows][:, target].logsumexp(-1)
+                steered[i][rows][:, target].logsumexp(-1)
+                - default[i][rows][:, target].logsumexp(-1)
             ).mean()
-            nexts = torch.tensor(new, device=model.device)
-            fluency = -default[rows, nexts].mean()
-            moved = model.log_probs(neutral[i], edits)
-            kl = (plain[i].exp() * (plain[i] - moved)).sum(-1).mean()
-            out.append(Measure(strength, i, float(effect), float(fluency), float(kl), new))
+            nexts = torch.tensor(news[i], device=model.device)
+            fluency = -default[i][rows, nexts].mean()
+            kl = (plain[i].exp() * (plain[i] - moved[i])).sum(-1).mean()
+            out.append(Measure(strength, i, float(effect), float(fluency), float(kl), news[i]))
+    return out
+
+
+def _by_length(texts: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Indices of ``texts`` grouped by length."""
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(len(t), []).append(i)
+    return list(groups.values())
+
+
+def _log_probs(model: Model, texts, edits) -> list[torch.Tensor]:
+    """Each text's log-probabilities [T, V], a batch per length."""
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    for group in _by_length(texts):
+        lp = model.log_probs_batch([texts[i] for i in group], edits)
+        for row, i in enumerate(group):
+            out[i] = lp[row]
     return out
 
 

@@ -35,7 +35,7 @@ MAX_PROMPTS = 16
 HELD_OUT = 8
 """Prompts taken from the index's own last sequences when none are given."""
 PROMPT_TOKENS, NEUTRAL_TOKENS = 16, 32
-MAX_FORWARDS = 1500
+MAX_FORWARDS = 1100
 """Forward passes one evaluation may take (strengths x prompts x (new tokens + 3))."""
 DEFAULT_TARGETS = 5
 """Target tokens by default: the first unit's most promoted."""
