@@ -160,10 +160,12 @@ async def steer_eval(
 ) -> SteerEvalResult:
     m = await reader.run(views.require_model, slug)
     result = SteerEvalResult(model=slug, request=req.model_dump())
-    if not req.unit:
+    specs = [u for u in req.unit if u.strip()]  # the form's empty boxes are no units
+    wanted = [t for t in req.target if t]
+    if not specs:
         return result
-    if len(req.unit) > settings.max_steer_units:
-        raise LimitError(f"{len(req.unit)} units; the limit is {settings.max_steer_units}",
+    if len(specs) > settings.max_steer_units:
+        raise LimitError(f"{len(specs)} units; the limit is {settings.max_steer_units}",
                          field="unit", rule="max_items")  # fmt: skip
     strengths = _strengths(req.strengths)
     n_new = check_generation(req.max_new_tokens, req.temperature, req.seed, settings)
@@ -173,7 +175,7 @@ async def steer_eval(
                          rule="max_items")  # fmt: skip
     for t in texts:
         check_text(t, settings, field="prompts")
-    units = await reader.run(_units, m, req.unit)
+    units = await reader.run(_units, m, specs)
     for s, u in units:
         for x in strengths:
             check_range(f"strength x max activation of {s.name}/{u.idx}", x * u.max_act,
@@ -199,13 +201,13 @@ async def steer_eval(
             prompts, neutral = [list(a) for a, _ in held], [list(b) for _, b in held]
         for p in prompts:
             check_context(model, len(p), n_new)
-        if req.target:
-            targets = [one_token(model, t, "target") for t in req.target]
+        if wanted:
+            targets = [one_token(model, t, "target") for t in wanted]
         else:
             targets = [t for t, _ in units[0][1].logits.get("top", [])[:DEFAULT_TARGETS]]
             if not targets:
                 raise LimitError(
-                    f"{req.unit[0]} has no logit effects to take targets from: name them",
+                    f"{specs[0]} has no logit effects to take targets from: name them",
                     field="target",
                     rule="not_empty",
                 )

@@ -1,5 +1,6 @@
-"""Attribution patching in a real browser (see conftest.py): from the model page's link,
-the form, the scatter of estimate against patched effect, and the table's unit links."""
+"""Attribution patching and steering over prompts in a real browser (see conftest.py):
+from the model page's links, the forms, the scatter of estimate against patched effect,
+the mean ± sd curves against strength, and the unit links."""
 
 from __future__ import annotations
 
@@ -43,4 +44,23 @@ def test_patching_from_the_model_page(page, base_url, console_errors):
     assert "?prompt=" in href
     link.click()
     page.wait_for_url(f"{base_url}{href.split('?')[0]}*")
+    assert console_errors == []
+
+
+def test_steering_over_prompts_plots_mean_and_sd(page, base_url, console_errors):
+    page.goto("/tiny")
+    page.locator("#steer-eval-link").click()
+    page.wait_for_url(f"{base_url}/tiny/steer/eval")
+    page.locator("input[name=unit]").first.fill("1-mlp/5")
+    page.locator("input[name=strengths]").fill("0, 1, -1")
+    page.locator("input[name=max_new_tokens]").fill("3")
+    page.locator("#steer-eval-form button[type=submit]").click()
+    page.wait_for_selector("#plot-effect .main-svg")
+    data = get_json(page.url.replace("/tiny/steer/eval?", "/tiny/steer/eval.json?"))
+    # One point per strength on each curve, with its error bar.
+    for key in ("effect", "kl", "fluency"):
+        assert page.locator(f"#plot-{key} .scatterlayer .point").count() == 3
+        assert page.locator(f"#plot-{key} .errorbar").count() == 3
+    rows = page.locator("#steer-eval-table tbody tr")
+    assert rows.count() == len(data["summary"]) == 3
     assert console_errors == []
