@@ -110,18 +110,7 @@ def explain_index(
         method, key = llm.METHOD, llm_run.settings_key(explainer_model, llm_settings)
     try:
         with engine.connect() as conn:
-            m = storage.get_model(conn, slug)
-            if m is None:
-                raise ValueError(f"no model {slug!r} in {storage.display_url(str(engine.url))}")
-            chosen = storage.list_sources(conn, m.id)
-            if sources:
-                unknown = sorted(set(sources) - {s.name for s in chosen})
-                if unknown:
-                    raise ValueError(
-                        f"no source {', '.join(unknown)} in {slug} "
-                        f"(it has {', '.join(s.name for s in chosen)})"
-                    )
-                chosen = [s for s in chosen if s.name in sources]
+            m, chosen = storage.model_and_sources(conn, slug, sources)
             wanted = {s.name: parse_units(units, s.n_units) for s in chosen}
             vocab = storage.all_token_texts(conn, m.id)
             seqs = storage.sequence_tokens(conn, m.id)

@@ -64,15 +64,7 @@ def export_index(db: str, slug: str, out: str | Path, sources: list[str] | None 
     made = not out.exists()
     try:
         with engine.connect() as conn:
-            m = storage.get_model(conn, slug)
-            if m is None:
-                raise ValueError(f"no model {slug!r} in {storage.display_url(str(engine.url))}")
-            chosen = storage.list_sources(conn, m.id)
-            if sources:
-                unknown = sorted(set(sources) - {s.name for s in chosen})
-                if unknown:
-                    raise ValueError(f"no source {', '.join(unknown)} in {slug}")
-                chosen = [s for s in chosen if s.name in sources]
+            m, chosen = storage.model_and_sources(conn, slug, sources)
             report = _export(conn, m, chosen, out)
     except BaseException:
         if made:

@@ -30,6 +30,7 @@ from spyglass.storage.records import (
     UnitStats,
 )
 from spyglass.storage.schema import (
+    display_url,
     examples,
     from_int_blob,
     models,
@@ -67,6 +68,7 @@ __all__ = [
     "unit_logits",
     "iter_units",
     "iter_sequences",
+    "model_and_sources",
 ]
 
 
@@ -131,6 +133,26 @@ def _model(row) -> ModelRow:
     m = dict(row._mapping)
     m["options"] = json.loads(m["options"]) if m["options"] else None
     return ModelRow(**m)
+
+
+def model_and_sources(
+    conn: Connection, slug: str, names: list[str] | None = None
+) -> tuple[ModelRow, list[SourceRow]]:
+    """The model ``slug`` and its sources called ``names`` (all of them when None or
+    empty), for commands: ValueError, in one line, for an unknown model or source."""
+    m = get_model(conn, slug)
+    if m is None:
+        raise ValueError(f"no model {slug!r} in {display_url(str(conn.engine.url))}")
+    chosen = list_sources(conn, m.id)
+    if names:
+        unknown = sorted(set(names) - {s.name for s in chosen})
+        if unknown:
+            raise ValueError(
+                f"no source {', '.join(unknown)} in {slug} "
+                f"(it has {', '.join(s.name for s in chosen)})"
+            )
+        chosen = [s for s in chosen if s.name in names]
+    return m, chosen
 
 
 def list_sources(conn: Connection, model_id: int) -> list[SourceRow]:
