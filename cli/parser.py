@@ -78,10 +78,14 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval-sae",
-        help="measure an SAE on held-out tokens: L0, FVU, loss recovered, dead/dense latents",
+        help="measure an SAE on held-out tokens: L0, FVU, loss recovered, dead/dense latents, "
+        "KL against the epsilon-random baseline",
         description="Evaluate an SAE (a SAELens-format folder) on the corpus's first "
-        "--sequences sequences, the ones train-sae holds out. Prints the metrics and stores "
-        "them under 'eval' in the folder's metrics.json.",
+        "--sequences sequences, the ones train-sae holds out: L0, FVU, loss clean / spliced / "
+        "zero-ablated, delta CE, the KL divergence with the SAE spliced in against Gurnee's "
+        "epsilon-random baseline (an error of the SAE's size in a random direction) and "
+        "their ratio. Prints the metrics and stores them under 'eval' in the folder's "
+        "metrics.json.",
     )
     ev.add_argument("sae", help="folder with cfg.json + sae_weights.safetensors")
     ev.add_argument("--model", help="model spec (default: the model the SAE names)")
