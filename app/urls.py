@@ -66,8 +66,9 @@ def example(slug: str, name: str, index: int, rank: int) -> str:
     return f"{unit(slug, name, index)}/examples/{rank}"
 
 
-def ablation(slug: str, name: str, index: int, rank: int) -> str:
-    return f"{example(slug, name, index, rank)}/ablation"
+def ablation(slug: str, name: str, index: int, rank: int, mode: str = "zero") -> str:
+    url = f"{example(slug, name, index, rank)}/ablation"
+    return url if mode == "zero" else f"{url}?mode={mode}"
 
 
 def sequence(slug: str, seq_id: int) -> str:

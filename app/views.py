@@ -129,6 +129,8 @@ class UnitPage(View):
     correlated: list[Neighbour] = []
     correlation_tokens: int = 0
     """Tokens (a uniform sample of the corpus) the correlations are computed on."""
+    mean: float | None = None
+    """Its mean activation over those tokens: what mean ablation sets it to."""
     decoder_neighbours: list[Neighbour] = []
     """Latents only: highest decoder cosine similarity."""
     aligned_neurons: list[Neighbour] = []
@@ -361,7 +363,7 @@ def _unit_stats(
     slug: str, s: storage.SourceRow, stats: storage.UnitStats, sampled, seqs, vocab
 ) -> dict:
     """The unit page's histograms, intervals and neighbours from its stored stats."""
-    out: dict = {"correlation_tokens": stats.correlation_tokens}
+    out: dict = {"correlation_tokens": stats.correlation_tokens, "mean": stats.mean}
     if hist := stats.hist:
         out["histogram"] = Histogram(
             x=[round((k + 0.5) * hist.width, 6) for k in range(len(hist.counts))],

@@ -182,6 +182,17 @@ class StreamingCorrelation:
             "cap": states[0]["cap"],
         }
 
+    def means(self) -> np.ndarray:
+        """[U] float64: each unit's mean activation over the collected tokens (a uniform
+        sample of the corpus's eligible tokens; all of them while they fit in ``cap``)."""
+        part = self._joined()
+        n = max(int(part["tokens"].shape[0]), 1)
+        if "rows" in part:
+            return part["rows"].double().sum(0).cpu().numpy() / n
+        sums = torch.zeros(self.n_units, dtype=torch.float64)
+        sums.index_add_(0, part["units"].long(), part["values"].double())
+        return sums.numpy() / n
+
     def top(self, k: int, *, rows: int = NEIGHBOUR_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
         """Each unit's ``k`` most correlated other units: ([U, k] indices, [U, k] r).
         r is NaN where fewer remain (units constant on the sample have no correlation)."""

@@ -215,6 +215,7 @@ def _write_source(conn, model_id, src, slices, plan, clock, logits, corpus) -> N
         correlation.load_state_dict(joined)
         del joined
         near = Neighbours(correlation.top(summaries.NEIGHBOURS), correlation.n_tokens)
+        near.means = correlation.means()
         del correlation
     with clock("decoder neighbours"):
         if src.sae:
@@ -268,6 +269,8 @@ class Neighbours:
     aligned: tuple[torch.Tensor, torch.Tensor] | None = None
     """SAE latents: the best aligned neurons of ``layers`` (flat, layer-major)."""
     layers: list[int] = field(default_factory=list)
+    means: np.ndarray | None = None
+    """[U] each unit's mean over the correlation sample's tokens."""
 
 
 def _unit_rows(state, first, lo, hi, plan, logit_arrays, near: Neighbours, log, clock):
@@ -303,11 +306,12 @@ def _unit_rows(state, first, lo, hi, plan, logit_arrays, near: Neighbours, log, 
                 correlation_tokens=near.correlation_tokens,
                 decoder=dec,
                 neurons=aligned_neurons,
+                mean=None if near.means is None else float(near.means[u]),
             )
-            for h, lh, table, correlated, dec, aligned_neurons in zip(
+            for u, (h, lh, table, correlated, dec, aligned_neurons) in enumerate(zip(
                 hist, logit_hist, summaries.interval_tables(iv), corr, decoder, neurons,
                 strict=True,
-            )
+            ), start=lo)
         ]  # fmt: skip
         density = intervals.density.cpu().numpy()
     with clock("windows" if log is not None else "statistics"):

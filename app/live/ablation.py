@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from app import index_cache, views
-from app.live.schema import AblationResult, TokenAblation
+from app.live.schema import AblationResult, LimitError, TokenAblation
 from app.live.targets import Target, load_source
 from app.model_service import ModelService
 from app.reader import IndexReader
@@ -14,17 +14,27 @@ from spyglass.model import Model
 
 
 async def example_ablation(
-    service: ModelService, reader: IndexReader, target: Target, rank: int
+    service: ModelService, reader: IndexReader, target: Target, rank: int, mode: str = "zero"
 ) -> AblationResult:
     """The effect on next-token loss, along one top example's window, of ablating the unit
-    (its activation set to 0 at every position; for a latent, its decoder row times its
-    activation taken out)."""
-    ex, seq = await reader.run(_example_and_sequence, target, rank)
+    at every position: set to 0 (``zero``) or to its mean over the corpus sample
+    (``mean``); for a latent, its decoder row times the change is added."""
     unit = target.unit
+    value = 0.0
+    if mode == "mean":
+        if unit.stats is None or unit.stats.mean is None:
+            raise LimitError(
+                "this index holds no unit means (written before them): index again for "
+                "mean ablation",
+                field="mode",
+                rule="needs_reindex",
+            )
+        value = unit.stats.mean
+    ex, seq = await reader.run(_example_and_sequence, target, rank)
     lo, hi = ex.window_start, ex.window_start + len(ex.acts)
 
     def work(model: Model):
-        push = load_source(service, target.source, model).steer(unit.idx, 0.0, clamp=True)
+        push = load_source(service, target.source, model).steer(unit.idx, value, clamp=True)
         clean = model.log_probs(seq.tokens)
         ablated = model.log_probs(seq.tokens, [push])
         effects = ablation.ablation_effects(clean, ablated, seq.tokens, lo, hi)
@@ -48,6 +58,8 @@ async def example_ablation(
         source=target.source.name,
         index=unit.idx,
         rank=rank,
+        mode=mode,
+        value=value,
         sequence_id=ex.sequence_id,
         tokens=tokens,
         scale=max(deltas, default=0.0),

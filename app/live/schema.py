@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app import views
@@ -351,11 +352,21 @@ class TokenAblation(views.View):
     down: list[views.LogitToken]
 
 
+AblationMode = Annotated[
+    Literal["zero", "mean"],
+    Query(description="zero: the unit set to 0; mean: set to its mean activation over the "
+          "corpus sample (for a latent, its decoder row times the change)."),
+]  # fmt: skip
+
+
 class AblationResult(views.View):
     model: str
     source: str
     index: int
     rank: int
+    mode: str = "zero"
+    value: float = 0.0
+    """What the unit was set to: 0, or its mean."""
     sequence_id: int
     tokens: list[TokenAblation]
     """The example's window, token by token."""

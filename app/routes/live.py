@@ -15,6 +15,7 @@ from app.deps import ModelsDep, ReaderDep, SettingsDep
 from app.errors import LIVE_ERRORS
 from app.live import ablation, activations, atp, attribution, prompt, steer, steer_eval
 from app.live.schema import (
+    AblationMode,
     AblationResult,
     ActivationRequest,
     ActivationResult,
@@ -84,8 +85,9 @@ async def ablation_json(
     rank: int,
     reader: ReaderDep,
     models: ModelsDep,
+    mode: AblationMode = "zero",
 ):
-    return await _ablation(request, model, source, index, rank, reader, models, as_json=True)
+    return await _ablation(request, model, source, index, rank, reader, models, mode, True)
 
 
 @fragments.get("/{model}/{source}/{index}/examples/{rank}/ablation")
@@ -97,13 +99,14 @@ async def ablation_fragment(
     rank: int,
     reader: ReaderDep,
     models: ModelsDep,
+    mode: AblationMode = "zero",
 ):
-    return await _ablation(request, model, source, index, rank, reader, models, as_json=False)
+    return await _ablation(request, model, source, index, rank, reader, models, mode, False)
 
 
-async def _ablation(request, model, source, index, rank, reader, models, *, as_json: bool):
+async def _ablation(request, model, source, index, rank, reader, models, mode, as_json: bool):
     target = await reader.run(find_target, model, source, index)
-    result = await ablation.example_ablation(models, reader, target, rank)
+    result = await ablation.example_ablation(models, reader, target, rank, mode)
     return render(request, "_ablation.html", result, as_json=as_json)
 
 

@@ -115,6 +115,9 @@ class UnitStats:
     """``(unit, r)``: the units of its source most correlated with it, best first."""
     correlation_tokens: int = 0
     """Tokens the correlations were taken over."""
+    mean: float | None = None
+    """Its mean activation over those same tokens (a uniform sample of the corpus, all of
+    it while it fits): what mean ablation sets it to. None in older indexes."""
     decoder: list[tuple[int, float]] = field(default_factory=list)
     """SAE latents: ``(latent, cosine)`` of the nearest decoder rows."""
     neurons: list[tuple[int, int, float]] = field(default_factory=list)
@@ -131,6 +134,8 @@ class UnitStats:
             if value := getattr(self, name):
                 out[name] = value
         out["correlation_tokens"] = self.correlation_tokens
+        if self.mean is not None:
+            out["mean"] = self.mean
         return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
     @classmethod
@@ -143,6 +148,7 @@ class UnitStats:
             intervals=[tuple(x) for x in raw.get("intervals") or []],
             correlated=[tuple(x) for x in raw.get("correlated") or []],
             correlation_tokens=raw.get("correlation_tokens", 0),
+            mean=raw.get("mean"),
             decoder=[tuple(x) for x in raw.get("decoder") or []],
             neurons=[tuple(x) for x in raw.get("neurons") or []],
         )

@@ -346,3 +346,34 @@ def test_ablation_effect_equals_a_fresh_zero_ablation(client, tiny_index):
         f"/tiny/0-mlp/{n}/examples/0/ablation"
     )
     assert client.get(f"/tiny/0-mlp/{n}/examples/99/ablation.json").status_code == 404
+
+
+def test_mean_ablation_equals_a_fresh_run_setting_the_unit_to_its_mean(client, tiny_index):
+    from index_checks import fresh_hooked
+
+    data = unit_with_examples(client)
+    n, e = data["index"], data["examples"][0]
+    mean = data["mean"]
+    assert mean is not None and mean != 0
+    got = client.get(f"/tiny/0-mlp/{n}/examples/0/ablation.json?mode=mean").json()
+    assert got["mode"] == "mean" and got["value"] == mean
+    tokens = client.get(f"/tiny/sequences/{e['sequence_id']}.json").json()["token_ids"]
+    hooked = fresh_hooked(tiny_index.model_dir)
+
+    def to_mean(act, hook):
+        act[..., n] = mean
+        return act
+
+    ids = torch.tensor([tokens])
+    with torch.inference_mode():
+        clean = hooked(ids)[0].log_softmax(-1)
+        ablated = hooked.run_with_hooks(ids, fwd_hooks=[("blocks.0.mlp.hook_post", to_mean)])
+        ablated = ablated[0].log_softmax(-1)
+    for t in got["tokens"]:
+        p = t["position"]
+        if p:
+            expect = -(ablated[p - 1, tokens[p]] - clean[p - 1, tokens[p]]).item()
+            assert t["loss_delta"] == pytest.approx(expect, abs=1e-5)
+    page = soup(client.get(f"/tiny/0-mlp/{n}"))
+    assert page.select_one("#example-0 button.ablate-mean")["hx-get"].endswith("?mode=mean")
+    assert client.get(f"/tiny/0-mlp/{n}/examples/0/ablation.json?mode=max").status_code == 422

@@ -85,6 +85,8 @@ def test_latent_statistics_equal_brute_force(sae_index, sae_dir, tiny_model_dir)
     x = latents[:, 1:, :].reshape(-1, 32).double()
     x = x[~x.isnan().any(1)]  # real tokens only
     corr = torch.corrcoef(x.t())
+    means = torch.tensor([stored.units[0][u].stats.mean for u in range(32)], dtype=torch.float64)
+    torch.testing.assert_close(means, x.mean(0), rtol=1e-5, atol=1e-7)  # every token: exact
     for unit in range(32):
         stats = stored.units[0][unit].stats
         assert stats.correlation_tokens == x.shape[0]

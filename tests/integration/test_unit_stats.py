@@ -118,6 +118,21 @@ def test_histogram_counts_every_positive_activation(stored, acts):
             assert hist.width * len(hist.counts) >= unit.max_act - 1e-6
 
 
+def test_means_are_the_sampled_tokens_means(stored, acts):
+    """Each unit's stored mean (what mean ablation sets it to) is its mean activation over
+    the correlations' token sample, recounted from a fresh run."""
+    skip, seq_len = stored.model.skip_first, stored.model.seq_len
+    n_seq = acts[0].shape[0]
+    tokens = torch.tensor([s * seq_len + p for s in range(n_seq) for p in range(skip, seq_len)])
+    picked = token_keys(tokens).double() < 2.0**63 / 32
+    picked &= ~acts[0][:, skip:, 0].reshape(-1).isnan()
+    for layer in (0, 1):
+        x = acts[layer][:, skip:, :].reshape(-1, acts[layer].shape[2])[picked].double()
+        means = [u.stats.mean for u in stored.units[layer]]
+        torch.testing.assert_close(torch.tensor(means, dtype=torch.float64), x.mean(0),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
 def test_correlated_neighbours_match_pearson_on_the_sampled_tokens(stored, acts):
     skip, seq_len = stored.model.skip_first, stored.model.seq_len
     n_seq = acts[0].shape[0]
