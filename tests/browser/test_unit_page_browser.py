@@ -273,6 +273,13 @@ def test_ablation_effect_loads_under_an_example(page, base_url, unit_with_exampl
     with_effect = page.locator("#ablation-slot-0 .tok[title]")
     assert with_effect.count() == sum(t["loss_delta"] is not None for t in data["tokens"])
     assert with_effect.first.get_attribute("title").startswith("up: ")
+    # Mean ablation, beside it, fills the same slot with the unit set to its mean.
+    page.locator("#example-0 button.ablate-mean").click()
+    page.wait_for_selector("#ablation-slot-0 .ablation >> text=Mean-ablating")
+    mean = get_json(
+        f"{base_url}/tiny/{SOURCE}/{unit_with_examples}/examples/0/ablation.json?mode=mean"
+    )
+    assert page.locator("#ablation-slot-0 .tok").count() == len(mean["tokens"])
 
 
 def test_attribution_page_draws_its_charts(page, base_url):
