@@ -297,9 +297,7 @@ class Model:
     def log_probs(self, ids: Sequence[int], steer: Sequence[Steer] = ()) -> torch.Tensor:
         """Log-probabilities of the next token at each position of one sequence, [T, V],
         with ``steer`` edits applied at every position."""
-        hooks = [(s.hook, lambda act, hook, s=s: s.apply(act)) for s in steer]
-        tokens = torch.tensor([list(ids)], device=self.device)
-        return self._tl.run_with_hooks(tokens, fwd_hooks=hooks)[0].float().log_softmax(-1)
+        return self.log_probs_batch([ids], steer)[0]
 
     @torch.inference_mode()
     def attribute(
@@ -497,28 +495,10 @@ class Model:
         new position is computed with its own (none for ``prompt_only`` edits).
         Past ``deadline`` (a ``time.monotonic()`` value) it raises TimeoutError.
         """
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        on_prompt = [True]
-
-        def edit(act: torch.Tensor, hook, s: Steer) -> torch.Tensor:
-            return act if s.prompt_only and not on_prompt[0] else s.apply(act)
-
-        hooks = [(s.hook, lambda act, hook, s=s: edit(act, hook, s)) for s in steer]
-        cache = TransformerLensKeyValueCache.init_cache(self._tl.cfg, self.device, 1)
-        new: list[int] = []
-        inputs = torch.tensor([list(prompt)], device=self.device)
-        with self._tl.hooks(fwd_hooks=hooks):
-            for _ in range(max_new_tokens):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError("generation ran past its deadline")
-                logits = self._tl(inputs, past_kv_cache=cache)[0, -1].float()
-                on_prompt[0] = False
-                next_id = _pick(logits, temperature, gen)
-                new.append(next_id)
-                if next_id == self.eos_id:
-                    break
-                inputs = torch.tensor([[next_id]], device=self.device)
-        return new
+        return self.generate_batch(
+            [prompt], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            steer=steer, deadline=deadline,
+        )[0]  # fmt: skip
 
     @torch.inference_mode()
     def generate_batch(

@@ -97,7 +97,7 @@ def attribution_patching(
             dz[:skip_first] = 0
             per_layer.append((dz * grads[h].float()).sum((0, 2)))
         estimates[HEADS] = torch.cat(per_layer).cpu()
-    top = _top(estimates, verify)
+    top = top_units(estimates, verify)
     top += [key for key in also or [] if key not in top]
     edits = [_edit(model, sources, name, i, deltas, corrupt_acts, skip_first) for name, i in top]
     patched = {}
@@ -117,8 +117,11 @@ def _units(s: Source, act: torch.Tensor, skip_first: int) -> torch.Tensor:
     return out
 
 
-def _top(estimates: dict[str, torch.Tensor], n: int) -> list[tuple[str, int]]:
-    """The ``n`` units of largest |estimate| (none at 0), largest first."""
+def top_units(
+    estimates: dict[str, torch.Tensor], n: int, *, nonzero: bool = True
+) -> list[tuple[str, int]]:
+    """The ``n`` units of largest |estimate| (none at 0, with ``nonzero``), largest
+    first, as (source, index)."""
     names = list(estimates)
     if not names or n <= 0:
         return []
@@ -127,7 +130,7 @@ def _top(estimates: dict[str, torch.Tensor], n: int) -> list[tuple[str, int]]:
     best = flat.topk(min(n, len(flat)))
     out = []
     for score, at in zip(best.values.tolist(), best.indices.tolist(), strict=True):
-        if score > 0:
+        if score > 0 or not nonzero:
             k = int(torch.searchsorted(starts, at, right=True)) - 1
             out.append((names[k], at - int(starts[k])))
     return out

@@ -15,7 +15,7 @@ from app.live.targets import load_source, model_and_sources
 from app.model_service import ModelService
 from app.reader import IndexReader
 from spyglass.model import Model
-from spyglass.patching import HEADS, attribution_patching
+from spyglass.patching import HEADS, attribution_patching, top_units
 from spyglass.settings import Settings
 
 MAX_VERIFY = 100
@@ -128,13 +128,12 @@ async def atp(
     r, texts, tokens, n_heads, seconds = await service.run(m.spec, work, m.options)
     kinds = {s.name: s.kind for s in sources}
     layer_of = {s.name: s.layer for s in sources}
-    flat = [(name, i, float(v)) for name, e in r.estimates.items() for i, v in enumerate(e)]
-    flat.sort(key=lambda x: -abs(x[2]))
-    listed = flat[:LISTED]
-    listed += [(n, i, float(r.estimates[n][i])) for n, i in r.patched
-               if (n, i) not in {(a, b) for a, b, _ in listed}]  # fmt: skip
+    listed = top_units(r.estimates, LISTED, nonzero=False)
+    shown = set(listed)
+    listed += [key for key in r.patched if key not in shown]  # verified beyond the top
     units = []
-    for name, i, est in listed:
+    for name, i in listed:
+        est = float(r.estimates[name][i])
         if name == HEADS:
             layer, head = divmod(i, n_heads)
             units.append(AtpUnit(source=name, index=i, label=f"L{layer}H{head}", estimate=est,
@@ -169,7 +168,7 @@ async def atp(
             "units": units,
             "layers": layers,
             "heads": grid,
-            "n_units": len(flat),
+            "n_units": sum(len(e) for e in r.estimates.values()),
             "seconds": seconds,
         }
     )
