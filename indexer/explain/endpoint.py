@@ -170,15 +170,16 @@ def _reason(exc: Exception) -> str:
     import openai
 
     if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {_one_line(str(exc.message))}"
+        return f"HTTP {exc.status_code}: {one_line(str(exc.message))}"
     if isinstance(exc, openai.APITimeoutError):
         return "timed out"
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
-        return f"cannot connect ({_one_line(str(cause))})"
-    return f"{type(exc).__name__}: {_one_line(str(exc))}"
+        return f"cannot connect ({one_line(str(cause))})"
+    return f"{type(exc).__name__}: {one_line(str(exc))}"
 
 
-def _one_line(text: str, limit: int = 200) -> str:
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

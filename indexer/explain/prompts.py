@@ -15,12 +15,14 @@ import re
 
 import numpy as np
 
-from indexer.explain.endpoint import Malformed
+from indexer.explain.endpoint import Malformed, one_line
 from indexer.explain.windows import Window
 
 VERSION = 1
 """Bumped when a prompt changes: a re-run explains again."""
 MAX_EXPLANATION = 300
+QUOTED = 80
+"""Characters of an answer quoted in a malformed answer's reason."""
 """Characters an explanation may have: a longer answer is malformed."""
 OPEN, CLOSE = "<<", ">>"
 
@@ -128,7 +130,7 @@ def parse_explanation(answer: str) -> str:
     else:
         lines = [line for line in answer.splitlines() if line.strip()]
         if len(lines) > 1:
-            raise Malformed(f"no [EXPLANATION]: line in {_clip(answer)!r}")
+            raise Malformed(f"no [EXPLANATION]: line in {one_line(answer, QUOTED)!r}")
         text = lines[0] if lines else ""
     text = text.strip().strip("*_`").strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and text.count(text[0]) == 2:
@@ -136,9 +138,9 @@ def parse_explanation(answer: str) -> str:
     if not text:
         raise Malformed("an empty explanation")
     if not any(c.isalpha() for c in text):
-        raise Malformed(f"an explanation without words: {_clip(text)!r}")
+        raise Malformed(f"an explanation without words: {one_line(text, QUOTED)!r}")
     if text.startswith("<") and text.endswith(">"):
-        raise Malformed(f"the format's placeholder, not an explanation: {_clip(text)!r}")
+        raise Malformed(f"the format's placeholder, not an explanation: {one_line(text, QUOTED)!r}")
     if len(text) > MAX_EXPLANATION:
         raise Malformed(f"an explanation of {len(text)} characters (at most {MAX_EXPLANATION})")
     return text
@@ -178,13 +180,8 @@ def parse_judgements(answer: str, n: int) -> list[int]:
             wrong = len(items)
     if wrong is not None:
         raise Malformed(f"{wrong} judgements for {n} texts")
-    raise Malformed(f"no list of 0s and 1s in {_clip(answer)!r}")
+    raise Malformed(f"no list of 0s and 1s in {one_line(answer, QUOTED)!r}")
 
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\n", "\\n") + '"'
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
