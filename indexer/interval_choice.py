@@ -1,6 +1,9 @@
 """The intervals, once the max is known: (0, max] cut into ``n`` intervals on the count
 grid, each with its exact count and the samples a brute-force pass would draw (see
-``indexer.intervals`` for the argument)."""
+``indexer.intervals`` for the argument).
+
+``choose_intervals`` runs the compiled kernel on a CPU (``indexer.interval_choice_kernel``)
+and the tensor code, its specification, elsewhere or with ``backend="torch"``."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from indexer.batches import use_compiled
+from indexer.interval_choice_kernel import choose_picks
 from indexer.intervals import IntervalState
 from indexer.sample_bins import COUNT_BINS, EMPTY, SAMPLE_BINS
 
@@ -31,17 +36,65 @@ class Intervals:
 
 
 def choose_intervals(
-    st: IntervalState, max_act: torch.Tensor, n: int = 10, per_interval: int = 5
+    st: IntervalState,
+    max_act: torch.Tensor,
+    n: int = 10,
+    per_interval: int = 5,
+    *,
+    backend: str | None = None,
 ) -> Intervals:
     """Cut (0, max_act] into ``n`` grid-aligned intervals and draw each one's samples.
 
     ``max_act`` [U] is each unit's max over the same stream (from the top-k); units that
-    were never positive get no interval (all counts 0, no samples).
+    were never positive get no interval (all counts 0, no samples). ``backend``: as for
+    the streamers (``indexer.batches.use_compiled``).
     """
     if not 1 <= per_interval <= st.keys.shape[2]:
         raise ValueError(
             f"per_interval must be in 1..{st.keys.shape[2]} (the samples kept per bin)"
         )
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    if use_compiled(st.counts.device, backend):
+        return _compiled(st, max_act, n, per_interval)
+    return _tensor(st, max_act, n, per_interval)
+
+
+def _compiled(st: IntervalState, max_act: torch.Tensor, n: int, per_interval: int):
+    n_units, n_bins, per_bin = st.keys.shape
+    width = st.windows.shape[-1]
+    edges, counts, picks = choose_picks(
+        st.ceiling.double().numpy(),
+        st.counts.long().numpy(),
+        st.keys.numpy(),
+        st.values.float().numpy(),
+        max_act.double().numpy(),
+        n,
+        per_interval,
+    )
+    picks = torch.from_numpy(picks).view(n_units, n * per_interval)
+    found = picks >= 0
+    at = picks.clamp(min=0)
+
+    def gather(x: torch.Tensor, empty) -> torch.Tensor:
+        got = x.reshape(n_units, -1).gather(1, at)
+        return got.masked_fill(~found, empty).view(n_units, n, per_interval)
+
+    windows = st.windows.reshape(n_units, n_bins * per_bin, width)
+    windows = windows.gather(1, at.unsqueeze(2).expand(-1, -1, width)).float()
+    windows = windows.masked_fill_(~found.unsqueeze(2), torch.nan)
+    return Intervals(
+        edges=torch.from_numpy(edges),
+        counts=torch.from_numpy(counts),
+        tokens=gather(st.tokens, -1),
+        values=gather(st.values.float(), 0.0),
+        windows=windows.view(n_units, n, per_interval, width),
+        keys=gather(st.keys, EMPTY),
+    )
+
+
+def _tensor(st: IntervalState, max_act: torch.Tensor, n: int, per_interval: int):
+    """The specification: every unit at once, in tensor ops (any device)."""
     n_units = st.counts.shape[0]
     device = st.counts.device
     step = st.ceiling / COUNT_BINS  # [U]

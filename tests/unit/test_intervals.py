@@ -1,5 +1,6 @@
 """Streamed histograms and interval samples against brute force over the whole stream."""
 
+import dataclasses
 import math
 
 import pytest
@@ -209,6 +210,57 @@ def test_a_positive_value_far_below_the_ceiling_still_counts(backend):
     assert state.counts.sum().item() == 4
     kept = sorted(state.tokens[0, 0][state.tokens[0, 0] >= 0].tolist())
     assert kept == [1, 2, 5]
+
+
+def assert_same_intervals(a, b):
+    for name in ("edges", "counts", "tokens", "values", "windows", "keys"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert torch.equal(x.nan_to_num(-7.0), y.nan_to_num(-7.0)), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    streams(), st.integers(0, 2), st.integers(1, 5), st.integers(1, 5), st.integers(1, 12),
+    st.booleans(),
+)  # fmt: skip
+def test_compiled_choice_equals_the_tensor_code(
+    stream, skip_first, per_bin, per_interval, n, off_max
+):
+    """The compiled interval choice against its specification, with maxes that are the
+    stream's, or a bit off (a max below some values, above the ceiling, or zero). Few
+    slots a bin fill bins, so that bounds θ bind."""
+    acts, bounds, lengths = stream
+    per_interval = min(per_interval, per_bin)
+    state = run(acts, bounds, skip_first, per_bin=per_bin, lengths=lengths)
+    ends = ends_of(lengths, acts.shape[0], acts.shape[1])
+    mask = torch.arange(acts.shape[1]).view(1, -1) < torch.as_tensor(ends).view(-1, 1)
+    mask[:, :skip_first] = False
+    max_act = acts.masked_fill(~mask.unsqueeze(2), -torch.inf).amax((0, 1)).clamp(min=0)
+    if off_max:
+        max_act = max_act * torch.tensor([0.7, 1.0, 3.0, 0.0])[: max_act.shape[0]]
+    a = choose_intervals(state, max_act, n=n, per_interval=per_interval, backend="compiled")
+    b = choose_intervals(state, max_act, n=n, per_interval=per_interval, backend="torch")
+    assert_same_intervals(a, b)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compiled_choice_equals_the_tensor_code_on_full_bins(seed):
+    """A long stream, most sample bins full: intervals cut through bins whose part in them
+    is not all known, so the bounds θ bind."""
+    gen = torch.Generator().manual_seed(seed)
+    acts = torch.randn(512, 64, 3, generator=gen) * torch.tensor([1.0, 0.1, 30.0])
+    acts[..., 2] = (acts[..., 2] / 3).exp() - 1
+    state = run(acts, list(range(0, 513, 64)), 1)
+    assert (state.keys[:, :, -1] != EMPTY).float().mean() > 0.3
+    max_act = acts[:, 1:].amax((0, 1))
+    no_windows = dataclasses.replace(state, windows=state.windows[..., :0])  # as for latents
+    for per_interval, st_ in ((1, state), (5, state), (5, no_windows)):
+        a = choose_intervals(st_, max_act, per_interval=per_interval, backend="compiled")
+        b = choose_intervals(st_, max_act, per_interval=per_interval, backend="torch")
+        assert_same_intervals(a, b)
+        sampled = (a.tokens >= 0).any(2)[a.counts > 0]
+        assert sampled.float().mean() > 0.9
 
 
 def test_intervals_of_a_smooth_distribution_get_their_five():
