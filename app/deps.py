@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.jobs import Jobs
 from app.model_service import ModelService
 from app.reader import IndexReader
 from app.render import PageServer
@@ -35,7 +36,19 @@ async def _models(request: Request) -> ModelService:
     return service
 
 
+async def _models_for_jobs(request: Request) -> ModelService:
+    return request.app.state.models
+
+
+async def _jobs(request: Request) -> Jobs:
+    return request.app.state.jobs
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ReaderDep = Annotated[IndexReader, Depends(_reader)]
 PagesDep = Annotated[PageServer, Depends(_pages)]
 ModelsDep = Annotated[ModelService, Depends(_models)]
+JobsDep = Annotated[Jobs, Depends(_jobs)]
+JobModelsDep = Annotated[ModelService, Depends(_models_for_jobs)]
+"""The model service without the early refusal, for routes of long jobs (``app.jobs``):
+asking after a job under way needs no turn on the queue; starting one is refused there."""

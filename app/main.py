@@ -10,6 +10,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from app import errors
 from app.body_limit import BodyLimit
+from app.jobs import Jobs
 from app.labels import LabelStore
 from app.model_service import ModelService
 from app.page_cache import PageCache
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.jobs.cancel_all()
             sys.setswitchinterval(switch)
             reader.engine.dispose()
             app.state.labels.close()
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.reader = reader
     app.state.pages = PageServer(reader, PageCache(settings.page_cache_mb * 2**20))
     app.state.models = service
+    app.state.jobs = Jobs(running=max(1, settings.max_queue // 2))
     app.state.labels = LabelStore(settings.db)
     app.mount("/static", CompressedStatic(directory=ROOT / "static"), name="static")
     app.include_router(live_routes.api)

@@ -124,11 +124,21 @@ class ModelService:
                 retry_after=max(1, math.ceil(self.timeout / 4)),
             )
 
-    async def run(self, spec: str, fn: Callable[[Model], T], options: dict | None = None) -> T:
-        """Run ``fn(model)`` on a worker thread, one model job at a time."""
+    async def run(
+        self,
+        spec: str,
+        fn: Callable[[Model], T],
+        options: dict | None = None,
+        *,
+        may_refuse: bool = True,
+    ) -> T:
+        """Run ``fn(model)`` on a worker thread, one model job at a time. ``may_refuse``
+        False: wait for a turn even with the queue full (the next chunk of a long job that
+        was admitted already, ``app.jobs``)."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        self.refuse_when_full()
+        if may_refuse:
+            self.refuse_when_full()
         self._pending += 1
         until = time.monotonic() + self.timeout
 

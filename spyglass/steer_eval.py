@@ -47,32 +47,63 @@ def evaluate(
 ) -> list[Measure]:
     """One measure per (strength, prompt); ``steers(strength)`` gives the edits of a
     strength (the multiple applied to each unit's own scale), ``neutral[i]`` is prompt i's
-    neutral text."""
+    neutral text. ``measure_strength`` of each strength in turn."""
+    plain = neutral_log_probs(model, neutral)
+    return [
+        m
+        for strength in strengths
+        for m in measure_strength(
+            model, list(steers(strength)), strength, prompts, neutral, targets,
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            deadline=deadline, plain=plain,
+        )
+    ]  # fmt: skip
+
+
+def neutral_log_probs(model: Model, neutral: Sequence[list[int]]) -> list[torch.Tensor]:
+    """The unsteered model's log-probabilities [T, V] on each neutral text."""
+    return _log_probs(model, neutral, ())
+
+
+def measure_strength(
+    model: Model,
+    edits: Sequence[Steer],
+    strength: float,
+    prompts: Sequence[list[int]],
+    neutral: Sequence[list[int]],
+    targets: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    deadline: float | None = None,
+    plain: list[torch.Tensor] | None = None,
+) -> list[Measure]:
+    """The measures of one strength (``edits`` applied), one per prompt: a unit of work on
+    its own. ``plain``: ``neutral_log_probs`` of ``neutral``, worked out here if None."""
     target = torch.tensor(list(targets), device=model.device)
-    plain = _log_probs(model, neutral, ())
+    if plain is None:
+        plain = neutral_log_probs(model, neutral)
+    news: dict[int, list[int]] = {}
+    for group in _by_length(prompts):  # one batch per prompt length
+        made = model.generate_batch(
+            [prompts[i] for i in group], max_new_tokens=max_new_tokens,
+            temperature=temperature, seed=seed, steer=edits, deadline=deadline,
+        )  # fmt: skip
+        news.update(zip(group, made, strict=True))
+    texts = [[*prompts[i], *news[i]] for i in range(len(prompts))]
+    steered, default = _log_probs(model, texts, edits), _log_probs(model, texts, ())
+    moved = _log_probs(model, neutral, edits)
     out = []
-    for strength in strengths:
-        edits = list(steers(strength))
-        news: dict[int, list[int]] = {}
-        for group in _by_length(prompts):  # one batch per prompt length
-            made = model.generate_batch(
-                [prompts[i] for i in group], max_new_tokens=max_new_tokens,
-                temperature=temperature, seed=seed, steer=edits, deadline=deadline,
-            )  # fmt: skip
-            news.update(zip(group, made, strict=True))
-        texts = [[*prompts[i], *news[i]] for i in range(len(prompts))]
-        steered, default = _log_probs(model, texts, edits), _log_probs(model, texts, ())
-        moved = _log_probs(model, neutral, edits)
-        for i, ids in enumerate(prompts):
-            rows = torch.arange(len(ids) - 1, len(texts[i]) - 1, device=model.device)
-            effect = (
-                steered[i][rows][:, target].logsumexp(-1)
-                - default[i][rows][:, target].logsumexp(-1)
-            ).mean()
-            nexts = torch.tensor(news[i], device=model.device)
-            fluency = -default[i][rows, nexts].mean()
-            kl = (plain[i].exp() * (plain[i] - moved[i])).sum(-1).mean()
-            out.append(Measure(strength, i, float(effect), float(fluency), float(kl), news[i]))
+    for i, ids in enumerate(prompts):
+        rows = torch.arange(len(ids) - 1, len(texts[i]) - 1, device=model.device)
+        effect = (
+            steered[i][rows][:, target].logsumexp(-1) - default[i][rows][:, target].logsumexp(-1)
+        ).mean()
+        nexts = torch.tensor(news[i], device=model.device)
+        fluency = -default[i][rows, nexts].mean()
+        kl = (plain[i].exp() * (plain[i] - moved[i])).sum(-1).mean()
+        out.append(Measure(strength, i, float(effect), float(fluency), float(kl), news[i]))
     return out
 
 

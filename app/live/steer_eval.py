@@ -5,12 +5,16 @@ and of fluency, with the share of prompts steered the intended way
 
 from __future__ import annotations
 
+import functools
+import json
 import time
+from dataclasses import dataclass
 
 from pydantic import Field
 from sqlalchemy import Connection
 
 from app import meaning, urls, views
+from app.jobs import Jobs
 from app.live.attribution import one_token
 from app.live.schema import (
     LimitError,
@@ -27,7 +31,7 @@ from app.reader import IndexReader
 from spyglass import storage
 from spyglass.model import Model
 from spyglass.settings import Settings
-from spyglass.steer_eval import evaluate, summarise
+from spyglass.steer_eval import Measure, measure_strength, summarise
 
 DEFAULT_STRENGTHS = "0, 0.5, -0.5, 1, -1, 2, -2"
 MAX_STRENGTHS = 9
@@ -109,6 +113,13 @@ class SteerEvalResult(views.View):
     temperature: float = 0.0
     seed: int = 16
     seconds: float = 0.0
+    """Seconds of model work (the chunks' own, not their waits in the queue)."""
+    status: str = "done"
+    """"running" while the evaluation's chunks are measured, then "done"."""
+    done: int = 0
+    """Chunks (strengths) measured so far."""
+    total: int = 0
+    """Chunks in all: one per strength."""
     request: dict = {}
     """The form's values, to fill it again."""
 
@@ -153,15 +164,20 @@ def _held_out(conn: Connection, m: storage.ModelRow) -> list[tuple[list[int], li
 
 async def steer_eval(
     service: ModelService,
+    jobs: Jobs,
     settings: Settings,
     reader: IndexReader,
     slug: str,
     req: SteerEvalRequest,
+    *,
+    wait: bool,
 ) -> SteerEvalResult:
+    """The evaluation ``req`` asks for, run as a job (``app.jobs``) of one chunk per
+    strength, each its own turn on the model service's queue. ``wait``: answer once it has
+    finished; otherwise at once, with its progress while it runs (``status`` "running")."""
     m = await reader.run(views.require_model, slug)
     result = SteerEvalResult(model=slug, request=req.model_dump())
     specs = [u for u in req.unit if u.strip()]  # the form's empty boxes are no units
-    wanted = [t for t in req.target if t]
     if not specs:
         return result
     if len(specs) > settings.max_steer_units:
@@ -191,45 +207,20 @@ async def steer_eval(
             rule="budget",
         )
 
-    def work(model: Model):
-        started = time.perf_counter()
-        if texts:
-            prompts = [check_tokens(model, t, settings, field="prompts") for t in texts]
-            # A given prompt's neutral text is the next prompt (the first, for the last).
-            neutral = [list(p) for p in prompts[1:] + prompts[:1]]
-        else:
-            prompts, neutral = [list(a) for a, _ in held], [list(b) for _, b in held]
-        for p in prompts:
-            check_context(model, len(p), n_new)
-        if wanted:
-            targets = [one_token(model, t, "target") for t in wanted]
-        else:
-            targets = [t for t, _ in units[0][1].logits.get("top", [])[:DEFAULT_TARGETS]]
-            if not targets:
-                raise LimitError(
-                    f"{specs[0]} has no logit effects to take targets from: name them",
-                    field="target",
-                    rule="not_empty",
-                )
-        loaded = [(load_source(service, s, model), u) for s, u in units]
-
-        def steers(strength: float):
-            return [src.steer(u.idx, strength * u.max_act) for src, u in loaded]
-
-        measures = evaluate(
-            model, steers, strengths, prompts, neutral, targets, max_new_tokens=n_new,
-            temperature=req.temperature, seed=req.seed, deadline=deadline(),
+    key = json.dumps([slug, m.id, "steer/eval", req.model_dump()], sort_keys=True)
+    job = jobs.get(key)
+    if job is None:
+        wanted = [t for t in req.target if t]
+        plan = await service.run(
+            m.spec, lambda model: _prepare(model, settings, texts, held, wanted, units, n_new),
+            m.options,
         )  # fmt: skip
-        rows = [
-            PromptRow(strength=x.strength, prompt=x.prompt, effect=x.effect, fluency=x.fluency,
-                      kl=x.kl, continuation=model.decode(x.continuation))
-            for x in measures
-        ]  # fmt: skip
-        summary = [StrengthRow(**vars(r)) for r in summarise(measures)]
-        return (rows, summary, model.token_strings(targets),
-                [model.decode(p) for p in prompts], time.perf_counter() - started)  # fmt: skip
-
-    rows, summary, target_texts, prompt_texts, seconds = await service.run(m.spec, work, m.options)
+        measure = functools.partial(_measure, service, m, units, strengths, plan, req, n_new)
+        job = jobs.start(key, len(strengths), measure)
+    if not job.finished and not wait:
+        return result.model_copy(update={"status": "running", "done": job.done,
+                                         "total": job.total})  # fmt: skip
+    plan, measures, continuations, seconds = await jobs.wait(job)
     linked = [
         SteerEvalUnit(
             source=s.name, index=u.idx, max_act=u.max_act, url=urls.unit(slug, s.name, u.idx)
@@ -239,9 +230,82 @@ async def steer_eval(
     linked = await reader.run(meaning.labelled, m.id, linked)
     return result.model_copy(
         update={
-            "units": linked, "strengths": strengths, "targets": target_texts,
-            "prompts": prompt_texts, "held_out": not texts, "summary": summary,
-            "measures": rows, "max_new_tokens": n_new, "temperature": req.temperature,
-            "seed": req.seed, "seconds": seconds,
+            "units": linked, "strengths": strengths, "targets": plan.target_texts,
+            "prompts": plan.prompt_texts, "held_out": not texts,
+            "summary": [StrengthRow(**vars(r)) for r in summarise(measures)],
+            "measures": [_row(x, text) for x, text in zip(measures, continuations, strict=True)],
+            "max_new_tokens": n_new,
+            "temperature": req.temperature, "seed": req.seed, "seconds": seconds,
+            "done": job.total, "total": job.total,
         }
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """An evaluation's token ids, worked out once by the model before its chunks."""
+
+    prompts: list[list[int]]
+    neutral: list[list[int]]
+    targets: list[int]
+    target_texts: list[str]
+    prompt_texts: list[str]
+
+
+def _prepare(model: Model, settings: Settings, texts, held, wanted, units, n_new) -> _Plan:
+    if texts:
+        prompts = [check_tokens(model, t, settings, field="prompts") for t in texts]
+        # A given prompt's neutral text is the next prompt (the first, for the last).
+        neutral = [list(p) for p in prompts[1:] + prompts[:1]]
+    else:
+        prompts, neutral = [list(a) for a, _ in held], [list(b) for _, b in held]
+    for p in prompts:
+        check_context(model, len(p), n_new)
+    if wanted:
+        targets = [one_token(model, t, "target") for t in wanted]
+    else:
+        targets = [t for t, _ in units[0][1].logits.get("top", [])[:DEFAULT_TARGETS]]
+        if not targets:
+            s, u = units[0]
+            raise LimitError(
+                f"{s.name}/{u.idx} has no logit effects to take targets from: name them",
+                field="target",
+                rule="not_empty",
+            )
+    return _Plan(
+        [list(p) for p in prompts], neutral, targets, model.token_strings(targets),
+        [model.decode(p) for p in prompts],
+    )  # fmt: skip
+
+
+async def _measure(service: ModelService, m, units, strengths, plan: _Plan, req, n_new, job):
+    """Every strength's measures, a model job each: (plan, measures, their continuations as
+    text, model seconds)."""
+    measures, texts, seconds = [], [], 0.0
+
+    def chunk(model: Model, strength: float):
+        started = time.perf_counter()
+        edits = [load_source(service, s, model).steer(u.idx, strength * u.max_act)
+                 for s, u in units]  # fmt: skip
+        got = measure_strength(
+            model, edits, strength, plan.prompts, plan.neutral, plan.targets,
+            max_new_tokens=n_new, temperature=req.temperature, seed=req.seed,
+            deadline=deadline(),
+        )  # fmt: skip
+        decoded = [model.decode(x.continuation) for x in got]
+        return got, decoded, time.perf_counter() - started
+
+    for strength in strengths:
+        got, decoded, took = await service.run(
+            m.spec, functools.partial(chunk, strength=strength), m.options, may_refuse=False
+        )
+        measures += got
+        texts += decoded
+        seconds += took
+        job.step()
+    return plan, measures, texts, seconds
+
+
+def _row(x: Measure, continuation: str) -> PromptRow:
+    return PromptRow(strength=x.strength, prompt=x.prompt, effect=x.effect, fluency=x.fluency,
+                     kl=x.kl, continuation=continuation)  # fmt: skip

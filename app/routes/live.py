@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from app.deps import ModelsDep, ReaderDep, SettingsDep
+from app.deps import JobModelsDep, JobsDep, ModelsDep, ReaderDep, SettingsDep
 from app.errors import LIVE_ERRORS
 from app.live import ablation, activations, atp, attribution, prompt, steer, steer_eval
 from app.live.schema import (
@@ -201,16 +201,30 @@ async def attribution_page(
     "/{model}/steer/eval.json",
     response_model=steer_eval.SteerEvalResult,
     summary="Steering measured over a prompt set",
+    responses={
+        202: {
+            "model": steer_eval.SteerEvalResult,
+            "description": "Under way: its progress; ask again after Retry-After seconds.",
+        }
+    },
 )
 async def steer_eval_json(
     request: Request,
     model: str,
     req: Annotated[steer_eval.SteerEvalRequest, Query()],
     reader: ReaderDep,
-    models: ModelsDep,
+    models: JobModelsDep,
+    jobs: JobsDep,
     settings: SettingsDep,
 ):
-    result = await steer_eval.steer_eval(models, settings, reader, model, req)
+    """Starts the evaluation (or finds it under way: the same query is the same job) and
+    answers 202 with its progress (``status`` "running", ``done`` of ``total`` strengths,
+    Retry-After) until it has finished, then 200 with the result."""
+    result = await steer_eval.steer_eval(models, jobs, settings, reader, model, req, wait=False)
+    if result.status == "running":
+        response = render(request, "steer_eval.html", result, as_json=True, status=202)
+        response.headers["Retry-After"] = "1"
+        return response
     return render(request, "steer_eval.html", result, as_json=True)
 
 
@@ -220,10 +234,11 @@ async def steer_eval_page(
     model: str,
     req: Annotated[steer_eval.SteerEvalRequest, Query()],
     reader: ReaderDep,
-    models: ModelsDep,
+    models: JobModelsDep,
+    jobs: JobsDep,
     settings: SettingsDep,
 ):
-    result = await steer_eval.steer_eval(models, settings, reader, model, req)
+    result = await steer_eval.steer_eval(models, jobs, settings, reader, model, req, wait=False)
     return render(request, "steer_eval.html", result)
 
 
@@ -300,7 +315,8 @@ async def steer_eval_api(
     model: str,
     req: steer_eval.SteerEvalRequest,
     reader: ReaderDep,
-    models: ModelsDep,
+    models: JobModelsDep,
+    jobs: JobsDep,
     settings: SettingsDep,
 ):
     """Steering measured over a prompt set: for each strength (a multiple of each unit's
@@ -311,8 +327,13 @@ async def steer_eval_api(
 
     Caps (422 when exceeded): units, strengths, prompts, new tokens, the total forward
     passes, each strength x max activation.
+
+    Answers once every strength is measured: the strengths are measured one model job
+    each, so other requests take their turns between them; the same request already under
+    way (from the page or its JSON twin, which answer 202 with progress) is waited for,
+    not started again.
     """
-    return await steer_eval.steer_eval(models, settings, reader, model, req)
+    return await steer_eval.steer_eval(models, jobs, settings, reader, model, req, wait=True)
 
 
 @api.post("/{model}/prompt", response_model=PromptResult)

@@ -55,7 +55,11 @@ def test_steering_over_prompts_plots_mean_and_sd(page, base_url, console_errors)
     page.locator("input[name=strengths]").fill("0, 1, -1")
     page.locator("input[name=max_new_tokens]").fill("3")
     page.locator("#steer-eval-form button[type=submit]").click()
+    # A new query starts its run: the page shows its progress, then fills in by itself.
+    page.wait_for_url(f"{base_url}/tiny/steer/eval?*")
+    assert "strengths" in page.locator("#steer-eval-progress").inner_text()
     page.wait_for_selector("#plot-effect .main-svg")
+    assert page.locator("#steer-eval-progress").count() == 0
     data = get_json(page.url.replace("/tiny/steer/eval?", "/tiny/steer/eval.json?"))
     # One point per strength on each curve, with its error bar.
     for key in ("effect", "kl", "fluency"):

@@ -4,6 +4,8 @@ its own greedy loop (no KV cache)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from index_checks import fresh_hooked
@@ -96,17 +98,60 @@ def client(tiny_index):
         yield c
 
 
+def finished(client, url: str, timeout: float = 120.0):
+    """The answer to ``url`` once its evaluation has finished, checking each 202 on the way:
+    progress that never goes back, and never past the total."""
+    give_up, done = time.monotonic() + timeout, 0
+    while True:
+        r = client.get(url)
+        if r.status_code != 202:
+            return r
+        body = r.json()
+        assert body["status"] == "running" and r.headers["Retry-After"] == "1"
+        assert done <= body["done"] < body["total"] and not body["summary"]
+        done = body["done"]
+        assert time.monotonic() < give_up, "the evaluation did not finish"
+        time.sleep(0.02)
+
+
 def test_the_page_over_the_indexs_own_sequences(client, tiny_index):
     q = "unit=1-mlp/5&strengths=0,1,-1&max_new_tokens=4"
-    data = client.get(f"/tiny/steer/eval.json?{q}").json()
+    r = finished(client, f"/tiny/steer/eval.json?{q}")
+    assert r.status_code == 200, r.text
+    data = r.json()
     assert data["held_out"] and len(data["prompts"]) >= 2
+    assert data["status"] == "done" and data["done"] == data["total"] == 3
     assert [s["strength"] for s in data["summary"]] == [0.0, 1.0, -1.0]
     zero = [m for m in data["measures"] if m["strength"] == 0]
     assert zero and all(m["effect"] == 0 and m["kl"] == 0 for m in zero)
     assert len(data["measures"]) == 3 * len(data["prompts"])
     assert len(data["targets"]) == 5  # the unit's most promoted tokens
-    html = client.get(f"/tiny/steer/eval?{q}").text
+    html = client.get(f"/tiny/steer/eval?{q}").text  # the same run, finished: at once
     assert 'id="plot-effect"' in html and 'id="steer-eval-table"' in html
+    assert 'id="steer-eval-progress"' not in html
+
+
+def test_a_run_in_chunks_lets_other_requests_through(client):
+    """Nine strengths, a model job each: a live request asked once the run has started is
+    answered while the run still has strengths to go, and the page shows the progress
+    until the result. The same query is the same run: the API waits for it, and gives
+    what the twin gives."""
+    q = "unit=0-mlp/2&strengths=0,1,-1,2,-2,3,-3,4,-4&max_new_tokens=12"
+    first = client.get(f"/tiny/steer/eval.json?{q}")
+    assert first.status_code == 202 and first.json()["total"] == 9
+    html = client.get(f"/tiny/steer/eval?{q}").text
+    assert 'id="steer-eval-progress"' in html and "of 9 strengths" in html
+    prompt = client.post("/api/tiny/prompt", json={"text": "the quick brown fox"})
+    assert prompt.status_code == 200
+    during = client.get(f"/tiny/steer/eval.json?{q}")
+    assert during.status_code == 202, "the run finished before the prompt got its turn"
+    assert during.json()["done"] < 9
+    body = {"unit": ["0-mlp/2"], "strengths": "0,1,-1,2,-2,3,-3,4,-4", "max_new_tokens": 12}
+    waited = client.post("/api/tiny/steer/eval", json=body)
+    assert waited.status_code == 200 and waited.json()["status"] == "done"
+    twin = finished(client, f"/tiny/steer/eval.json?{q}").json()
+    assert twin["seconds"] == waited.json()["seconds"]  # one run, measured once
+    assert twin["measures"] == waited.json()["measures"] and len(twin["summary"]) == 9
 
 
 def test_given_prompts_and_targets_through_the_api(client):
