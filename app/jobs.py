@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.model_service import ServiceBusy
@@ -31,7 +30,6 @@ class Job:
     """Chunks the job takes."""
     done: int = 0
     """Chunks finished."""
-    started: float = field(default_factory=time.monotonic)
     task: asyncio.Task | None = None
 
     @property
