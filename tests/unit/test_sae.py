@@ -515,8 +515,9 @@ def test_resolve_pretrained_without_sae_lens(monkeypatch: pytest.MonkeyPatch):
     assert "pip install sae-lens" in one_line(err)
 
 
-def test_module_does_not_import_transformer_lens_or_sae_lens():
-    source = Path(sys.modules[Sae.__module__].__file__).read_text()
+def test_package_does_not_import_transformer_lens_or_sae_lens():
+    package = Path(sys.modules[Sae.__module__].__file__).parent
+    source = "\n".join(p.read_text() for p in sorted(package.glob("*.py")))
     imports = [line.strip() for line in source.splitlines() if "import " in line]
     assert not [line for line in imports if "transformer_lens" in line]
     assert [line for line in imports if "sae_lens" in line] == [
