@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from indexer.corpus import (
-    _TOKEN_RATE_SAMPLE_CHARS,
     EMBEDDED_OPEN_DOCUMENTS,
     SKIPPED_BLANK,
     SKIPPED_NO_TOKENS,
@@ -21,9 +20,9 @@ from indexer.corpus import (
     Sequence,
     _proportional,
     document_streams,
-    embedded_family_tokens,
     iter_sequences,
 )
+from indexer.embedded_corpus import _TOKEN_RATE_SAMPLE_CHARS, embedded_family_tokens
 
 EMBEDDED_PREFIXES = ("shakespeare/", "python-reference/", "stdlib-docstrings/", "stdlib-source/")
 
@@ -451,7 +450,7 @@ def test_embedded_stdlib_source_sample() -> None:
 
 
 def test_gutenberg_boilerplate_is_stripped() -> None:
-    from indexer.corpus import _strip_gutenberg
+    from indexer.embedded_corpus import _strip_gutenberg
 
     raw = (
         "The Project Gutenberg EBook of Hamlet\n"
