@@ -22,7 +22,10 @@ class ModelSummary(View):
     url: str
 
 
-class SourceSummary(View):
+class SourceCard(View):
+    """A source as the model and source pages show it (from ``storage.SourceRow`` and
+    ``storage.SourceSummary``)."""
+
     name: str
     kind: str
     layer: int
@@ -123,7 +126,9 @@ class UnitPage(View):
     """Latents only: MLP neurons (up to the hook's layer) whose W_out row best aligns."""
 
 
-class UnitRow(View):
+class UnitListing(View):
+    """A unit's line in its source page's list (from a ``storage.UnitRow``)."""
+
     index: int
     max_act: float
     density: float
@@ -145,8 +150,8 @@ class Histogram(View):
 
 class SourcePage(View):
     model: str
-    source: SourceSummary
-    units: list[UnitRow]
+    source: SourceCard
+    units: list[UnitListing]
     sort: str
     order: str
     page: int
@@ -157,7 +162,7 @@ class SourcePage(View):
 
 class ModelPage(View):
     model: ModelSummary
-    sources: list[SourceSummary]
+    sources: list[SourceCard]
 
 
 class HomePage(View):

@@ -26,11 +26,11 @@ from app.view_models import (
     ModelSummary,
     Neighbour,
     SequencePage,
+    SourceCard,
     SourcePage,
-    SourceSummary,
     UnitLinks,
+    UnitListing,
     UnitPage,
-    UnitRow,
 )
 from spyglass import storage
 
@@ -57,8 +57,8 @@ def home(conn: Connection) -> HomePage:
     return HomePage(models=[_model_summary(m) for m in storage.list_models(conn)])
 
 
-def _source_summary(slug: str, s: storage.SourceRow, stats: storage.SourceSummary | None):
-    return SourceSummary(
+def _source_card(slug: str, s: storage.SourceRow, stats: storage.SourceSummary | None):
+    return SourceCard(
         name=s.name,
         kind=s.kind,
         layer=s.layer,
@@ -78,9 +78,7 @@ def model_page(conn: Connection, slug: str) -> ModelPage:
     stats = storage.source_summaries(conn, m.id)
     return ModelPage(
         model=_model_summary(m),
-        sources=[
-            _source_summary(slug, s, stats.get(s.id)) for s in storage.list_sources(conn, m.id)
-        ],
+        sources=[_source_card(slug, s, stats.get(s.id)) for s in storage.list_sources(conn, m.id)],
     )
 
 
@@ -104,7 +102,7 @@ def source_page(
     density_sum = sum(densities) if s.kind == "sae" else 0.0
     labels = storage.unit_labels(conn, s.id, [r.idx for r in rows])
     units = [
-        UnitRow(
+        UnitListing(
             index=r.idx,
             max_act=r.max_act,
             density=r.density,
@@ -117,7 +115,7 @@ def source_page(
     ]
     return SourcePage(
         model=slug,
-        source=_source_summary(slug, s, storage.source_summaries(conn, m.id).get(s.id)),
+        source=_source_card(slug, s, storage.source_summaries(conn, m.id).get(s.id)),
         units=units,
         sort=sort,
         order=order,
