@@ -133,15 +133,13 @@ async def atp(
     listed += [key for key in r.patched if key not in shown]  # verified beyond the top
     units = []
     for name, i in listed:
-        est = float(r.estimates[name][i])
         if name == HEADS:
-            layer, head = divmod(i, n_heads)
-            units.append(AtpUnit(source=name, index=i, label=f"L{layer}H{head}", estimate=est,
-                                 patched=r.patched.get((name, i))))  # fmt: skip
+            label, url = "L{}H{}".format(*divmod(i, n_heads)), None
         else:
-            units.append(AtpUnit(source=name, index=i, label=f"{name}/{i}", estimate=est,
-                                 patched=r.patched.get((name, i)),
-                                 url=urls.unit(slug, name, i, prompt=req.clean)))  # fmt: skip
+            label, url = f"{name}/{i}", urls.unit(slug, name, i, prompt=req.clean)
+        units.append(AtpUnit(source=name, index=i, label=label, url=url,
+                             estimate=float(r.estimates[name][i]),
+                             patched=r.patched.get((name, i))))  # fmt: skip
     linked = [u for u in units if u.source != HEADS]
     linked = await reader.run(lambda conn: meaning.labelled(conn, m.id, linked))
     by_key = {(u.source, u.index): u for u in linked}
