@@ -47,11 +47,19 @@ class Explanation(View):
     scores: list[Score] = []
     baseline: Baseline | None = None
     evidence: dict | None = None
+    earlier_index: str | None = None
+    """When it was made on an earlier index of this model and kept through a re-index: the
+    time that index was written. Null when made on this one."""
+    scored_earlier: str | None = None
+    """When its scores were measured on an earlier index (``spyglass explain --rescore``
+    measures them on this one): the time that index was written."""
 
 
 def unit_explanations(conn: Connection, source_id: int, unit: int) -> list[Explanation]:
     out = []
-    for e in storage.get_explanations(conn, source_id, unit):
+    rows = storage.get_explanations(conn, source_id, unit)
+    current = storage.source_identity(conn, source_id)["indexed"] if rows else ""
+    for e in rows:
         base = (e.evidence or {}).get("baseline")
         out.append(
             Explanation(
@@ -66,6 +74,8 @@ def unit_explanations(conn: Connection, source_id: int, unit: int) -> list[Expla
                 else Baseline(
                     method=base["method"], text=base["text"], scores=_scores(base["scores"])
                 ),
+                earlier_index=e.indexed if e.indexed != current else None,
+                scored_earlier=e.scored if e.scores and e.scored != current else None,
             )  # fmt: skip
         )
     return out

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from cli import labels
 from cli.commands import (
     DEMO_TOKENS,
     CliError,
@@ -105,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         "a bootstrap 95% interval; or an LLM's, through an OpenAI-compatible endpoint, "
         "scored there by detection and fuzzing beside the token-pattern baseline. A re-run "
         "skips units already explained with the same settings, so it resumes an "
-        "interrupted run; units the endpoint failed on are recorded and tried again.",
+        "interrupted run; units the endpoint failed on are recorded and tried again. "
+        "Explanations outlive a re-index under the same name: token patterns are made "
+        "again on the new index, LLM explanations are kept (--rescore scores them on it).",
     )
     exp.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
     exp.add_argument("--model", default="embedded", help="the indexed model's name (embedded)")
@@ -148,6 +151,13 @@ def _parser() -> argparse.ArgumentParser:
         help="retries of a failed or malformed endpoint answer, with exponential backoff, "
         "before the unit is recorded as failed (3)",
     )
+    exp.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the LLM explanations kept from an earlier index on this one, without "
+        "calling the explainer: by simulation offline, and by --scorer on the endpoint when "
+        "--explainer openai:URL is given",
+    )
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp.set_defaults(func=cmd_explain)
 
@@ -182,6 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--as", dest="name", help="the name to index it under (default: the model's)")
     imp.add_argument("--replace", action="store_true", help="replace an index of that name")
     imp.set_defaults(func=cmd_import)
+
+    labels.add_parser(sub)
 
     demo = sub.add_parser(
         "demo",

@@ -117,6 +117,9 @@ class IndexReport:
     sources: list[str] = field(default_factory=list)
     write_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds of the write phase by part (``indexer.write.PhaseClock``)."""
+    kept: list[str] = field(default_factory=list)
+    """What the index kept of earlier indexes' explanations and labels, a line each
+    (``storage.KeptReport.lines``)."""
 
     @classmethod
     def from_progress(cls, slug: str, progress) -> IndexReport:

@@ -105,6 +105,7 @@ def write_index(
                 n_tokens=report.n_tokens,
                 seconds=report.seconds,
             )
+            report.kept = storage.kept_report(conn, report.slug).lines()
     finally:
         engine.dispose()
     return report

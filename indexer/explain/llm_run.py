@@ -38,7 +38,8 @@ hard ones."""
 class LlmContext:
     """What every chunk of a run shares."""
 
-    endpoint: Endpoint
+    endpoint: Endpoint | None
+    """None when re-scoring without an endpoint: simulation only."""
     settings: llm.LlmSettings
     key: str
     vocab: dict[int, str]
@@ -69,10 +70,17 @@ def settings_key(model: str, settings: llm.LlmSettings) -> str:
 
 
 def explain_chunk(
-    ctx: LlmContext, engine, s: storage.SourceRow, block: list[int]
+    ctx: LlmContext,
+    engine,
+    s: storage.SourceRow,
+    block: list[int],
+    known: dict[int, list[dict]] | None = None,
 ) -> tuple[list[dict], list[dict], int]:
     """The explanation rows and failure rows of ``block`` (ascending units of source
-    ``s``), and how many of its units never fired."""
+    ``s``), and how many of its units never fired. With ``known`` (per unit, explanations
+    kept from an earlier index: ``storage.stale_explanations``' rows), the explainer is not
+    called: those rows come back with their scores (and their baseline's) measured on this
+    index's examples."""
     lo, hi = block[0], block[-1] + 1
     wanted = set(block)
     with engine.connect() as conn:
@@ -102,7 +110,7 @@ def explain_chunk(
     else:
         recompute = None
 
-    def one(unit: int) -> tuple[dict | None, list[dict]]:
+    def one(unit: int) -> tuple[list[dict], list[dict]]:
         uw, unit_logits = units[unit]
         threshold = simulation.FIRES * uw.max_act
         negs = {}
@@ -113,14 +121,16 @@ def explain_chunk(
             negs["detection_hard"] = negatives.silent(
                 recompute, unit, hard.get(unit, []), threshold, ctx.settings.examples
             )
-        return _unit_rows(ctx, unit, uw, unit_logits, threshold, negs)
+        if known is not None:
+            return _rescored(ctx, unit, uw, threshold, negs, known.get(unit, []))
+        row, failed = _unit_rows(ctx, unit, uw, unit_logits, threshold, negs)
+        return ([] if row is None else [row]), failed
 
     rows, failures = [], []
     pool = ThreadPoolExecutor(max_workers=max(1, ctx.concurrency))
     try:
-        for row, failed in pool.map(one, sorted(units)):
-            if row is not None:
-                rows.append(row)
+        for made, failed in pool.map(one, sorted(units)):
+            rows += made
             failures += failed
     finally:  # on Ctrl-C, no more calls for the units not started
         pool.shutdown(cancel_futures=True)
@@ -193,6 +203,32 @@ def _unit_rows(ctx, unit, uw: UnitWindows, unit_logits, threshold, negs):
         "scores": scores,
     }
     return row, failures
+
+
+def _rescored(ctx, unit, uw: UnitWindows, threshold, negs, kept: list[dict]):
+    """``kept`` explanations of the unit with their scores, and their baseline's, measured
+    on this index (the endpoint's scorers only with an endpoint; scores not measured again
+    move to ``evidence["earlier_scores"]``)."""
+    failures: list[dict] = []
+
+    def failed(method: str, error: str) -> None:
+        failures.append({"unit": unit, "method": method, "settings": ctx.key, "error": error})
+
+    pos = llm.positives(uw, ctx.settings.examples, threshold)
+    out = []
+    for row in kept:
+        scores = _scores(ctx, unit, row["text"], uw, pos, threshold, negs, failed)
+        evidence = dict(row["evidence"])
+        if earlier := {k: v for k, v in row["scores"].items() if k not in scores}:
+            evidence["earlier_scores"] = earlier
+        if base := evidence.get("baseline"):
+            base_scores = _scores(
+                ctx, unit, base["text"], uw, pos, threshold, negs,
+                lambda m, e: failed(f"baseline:{m}", e),
+            )  # fmt: skip
+            evidence["baseline"] = base | {"scores": base_scores}
+        out.append({"id": row["id"], "unit": unit, "scores": scores, "evidence": evidence})
+    return out, failures
 
 
 def _scores(

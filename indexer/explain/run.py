@@ -9,6 +9,7 @@ time and resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -41,6 +42,10 @@ class ExplainReport:
     sources: list[str] = field(default_factory=list)
     usage: Usage | None = None
     """The endpoint's calls, retries and tokens (LLM explainer)."""
+    rescored: int = 0
+    """LLM explanations kept from an earlier index, scored on this one (``rescore``)."""
+    stale: int = 0
+    """LLM explanations whose scores were measured on an earlier index, left as they are."""
 
 
 def settings_key() -> str:
@@ -87,10 +92,15 @@ def explain_index(
     llm_settings: llm.LlmSettings | None = None,
     concurrency: int = 4,
     retries: int = 3,
+    rescore: bool = False,
 ) -> ExplainReport:
     """Explain and score the units of ``slug``'s sources in the index at ``db``: with the
     token pattern (scored by simulation), or through the OpenAI-compatible endpoint of
     ``explainer`` (``openai:URL``; scored by simulation and ``llm_settings.scorers``).
+    Token-pattern explanations kept from an earlier index are made again; LLM explanations
+    are not (they cost endpoint calls): with ``rescore``, those whose scores were measured
+    on an earlier index are scored on this one instead, without calling the explainer
+    (by simulation, and by the endpoint's scorers when an ``explainer`` endpoint is given).
     ValueError for an unknown model, source or unit, EndpointFailure for an endpoint that
     cannot be reached."""
     started = time.perf_counter()
@@ -101,6 +111,9 @@ def explain_index(
             raise ValueError("--explainer openai:URL needs --explainer-model NAME")
         endpoint = Endpoint(url, explainer_model, attempts=retries + 1)
     llm_settings = llm_settings or llm.LlmSettings()
+    if rescore:
+        return _rescore_index(db, slug, sources, units, endpoint, llm_settings, concurrency,
+                              progress, started)  # fmt: skip
     storage.make_engine(db).dispose()  # FileNotFoundError for a missing file: none is made
     engine = storage.make_engine(db, create=True)  # adds the tables to an older index
     report = ExplainReport()
@@ -116,9 +129,12 @@ def explain_index(
             seqs = storage.sequence_tokens(conn, m.id)
             todo = {}
             for s in chosen:
-                done = storage.explained_units(conn, s.id, method, key)
+                # A token pattern is made again on a new index; an LLM's is kept (it costs).
+                this_index = method == token_pattern.METHOD
+                done = storage.explained_units(conn, s.id, method, key, this_index=this_index)
                 todo[s.name] = sorted((wanted[s.name] or set(range(s.n_units))) - done)
                 report.skipped += len(wanted[s.name] or range(s.n_units)) - len(todo[s.name])
+                report.stale += len(storage.stale_explanations(conn, s.id, llm.METHOD))
         tokens = simulation.TokenIndex(vocab)
         step, explain_block = CHUNK, None
         if endpoint is not None and any(todo.values()):
@@ -168,6 +184,58 @@ def explain_index(
                     storage.add_explanations(conn, s.id, rows)
                     storage.add_explain_failures(conn, s.id, failures)
                 bar.update(len(block))
+            report.sources.append(s.name)
+        bar.close()
+    finally:
+        engine.dispose()
+    report.seconds = time.perf_counter() - started
+    if endpoint is not None:
+        report.usage = endpoint.usage
+    return report
+
+
+def _rescore_index(
+    db, slug, sources, units, endpoint, llm_settings, concurrency, progress, started
+) -> ExplainReport:
+    """``explain_index(rescore=True)``."""
+    if endpoint is None:  # simulation alone, offline
+        llm_settings = dataclasses.replace(llm_settings, scorers=())
+    engine = storage.make_engine(db, create=True)
+    report = ExplainReport()
+    try:
+        with engine.connect() as conn:
+            m, chosen = storage.model_and_sources(conn, slug, sources)
+            stale = {}
+            for s in chosen:
+                wanted = parse_units(units, s.n_units)
+                rows = storage.stale_explanations(conn, s.id, llm.METHOD)
+                stale[s.name] = [r for r in rows if wanted is None or r["unit"] in wanted]
+            vocab = storage.all_token_texts(conn, m.id)
+            seqs = storage.sequence_tokens(conn, m.id)
+        if endpoint is not None and any(stale.values()):
+            endpoint.check()
+        ctx = llm_run.LlmContext(
+            endpoint, llm_settings, "", vocab, seqs, simulation.TokenIndex(vocab),
+            _model_for(m) if "detection" in llm_settings.scorers else None,
+            m.skip_first, concurrency,
+        )  # fmt: skip
+        bar = tqdm(total=sum(map(len, stale.values())), desc="re-scoring", unit="expl.",
+                   disable=not progress)  # fmt: skip
+        for s in chosen:
+            by_unit: dict[int, list[dict]] = {}
+            for r in stale[s.name]:
+                by_unit.setdefault(r["unit"], []).append(r)
+            todo = sorted(by_unit)
+            for i in range(0, len(todo), llm_run.CHUNK):
+                block = todo[i : i + llm_run.CHUNK]
+                rows, failures, _ = llm_run.explain_chunk(ctx, engine, s, block, by_unit)
+                with engine.begin() as conn:
+                    report.rescored += storage.rescored(conn, s.id, rows)
+                    storage.add_explain_failures(conn, s.id, failures)
+                report.failed_scores += len(failures)
+                report.errors += [f"{s.name}/{f['unit']} {f['method']}: {f['error']}"
+                                  for f in failures][: 5 - len(report.errors)]  # fmt: skip
+                bar.update(sum(len(by_unit[u]) for u in block))
             report.sources.append(s.name)
         bar.close()
     finally:

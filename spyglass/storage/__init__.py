@@ -1,7 +1,8 @@
 """Storage: the schema, the engine, and every query. The indexer writes, the app reads.
 
 The one module that touches the index: ``schema`` (tables, engines, blobs), ``records``
-(what reads return, and a unit's typed statistics), ``write`` (the indexer's bulk
+(what reads return, and a unit's typed statistics), ``explanations`` and ``kept`` (what
+units mean, and how that outlives a re-index), ``write`` (the indexer's bulk
 inserts) and ``read`` (the app's queries), all imported from here.
 
 Any SQLAlchemy URL works; a plain path means SQLite, and ``postgresql://`` URLs use
@@ -13,6 +14,7 @@ Arrays (token ids, activation windows) are stored as little-endian blobs.
 """
 
 from spyglass.storage.explanations import *  # noqa: F403
+from spyglass.storage.kept import *  # noqa: F403
 from spyglass.storage.read import *  # noqa: F403
 from spyglass.storage.records import *  # noqa: F403
 from spyglass.storage.schema import *  # noqa: F403

@@ -20,6 +20,7 @@ from sqlalchemy import (
     insert,
     inspect,
     literal_column,
+    or_,
     select,
     table,
     text,
@@ -30,9 +31,11 @@ from spyglass.storage.schema import (
     TSVECTOR,
     explain_failures,
     explanations,
+    models,
     sources,
     to_blob,
     token_units,
+    unit_key,
     units,
 )
 
@@ -40,6 +43,7 @@ __all__ = [
     "ExplanationRow",
     "SearchHit",
     "METHOD_RANK",
+    "source_identity",
     "add_explanations",
     "add_explain_failures",
     "supersede_explanations",
@@ -91,6 +95,11 @@ class ExplanationRow:
     interval and the held-out examples it was measured on."""
     settings: str = ""
     """What made it (``spyglass explain``'s settings hash; ``human`` for a label)."""
+    indexed: str = ""
+    """The ``created`` of the index it was made on: an earlier one's, when it was kept
+    through a re-index."""
+    scored: str | None = None
+    """The ``created`` of the index its scores were measured on."""
 
 
 @dataclass(frozen=True)
@@ -113,16 +122,36 @@ def _json(value) -> str | None:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+def source_identity(conn: Connection, source_id: int) -> dict:
+    """What an explanation of the source's units records of it: its model's slug, its name,
+    its ``unit_key``, and the ``created`` of its index (as ``indexed``)."""
+    q = select(
+        models.c.slug, models.c.spec, models.c.created, sources.c.name, sources.c.kind,
+        sources.c.hook, sources.c.sae,
+    ).join(models, models.c.id == sources.c.model_id).where(sources.c.id == source_id)  # fmt: skip
+    r = conn.execute(q).one()
+    return {
+        "model": r.slug,
+        "source": r.name,
+        "unit_key": unit_key(r.spec, r.kind, r.hook, r.sae),
+        "indexed": r.created,
+    }
+
+
 def add_explanations(conn: Connection, source_id: int, rows: Sequence[dict]) -> None:
     """Insert explanations of units of a source: each row a dict with ``unit``, ``method``,
-    ``settings``, ``text`` and optionally ``evidence``, ``scores``, ``explainer``."""
+    ``settings``, ``text`` and optionally ``evidence``, ``scores``, ``explainer``,
+    ``created``, ``indexed`` (default: this index's) and ``scored`` (default: ``indexed``
+    when there are scores)."""
     if not rows:
         return
     created = _now()
+    who = source_identity(conn, source_id)
     conn.execute(
         insert(explanations),
         [
             {
+                **who,
                 "source_id": source_id,
                 "unit": int(r["unit"]),
                 "method": r["method"],
@@ -132,6 +161,8 @@ def add_explanations(conn: Connection, source_id: int, rows: Sequence[dict]) -> 
                 "scores": _json(r.get("scores")),
                 "explainer": r.get("explainer"),
                 "created": r.get("created") or created,
+                "indexed": r.get("indexed") or who["indexed"],
+                "scored": r.get("scored") or (who["indexed"] if r.get("scores") else None),
             }
             for r in rows
         ],
@@ -146,9 +177,9 @@ def supersede_explanations(
     explainer: str | None,
     settings: str,
 ) -> int:
-    """Delete the units' explanations by ``method`` and ``explainer`` made with other
-    settings than ``settings``: a run with new settings replaces its own earlier
-    explanations (another explainer's, and people's labels, stay). Returns how many."""
+    """Delete the units' explanations by ``method`` and ``explainer`` other than those made
+    with ``settings`` on this index: a run replaces its own earlier explanations of the
+    units it writes (another explainer's, and people's labels, stay). Returns how many."""
     if not units or not _has(conn, explanations):
         return 0
     same = (
@@ -156,11 +187,12 @@ def supersede_explanations(
         if explainer is None
         else explanations.c.explainer == explainer
     )
+    current = source_identity(conn, source_id)["indexed"]
     q = explanations.delete().where(
         explanations.c.source_id == source_id,
         explanations.c.unit.in_(sorted({int(u) for u in units})),
         explanations.c.method == method,
-        explanations.c.settings != settings,
+        or_(explanations.c.settings != settings, explanations.c.indexed != current),
         same,
     )
     return conn.execute(q).rowcount
@@ -177,8 +209,11 @@ def add_explain_failures(conn: Connection, source_id: int, rows: Sequence[dict])
         )
 
 
-def explained_units(conn: Connection, source_id: int, method: str, settings: str) -> set[int]:
-    """Units of the source that already have an explanation made with these settings."""
+def explained_units(
+    conn: Connection, source_id: int, method: str, settings: str, *, this_index: bool = False
+) -> set[int]:
+    """Units of the source that already have an explanation made with these settings (with
+    ``this_index``, made on this index, not kept from an earlier one)."""
     if not _has(conn, explanations):
         return set()
     q = select(explanations.c.unit).where(
@@ -186,6 +221,8 @@ def explained_units(conn: Connection, source_id: int, method: str, settings: str
         explanations.c.method == method,
         explanations.c.settings == settings,
     )
+    if this_index:
+        q = q.where(explanations.c.indexed == source_identity(conn, source_id)["indexed"])
     return set(conn.execute(q).scalars())
 
 
@@ -235,6 +272,8 @@ def _row(r) -> ExplanationRow:
         evidence=orjson.loads(m["evidence"]) if m["evidence"] else None,
         scores=orjson.loads(m["scores"]) if m["scores"] else {},
         settings=m["settings"],
+        indexed=m["indexed"],
+        scored=m["scored"],
     )
 
 

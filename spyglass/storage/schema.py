@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "explanations",
     "explain_failures",
     "token_units",
+    "unit_key",
     "TOKEN_BLOCK",
     "SLUG",
     "RESERVED",
@@ -191,7 +193,16 @@ explanations = Table(
     "explanations",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("source_id", ForeignKey("sources.id"), nullable=False),
+    # The source it is shown on now. NULL while no source of its model with its name and
+    # unit key is indexed: a re-index detaches a model's explanations and attaches each to
+    # the new source that is the same thing (storage.explanations), so no re-index ever
+    # deletes one; an explanation made on a source that is gone waits for it to come back.
+    Column("source_id", ForeignKey("sources.id"), nullable=True),
+    Column("model", String(200), nullable=False),  # its model's slug
+    Column("source", String(200), nullable=False),  # its source's name
+    # What the units are (`unit_key`: the model's spec, the source's kind and hook, its
+    # SAE): a re-index of another model or SAE under the same names gets none of these.
+    Column("unit_key", String(32), nullable=False),
     Column("unit", Integer, nullable=False),
     Column("method", String(40), nullable=False),  # token-pattern, llm or human
     # A hash of what made it (explainer, its model, prompt version, scorers): a run with
@@ -202,7 +213,12 @@ explanations = Table(
     Column("scores", Text),  # JSON: {scorer: {"value", "lo", "hi", "n"}}
     Column("explainer", Text),  # the LLM's name, or a label's author
     Column("created", String(40), nullable=False),
+    # The `created` of the index it was made on, and of the one its scores were measured
+    # on (`spyglass explain --rescore` measures them again on a newer index).
+    Column("indexed", String(40), nullable=False),
+    Column("scored", String(40)),
     Index("explanations_by_unit", "source_id", "unit"),
+    Index("explanations_by_name", "model", "source", "unit"),
 )
 # Full-text search over the text, in the database: FTS5 on SQLite (an external-content
 # table kept in step by triggers), a GIN index on the English tsvector on PostgreSQL.
@@ -249,10 +265,19 @@ token_units = Table(
 )
 TOKEN_BLOCK = 1024
 
-_CHILDREN = (explanations, explain_failures, token_units, examples, samples, units)
+_CHILDREN = (explain_failures, token_units, examples, samples, units)
+"""Deleted with their sources on a re-index; explanations are detached instead."""
 _MODEL_CHILDREN = (vocab, sequences)  # keyed by model_id
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RESERVED = {"api", "static", "docs", "redoc", "openapi.json", "sequences", "healthz"}
+
+
+def unit_key(spec: str, kind: str, hook: str, sae: str | None) -> str:
+    """What a source's units are, as a short stable text: two indexes' sources with the same
+    key hold the same units, whatever the corpus (an explanation made on one is one of the
+    other's)."""
+    what = "\x1f".join((spec, kind, hook, sae or ""))
+    return hashlib.blake2b(what.encode(), digest_size=8).hexdigest()
 
 
 # ---- engine ---------------------------------------------------------------------

@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from spyglass.storage.kept import attach_explanations, detach_explanations
 from spyglass.storage.records import UnitStats
 from spyglass.storage.schema import (
     _CHILDREN,
@@ -63,13 +64,16 @@ def check_slug(slug: str) -> None:
 
 
 def replace_model(conn: Connection, slug: str, **fields) -> int:
-    """Delete any earlier index called ``slug`` and insert a fresh model row.
+    """Delete any earlier index called ``slug`` and insert a fresh model row. Its
+    explanations and labels are detached, not deleted: each new source takes back those of
+    its units (``add_source``; see ``storage.kept``).
 
     Runs inside the caller's transaction: readers see the old index until commit.
     """
     check_slug(slug)
     old = conn.execute(select(models.c.id).where(models.c.slug == slug)).scalar()
     if old is not None:
+        detach_explanations(conn, old)
         source_ids = select(sources.c.id).where(sources.c.model_id == old)
         for table in _CHILDREN:
             conn.execute(delete(table).where(table.c.source_id.in_(source_ids)))
@@ -171,9 +175,13 @@ def add_vocab(conn: Connection, model_id: int, texts: Sequence[str]) -> None:
 
 
 def add_source(conn: Connection, model_id: int, *, info: dict | None = None, **fields) -> int:
+    """A new source, with the explanations and labels of its units that earlier indexes
+    under this model's name kept (``storage.kept``)."""
     info_json = json.dumps(info) if info is not None else None
     q = insert(sources).values(model_id=model_id, info=info_json, **fields)
-    return conn.execute(q).inserted_primary_key[0]
+    source_id = conn.execute(q).inserted_primary_key[0]
+    attach_explanations(conn, source_id)
+    return source_id
 
 
 def _dumps(value) -> str:
