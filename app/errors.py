@@ -41,8 +41,11 @@ class ErrorResponse(BaseModel):
 _STATUS_DOC = {
     400: "Malformed request: the body is not valid JSON.",
     404: "No such model, source, unit, sequence or example.",
-    403: "This server does not accept labels (SPYGLASS_LABELS=false).",
+    401: "The server has a write token and the request sent none (WWW-Authenticate).",
+    403: "Writes refused: labels off, a wrong token, no token from off this machine, or a "
+    "page of another site.",
     413: "The request body is larger than the server accepts.",
+    429: "Too many writes from this client (see Retry-After).",
     422: "An input breaks the schema or a documented cap; `errors` names the field and rule.",
     503: "The model is busy (queue full; see Retry-After) or cannot be loaded here.",
 }
@@ -55,7 +58,7 @@ def responses(*statuses: int) -> dict:
 
 PAGE_ERRORS = responses(404, 422)
 LIVE_ERRORS = responses(400, 404, 413, 422, 503)
-LABEL_ERRORS = responses(400, 403, 404, 413, 422, 503)
+LABEL_ERRORS = responses(400, 401, 403, 404, 413, 422, 429, 503)
 
 
 def error(request: Request, status: int, detail: str, errors: list[FieldError], headers=None):
@@ -73,7 +76,14 @@ def error(request: Request, status: int, detail: str, errors: list[FieldError], 
     )
 
 
-_HTTP_RULES = {404: "not_found", 405: "method", 413: "max_body_bytes"}
+_HTTP_RULES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method",
+    413: "max_body_bytes",
+    429: "rate",
+}
 
 
 def _field(loc) -> str | None:

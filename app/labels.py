@@ -20,24 +20,22 @@ from app.meaning import Explanation, unit_explanations
 from app.view_base import require_model, require_source, require_unit
 from spyglass import storage
 
-MAX_LABEL = 500
-MAX_AUTHOR = 80
+MAX_LABEL = storage.MAX_LABEL
+MAX_AUTHOR = storage.MAX_AUTHOR
 
 
 class LabelRequest(Request):
-    text: str = Field(description=f"The label, 1 to {MAX_LABEL} characters.")
-    author: str = Field(description=f"Who gives it, 1 to {MAX_AUTHOR} characters.")
+    text: str = Field(
+        description=f"The label, 1 to {MAX_LABEL} characters: stored on one line, with "
+        "control and hidden characters (bidi overrides, zero-width space) made spaces."
+    )
+    author: str = Field(description=f"Who gives it, 1 to {MAX_AUTHOR} characters, as `text`.")
 
     @field_validator("text", "author")
     @classmethod
-    def _trimmed(cls, value: str, info) -> str:
-        value = " ".join(value.split())  # one line, single spaces
+    def _cleaned(cls, value: str, info) -> str:
         most = MAX_LABEL if info.field_name == "text" else MAX_AUTHOR
-        if not value:
-            raise ValueError("must not be empty")
-        if len(value) > most:
-            raise ValueError(f"at most {most} characters")
-        return value
+        return storage.clean_text(value, most)
 
 
 class LabelsUnavailable(Exception):

@@ -20,6 +20,7 @@ from app.routes import labels as label_routes
 from app.routes import live as live_routes
 from app.routes import pages
 from app.static import CompressedStatic
+from app.write_access import WriteGate
 from spyglass import storage
 from spyglass.settings import Settings
 
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.models = service
     app.state.jobs = Jobs(running=max(1, settings.max_queue // 2))
     app.state.labels = LabelStore(settings.db)
+    app.state.write_gate = WriteGate(settings)
     app.mount("/static", CompressedStatic(directory=ROOT / "static"), name="static")
     app.include_router(live_routes.api)
     app.include_router(label_routes.api)

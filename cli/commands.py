@@ -93,6 +93,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         f"merged {len(folders)} shards of {report.slug}: {report.corpus_summary()}; "
         f"{len(report.sources)} sources -> {args.db}"
     )
+    for line in report.kept:
+        print(line)
     return 0
 
 
@@ -141,6 +143,8 @@ def _run_index(cfg, *, ray: str | None = None, workers: int = 1, unit_shards: in
         f"{len(report.sources)} sources in {report.seconds:.0f} s "
         f"(pass {report.tokens_per_second:.0f} tok/s) -> {cfg.db}"
     )
+    for line in report.kept:
+        print(line)
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
@@ -233,17 +237,26 @@ def cmd_eval_sae(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from app.main import create_app
+    from app.write_access import serve_notice
     from spyglass.settings import Settings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app = create_app(Settings(db=args.db, preload=args.preload))
+        settings = Settings(db=args.db, preload=args.preload)
+    except ValidationError as exc:  # a SPYGLASS_* variable that does not parse
+        e = exc.errors()[0]
+        raise CliError(f"SPYGLASS_{str(e['loc'][0]).upper()}: {e['msg']}") from None
+    try:
+        app = create_app(settings)
     except FileNotFoundError as exc:
         raise CliError(f"{exc}; build one with `spyglass index` or `spyglass demo`") from exc
     except ValueError as exc:  # an index written by an older Spyglass
         raise CliError(str(exc)) from exc
+    if notice := serve_notice(app.state.settings, args.host):
+        print(notice)
     print(f"serving {args.db} at http://{args.host}:{args.port}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -282,6 +295,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             ),
             concurrency=args.concurrency,
             retries=args.retries,
+            rescore=args.rescore,
         )
     except (FileNotFoundError, EndpointFailure) as exc:
         raise CliError(str(exc)) from None
@@ -290,11 +304,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         raise CliError(f"{exc} (detection measures its negatives with the indexed model; "
                        "--scorer fuzzing needs none)") from None  # fmt: skip
-    print(
-        f"explained {report.explained} units of {len(report.sources)} sources in "
-        f"{report.seconds:.1f} s ({report.skipped} already explained, {report.silent} "
-        "never fired)"
-    )
+    if args.rescore:
+        print(
+            f"re-scored {report.rescored} LLM explanations kept from earlier indexes, on "
+            f"{len(report.sources)} sources in {report.seconds:.1f} s"
+        )
+    else:
+        print(
+            f"explained {report.explained} units of {len(report.sources)} sources in "
+            f"{report.seconds:.1f} s ({report.skipped} already explained, {report.silent} "
+            "never fired)"
+        )
+    if report.stale:
+        print(
+            f"{report.stale} LLM explanations were scored on an earlier index: "
+            "`spyglass explain --rescore` scores them on this one"
+        )
     if report.usage is not None:
         u = report.usage
         print(
@@ -373,6 +398,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             score_batch=5,
             concurrency=1,
             retries=0,
+            rescore=False,
         )
     )
     args.preload = True

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from limits import parse
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,3 +54,25 @@ class Settings(BaseSettings):
     labels: bool = True
     """Accept people's labels of units (``POST /api/{model}/{source}/{index}/labels``),
     written through an engine of the server's own; false answers 403."""
+    write_token: SecretStr | None = None
+    """The key writes need (``Authorization: Bearer``). Without one, only loopback clients
+    may write (``app.write_access``)."""
+    write_rate: str = "30/minute"
+    """Writes each client may attempt, as ``N/second|minute|hour`` (the ``limits``
+    library's notation); past it, 429 with Retry-After."""
+
+    @field_validator("write_token", mode="before")
+    @classmethod
+    def _no_empty_token(cls, value):
+        if isinstance(value, str) and not value.strip():
+            return None  # SPYGLASS_WRITE_TOKEN= (empty, as compose passes an unset one)
+        return value
+
+    @field_validator("write_rate")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate like 30/minute") from None
+        return value

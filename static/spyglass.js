@@ -73,18 +73,35 @@
     htmx.trigger("#prompt-form", "carried");
   }
   // The unit page's label form posts JSON; on success the page reloads with the label.
+  // A server with a write key answers 401 (or 403 to a wrong key): the key field shows,
+  // and the key given is kept in this browser for the next label.
+  const KEY = "spyglass-write-key";
   document.addEventListener("submit", async (ev) => {
     const form = ev.target.closest && ev.target.closest("#label-form");
     if (!form) return;
     ev.preventDefault();
     const error = document.getElementById("label-error");
+    const keyBox = document.getElementById("write-key");
     error.textContent = "";
-    const body = Object.fromEntries(new FormData(form).entries());
+    const {text, author, key} = Object.fromEntries(new FormData(form).entries());
+    const token = key || localStorage.getItem(KEY) || "";
+    const headers = {"Content-Type": "application/json"};
+    if (token) headers.Authorization = "Bearer " + token;
     try {
       const r = await fetch(form.dataset.url, {
-        method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+        method: "POST", headers, body: JSON.stringify({text, author}),
       });
-      if (r.status === 201) { location.reload(); return; }
+      if (r.status === 201) {
+        if (key) localStorage.setItem(KEY, key);
+        location.reload();
+        return;
+      }
+      if (r.status === 401 || (r.status === 403 && token)) {
+        if (!key) localStorage.removeItem(KEY);
+        keyBox.hidden = false;
+        form.elements.key.required = true;
+        form.elements.key.focus();
+      }
       error.textContent = (await r.json()).detail || ("error " + r.status);
     } catch (e) { error.textContent = "could not reach the server"; }
   });

@@ -1,14 +1,15 @@
-"""``POST /api/{model}/{source}/{index}/labels``: a person's label of a unit."""
+"""``POST /api/{model}/{source}/{index}/labels``: a person's label of a unit, through the
+write gate (``app.write_access``: a key, or loopback; same origin; a rate)."""
 
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 
-from app.deps import SettingsDep
 from app.errors import LABEL_ERRORS
 from app.labels import LabelRequest
 from app.meaning import Explanation
+from app.write_access import WriteAccess
 
 api = APIRouter(prefix="/api", tags=["labels"], responses=LABEL_ERRORS)
 
@@ -20,9 +21,7 @@ api = APIRouter(prefix="/api", tags=["labels"], responses=LABEL_ERRORS)
     summary="Label a unit: stored with its author and time, beside its explanations",
 )
 async def add_label(
-    request: Request, model: str, source: str, index: str, body: LabelRequest, settings: SettingsDep
+    request: Request, model: str, source: str, index: str, body: LabelRequest, _: WriteAccess
 ):
-    if not settings.labels:
-        raise HTTPException(403, "this server does not accept labels")
     store = request.app.state.labels
     return await anyio.to_thread.run_sync(store.add, model, source, index, body)

@@ -69,6 +69,10 @@ def test_the_commands_parse_with_the_real_cli(compose):
         env["POSTGRES_PASSWORD"],
         env["POSTGRES_DB"],
     )
+    # The write token comes from the environment, never from the file.
+    env = compose["services"]["server"]["environment"]
+    assert env["SPYGLASS_WRITE_TOKEN"] == "${SPYGLASS_WRITE_TOKEN:-}"
+    assert "SPYGLASS_WRITE_TOKEN" not in compose["services"]["indexer"].get("environment", {})
     ports = compose["services"]["server"]["ports"]
     assert any(p.endswith(f":{serve.port}") for p in ports)
     health = " ".join(compose["services"]["server"]["healthcheck"]["test"])

@@ -162,7 +162,8 @@ def client(explained):
     from app.main import create_app
     from spyglass.settings import Settings
 
-    with TestClient(create_app(Settings(db=explained[0], page_size=10))) as c:
+    settings = Settings(db=explained[0], page_size=10)
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as c:  # loopback writes
         yield c
 
 

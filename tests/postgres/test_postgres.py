@@ -338,7 +338,7 @@ def test_a_select_only_role_serves_but_cannot_index(postgres_server, indexes):
         "compare", "CREATE ROLE viewer LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO viewer"
     )
     url = f"postgresql+psycopg://viewer@127.0.0.1:{postgres_server.port}/compare"
-    with TestClient(create_app(Settings(db=url))) as viewer:
+    with TestClient(create_app(Settings(db=url)), client=("127.0.0.1", 50000)) as viewer:
         assert viewer.get(f"/{SLUG}/0-mlp/3.json").status_code == 200
         label = viewer.post(f"/api/{SLUG}/0-mlp/3/labels", json={"text": "a", "author": "b"})
         assert label.status_code == 503 and "cannot be stored" in label.json()["detail"]
