@@ -406,17 +406,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _remove_outdated_demo_index(db: str) -> None:
-    """The demo's own database, written by an older Spyglass, is rebuilt, not patched."""
+    """The demo's own database, written by an older Spyglass, is rebuilt, not patched; its
+    labels and explanations are kept (an older explanations table is upgraded in place,
+    every other table dropped and indexed again)."""
     from spyglass import storage
 
     try:
         storage.make_engine(db).dispose()
+        return
     except FileNotFoundError:
         return
+    except storage.OutdatedIndexError:
+        pass
+    try:
+        storage.make_engine(db, create=True).dispose()  # upgrades the explanations table
+        return
     except storage.OutdatedIndexError as exc:
-        print(f"{exc}: rebuilding the demo index")
-        for suffix in ("", "-wal", "-shm"):
-            Path(db + suffix).unlink(missing_ok=True)
+        print(f"{exc}: rebuilding the demo index, its labels and explanations kept")
+    engine = storage.make_engine(db, check=False)
+    try:
+        storage.drop_all_but_explanations(engine)
+    finally:
+        engine.dispose()
 
 
 def _indexed_saes(db: str, slug: str) -> set[str] | None:

@@ -1,5 +1,6 @@
 """``spyglass labels export|import``: people's labels as JSON lines, to back them up or to
-move them between indexes and servers (``storage.kept``)."""
+move them between indexes and servers (``storage.kept``); and ``spyglass upgrade``, which
+brings an older index's explanations table to the current form, every row kept."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from cli.commands import CliError
 def cmd_labels_export(args: argparse.Namespace) -> int:
     from spyglass import storage
 
-    engine = _engine(args.db, create=False)
+    # An index written by an older Spyglass is readable too: its explanations table is
+    # upgraded in place (rows kept), whatever else it lacks.
+    engine = _engine(args.db, create=True, check=False)
     try:
         with engine.connect() as conn:
             lines = [orjson.dumps(r) + b"\n" for r in storage.export_labels(conn, args.model)]
@@ -65,12 +68,31 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine(db: str, *, create: bool):
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from spyglass import storage
+
+    engine = _engine(args.db, create=False, check=False)
+    try:
+        kept = storage.upgrade_explanations(engine)
+        problem = storage.outdated(engine)
+    except storage.DatabaseUnavailable as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        engine.dispose()
+    print(
+        "nothing to upgrade" if kept is None else f"upgraded: {kept} labels and explanations kept"
+    )
+    if problem:
+        print(f"the index {problem}: index it again (its labels and explanations are kept)")
+    return 0
+
+
+def _engine(db: str, *, create: bool, check: bool = True):
     from spyglass import storage
 
     try:
-        storage.make_engine(db).dispose()  # FileNotFoundError for a missing file: none is made
-        return storage.make_engine(db, create=create)
+        storage.make_engine(db, check=False).dispose()  # FileNotFoundError for a missing file
+        return storage.make_engine(db, create=create, check=check)
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from None
     except (ValueError, storage.DatabaseUnavailable) as exc:
@@ -102,3 +124,14 @@ def add_parser(sub) -> None:
     imp.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
     imp.add_argument("--model", help="put them on this model (default: the one each names)")
     imp.set_defaults(func=cmd_labels_import)
+
+    up = sub.add_parser(
+        "upgrade",
+        help="upgrade an older index's explanations table in place, keeping every row",
+        description="An index written before labels outlived re-indexing has an older "
+        "explanations table, and the server refuses it. This rebuilds that table in the "
+        "current form in one transaction, every label and explanation kept. (Commands that "
+        "write to an index do the same on their own.)",
+    )
+    up.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
+    up.set_defaults(func=cmd_upgrade)

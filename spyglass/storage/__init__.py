@@ -18,4 +18,5 @@ from spyglass.storage.kept import *  # noqa: F403
 from spyglass.storage.read import *  # noqa: F403
 from spyglass.storage.records import *  # noqa: F403
 from spyglass.storage.schema import *  # noqa: F403
+from spyglass.storage.upgrade import *  # noqa: F403
 from spyglass.storage.write import *  # noqa: F403

@@ -300,14 +300,24 @@ def database_url(target: str) -> str:
     return f"postgresql+psycopg://{rest}" if scheme in ("postgresql", "postgres") else target
 
 
-def make_engine(target: str, *, create: bool = False) -> Engine:
+def make_engine(target: str, *, create: bool = False, check: bool = True) -> Engine:
     """Engine for ``target`` (the indexer's, and scripts'); with ``create`` the tables are
-    made if missing."""
+    made if missing, and an older explanations table is upgraded in place, every row kept
+    (``storage.upgrade``); ``check=False`` opens an outdated index all the same."""
     url = database_url(target)
     if url.startswith("sqlite:///") and not create:
         _sqlite_file(url)
     engine = _create(url, readonly=False)
-    _check_schema(engine)
+    if create:
+        from spyglass.storage.upgrade import upgrade_explanations
+
+        try:
+            upgrade_explanations(engine)
+        except DBAPIError as exc:
+            engine.dispose()
+            raise DatabaseUnavailable(f"cannot upgrade {display_url(url)}: {_reason(exc)}") from None
+    if check:
+        _check_schema(engine)
     if create:
         try:
             metadata.create_all(engine)
@@ -396,8 +406,16 @@ def _check_schema(engine: Engine) -> None:
         raise DatabaseUnavailable(f"cannot open the database at {url}: {_reason(exc)}") from None
     if problem:
         engine.dispose()
+        if "table explanations lacks" in problem:
+            raise OutdatedIndexError(
+                f"the index at {url} {problem}; `spyglass upgrade --db ...` upgrades it in "
+                "place, keeping every label and explanation"
+            )
         again = "a new file" if engine.dialect.name == "sqlite" else "a new database"
-        raise OutdatedIndexError(f"the index at {url} {problem}; index again into {again}")
+        raise OutdatedIndexError(
+            f"the index at {url} {problem}; index again into {again} (`spyglass labels "
+            "export` saves its labels first)"
+        )
 
 
 def _reason(exc: DBAPIError) -> str:
