@@ -315,7 +315,8 @@ def make_engine(target: str, *, create: bool = False, check: bool = True) -> Eng
             upgrade_explanations(engine)
         except DBAPIError as exc:
             engine.dispose()
-            raise DatabaseUnavailable(f"cannot upgrade {display_url(url)}: {_reason(exc)}") from None
+            where = display_url(url)
+            raise DatabaseUnavailable(f"cannot upgrade {where}: {_reason(exc)}") from None
     if check:
         _check_schema(engine)
     if create:
