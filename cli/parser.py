@@ -166,9 +166,9 @@ def _parser() -> argparse.ArgumentParser:
         help="write an index in Neuronpedia's export layout",
         description="Write a model's index as Neuronpedia exports are laid out: per source, "
         "model/sourceset/source records and gzipped JSONL batches of features, activations "
-        "and explanations (1,024 units a batch), with config/ for the explanation types. A "
-        "spyglass/ folder beside them holds what Neuronpedia has no field for, so `spyglass "
-        "import` rebuilds the same index.",
+        "and explanations (1,024 units a batch), with the five config/ files Neuronpedia's "
+        "import reads. config/spyglass/MODEL/ holds what Neuronpedia has no field for (and "
+        "never lists as a source), so `spyglass import` rebuilds the same index.",
     )
     out.add_argument("--db", default="data/spyglass.db", help="SQLite path or SQLAlchemy URL")
     out.add_argument("--model", default="embedded", help="the indexed model's name (embedded)")

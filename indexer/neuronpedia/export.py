@@ -1,16 +1,24 @@
 """``spyglass export --format neuronpedia``: an index in Neuronpedia's export layout.
 
-    OUT/config/explanation_type.jsonl, explanation_model_type.jsonl
+    OUT/config/explanation_type.jsonl, explanation_model_type.jsonl,
+        explanation_score_model.jsonl, explanation_score_type.jsonl, eval_type.jsonl
     OUT/<model>/<source>/model.jsonl, sourceset.jsonl, source.jsonl
     OUT/<model>/<source>/features/batch-<N>.jsonl.gz       units N*1024 ...
-    OUT/<model>/<source>/activations/batch-<N>.jsonl.gz    their top examples and samples
+    OUT/<model>/<source>/activations/batch-<N>.jsonl.gz    their examples (none: no file)
     OUT/<model>/<source>/explanations/batch-<N>.jsonl.gz   their explanations
-    OUT/<model>/spyglass/...                               what Neuronpedia has no field for
+    OUT/config/spyglass/<model>/...                        what Neuronpedia has no field for
 
-``OUT`` plays the part of Neuronpedia's ``v1/`` folder. Neuronpedia's importer reads the
-first three kinds; ``spyglass/`` holds what a Spyglass index has beyond them (token ids,
-the sequences, exact statistics, scores and evidence), so ``spyglass import`` rebuilds
-the same index from an export, and an export without it still imports.
+``OUT`` plays the part of Neuronpedia's ``v1/`` folder, and the layout follows what its
+import (``apps/webapp/app/api/admin/import/route.ts`` and ``lib/db/import.ts``) reads:
+- every import first reads the five ``config/`` files and stops at the first missing
+  one, so all five are written; Spyglass exports no explanation scores and no evals, so
+  the last three hold no line;
+- Neuronpedia offers every folder of ``v1/`` but ``config`` as a model, and every folder
+  of a model's as one of its sources. Spyglass's own folder (token ids, the sequences,
+  exact statistics, scores and evidence, so ``spyglass import`` rebuilds the same index)
+  therefore sits under ``config/spyglass/<model>/``, which Neuronpedia neither lists nor
+  reads. Exports of format 1 had it at ``<model>/spyglass/``; the importer reads both.
+An export without that folder still imports (as Neuronpedia's own exports do).
 """
 
 from __future__ import annotations
@@ -25,13 +33,19 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from indexer.neuronpedia.records import BOT
+from indexer.neuronpedia.records import BOT, CONFIG_FILES
 from spyglass import storage
 
 BATCH = 1024
 """Units per batch file (Neuronpedia's own exports hold 1,024 features per file)."""
 SIDE = "spyglass"
-FORMAT = 1
+FORMAT = 2
+"""Of Spyglass's own folder: 2 puts it under ``config/`` and keeps the true values of the
+skipped first tokens there (1: under the model's folder, the values in the records)."""
+CONFIG = "config"
+EMPTY_CONFIG = CONFIG_FILES[2:]
+"""Config files Neuronpedia's import requires that a Spyglass export has no line for
+(explanation scores and evals)."""
 TYPES = {
     "token-pattern": "spyglass-token-pattern",
     "llm": "spyglass-llm",
@@ -47,6 +61,11 @@ class ExportReport:
     activations: int = 0
     explanations: int = 0
     files: int = 0
+
+
+def side_folder(root: Path, model: str) -> Path:
+    """Where Spyglass's own folder of ``model`` sits in an export rooted at ``root``."""
+    return root / CONFIG / SIDE / model
 
 
 def check_out(out: Path) -> None:
@@ -81,7 +100,7 @@ def export_index(db: str, slug: str, out: str | Path, sources: list[str] | None 
 def _export(conn, m: storage.ModelRow, chosen, out: Path) -> ExportReport:
     report = ExportReport()
     vocab = storage.all_token_texts(conn, m.id)
-    side = out / m.slug / SIDE
+    side = side_folder(out, m.slug)
     side.mkdir(parents=True)
     _write_json(side / "index.json", _index_json(m, chosen))
     _write_lines(side / "vocab.jsonl.gz", [vocab[i] for i in sorted(vocab)])
@@ -92,6 +111,7 @@ def _export(conn, m: storage.ModelRow, chosen, out: Path) -> ExportReport:
     seqs = storage.sequence_tokens(conn, m.id)  # int32 arrays: 4 bytes a token
     now = m.created
     explainers: set[str] = set()
+    types = set(TYPES.values())
     # One model record for every source: its neurons per layer are the MLP's width.
     mlp_width = next((s.n_units for s in storage.list_sources(conn, m.id) if s.kind == "mlp"), 0)
     for s in chosen:
@@ -104,19 +124,23 @@ def _export(conn, m: storage.ModelRow, chosen, out: Path) -> ExportReport:
             hi = min(s.n_units, lo + BATCH)
             features, acts, expl, extra = _batch(conn, m, s, lo, hi, vocab, seqs)
             explainers |= {e["explanationModelName"] for e in expl}
+            types |= {e["typeName"] for e in expl}
             name = f"batch-{b}.jsonl.gz"
             _write_lines(folder / "features" / name, features)
-            _write_lines(folder / "activations" / name, acts)
+            if acts:  # Neuronpedia's import fails on an empty one (JSON.parse(''))
+                _write_lines(folder / "activations" / name, acts)
             _write_lines(folder / "explanations" / name, expl)
             _write_lines(side / s.name / name, extra)
             report.features += len(features)
             report.activations += len(acts)
             report.explanations += len(expl)
         report.sources.append(s.name)
-    _write_lines(out / "config" / "explanation_type.jsonl",
-                 [_explanation_type(t, now) for t in sorted(TYPES.values())])  # fmt: skip
-    _write_lines(out / "config" / "explanation_model_type.jsonl",
+    _write_lines(out / CONFIG / "explanation_type.jsonl",
+                 [_explanation_type(t, now) for t in sorted(types)])  # fmt: skip
+    _write_lines(out / CONFIG / "explanation_model_type.jsonl",
                  [_explanation_model(name, now) for name in sorted(explainers)])  # fmt: skip
+    for name in EMPTY_CONFIG:
+        _write_lines(out / CONFIG / name, [])
     report.files = sum(1 for p in out.rglob("*") if p.is_file())
     return report
 
@@ -135,7 +159,7 @@ def _batch(conn, m: storage.ModelRow, s, lo: int, hi: int, vocab, seqs):
         features.append(_feature(m, s, u, vocab, now))
         line = {"index": u.idx, "max_act": u.max_act, "density": u.density,
                 "logits": u.logits, "stats": json.loads(u.stats.to_json()) if u.stats else None,
-                "top": [], "samples": [], "explanations": []}  # fmt: skip
+                "top": [], "samples": [], "explanations": [], "skipped": []}  # fmt: skip
         k = 0
         for packed, key in ((top.get(u.idx), "top"), (sampled.get(u.idx), "samples")):
             if packed is None:
@@ -144,7 +168,10 @@ def _batch(conn, m: storage.ModelRow, s, lo: int, hi: int, vocab, seqs):
             for i, f in enumerate(packed.fields.tolist()):
                 interval, rank, seq, pos, start, length = f
                 window = packed.acts[ends[i] - length : ends[i]]
-                acts.append(_activation(m, s, u, k, key, f, window, seqs[seq], vocab))
+                record, head = _activation(m, s, u, k, key, f, window, seqs[seq], vocab)
+                acts.append(record)
+                if any(head):  # the true values of the first tokens, written as 0
+                    line["skipped"].append([k, head])
                 meta = [rank, seq, pos, start, float(packed.values[i])]
                 line[key].append(meta if key == "top" else [interval, *meta])
                 k += 1
@@ -226,11 +253,17 @@ def _sourceset_record(m: storage.ModelRow, s) -> dict:
 
 
 def _source_record(m: storage.ModelRow, s) -> dict:
-    return {"id": s.name, "modelId": m.slug, "hasDashboards": True, "inferenceEnabled": False,
-            "saelensConfig": s.info, "visibility": "PUBLIC",
-            "setName": _set_name(s), "creatorId": BOT, "num_prompts": m.n_sequences,
-            "num_tokens_in_prompt": m.seq_len, "dataset": m.corpus, "notes": None,
-            "createdAt": _time(m.created)}  # fmt: skip
+    """Without ``saelensConfig`` when the source has no info: Prisma's create refuses a
+    JSON null for a ``Json?`` field (it wants ``Prisma.DbNull``), and leaves it NULL when
+    the key is missing."""
+    record = {"id": s.name, "modelId": m.slug, "hasDashboards": True,
+              "inferenceEnabled": False, "saelensConfig": s.info, "visibility": "PUBLIC",
+              "setName": _set_name(s), "creatorId": BOT, "num_prompts": m.n_sequences,
+              "num_tokens_in_prompt": m.seq_len, "dataset": m.corpus, "notes": None,
+              "createdAt": _time(m.created)}  # fmt: skip
+    if s.info is None:
+        del record["saelensConfig"]
+    return record
 
 
 def _feature(m, s, u: storage.UnitRow, vocab, now) -> dict:
@@ -271,28 +304,40 @@ def _feature(m, s, u: storage.UnitRow, vocab, now) -> dict:
     }  # fmt: skip
 
 
-def _activation(m, s, u, k, key, f, window, seq_tokens, vocab) -> dict:
+def _activation(m, s, u, k, key, f, window, seq_tokens, vocab) -> tuple[dict, list[float]]:
+    """An example as Neuronpedia's activation record, and the true values of the tokens it
+    writes as 0.
+
+    The first ``skip_first`` tokens of a sequence are in no statistic of the index (an
+    SAE's latents read 0 there already; an MLP neuron's window keeps its true value), so
+    the record writes them as 0.0, as Neuronpedia's own converter does with a BOS token
+    it zeroes out. Then every record is what Neuronpedia shows and reads it as:
+    ``maxValue == max(values)``, ``maxValueTokenIndex`` the first index of that max in
+    ``values``, and ``minValue == min(values)``. The true values go to Spyglass's own
+    folder, from which ``spyglass import`` restores them."""
     interval, _rank, seq, pos, start, length = f
     values = [float(v) for v in window]
     tokens = [vocab.get(int(t), "") for t in seq_tokens[start : start + length]]
-    # The first skip_first tokens of a sequence are in no statistic: not its max or min.
-    first = min(len(values), max(0, m.skip_first - start))
-    counted = values[first:] or values
-    top = (first if values[first:] else 0) + int(np.argmax(counted)) if counted else 0
+    skipped = min(len(values), max(0, m.skip_first - start))
+    head = values[:skipped]
+    values[:skipped] = [0.0] * skipped
+    top = max(values, default=0.0)
     if key == "top":
         lo, hi, contains = -1.0, u.max_act, -1.0
     else:
         intervals = u.stats.intervals if u.stats else []
         lo, hi, count = intervals[interval] if interval < len(intervals) else (None, None, None)
         contains = None if count is None else count / max(1, m.unit_tokens)
-    return {
+    record = {
         "id": _id(m.slug, s.name, u.idx, "a", k), "modelId": m.slug, "layer": s.name,
         "index": u.idx, "creatorId": BOT, "createdAt": _time(m.created), "tokens": tokens,
-        "values": values, "maxValue": max(counted, default=0.0),
-        "maxValueTokenIndex": int(top), "minValue": min(counted, default=0.0),
+        "values": values, "maxValue": top,
+        "maxValueTokenIndex": values.index(top) if values else 0,
+        "minValue": min(values, default=0.0),
         "dataIndex": f"{seq}:{start}", "dataSource": m.corpus, "binMin": lo, "binMax": hi,
         "binContains": contains, "qualifyingTokenIndex": pos - start,
     }  # fmt: skip
+    return record, head
 
 
 def _explanation(m, s, unit: int, e: storage.ExplanationRow) -> dict:

@@ -91,7 +91,7 @@ def import_records(conn, folder: Path, slug: str, report: ImportReport) -> None:
         storage.add_examples(conn, source_id, columns(b.top))
         intervals = np.array([r[1] for r in b.sampled])
         storage.add_examples(conn, source_id, columns(b.sampled), interval=intervals)
-        storage.add_explanations(conn, source_id, b.explanations)
+        added = storage.add_explanations(conn, source_id, b.explanations, skip_present=True)
         by_token = TokenUnits()
         add_logit_entries(by_token, list(range(b.n_units)), b.logits)
         if b.top:
@@ -101,7 +101,7 @@ def import_records(conn, folder: Path, slug: str, report: ImportReport) -> None:
         storage.add_token_units(conn, source_id, by_token.rows())
         report.units += b.n_units
         report.examples += len(b.top) + len(b.sampled)
-        report.explanations += len(b.explanations)
+        report.explanations += added
         report.sources.append(b.name)
 
 

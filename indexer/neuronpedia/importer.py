@@ -1,7 +1,8 @@
 """``spyglass import --format neuronpedia DIR``: an export in Neuronpedia's layout (see
 ``export``) into an index, in one transaction.
 
-With the ``spyglass/`` folder a Spyglass export carries, the index is rebuilt as it was:
+With the folder a Spyglass export carries (``config/spyglass/<model>/``; ``<model>/spyglass/``
+in exports of format 1), the index is rebuilt as it was:
 the same units, examples, statistics, sequences and explanations, so it serves the same
 pages. Without it (an export from Neuronpedia itself) the index holds what the records
 say: each activation record becomes a sequence of its own tokens, the vocabulary is the
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.neuronpedia.export import SIDE
+from indexer.neuronpedia.export import CONFIG, FORMAT, SIDE, side_folder
 from indexer.neuronpedia.foreign import import_records
 from indexer.neuronpedia.reading import (
     ImportReport,
@@ -39,7 +40,7 @@ def model_folder(root: Path, model: str | None) -> Path:
     """The export's folder of ``model`` (or its only model). ValueError otherwise."""
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
-    models = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "config")
+    models = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != CONFIG)
     if model is not None:
         if model not in models:
             raise ValueError(f"no model {model!r} in {root} (it has {', '.join(models) or 'none'})")
@@ -60,8 +61,8 @@ def import_export(
     exported model's name). ValueError for a malformed export, or a name the index holds
     already (unless ``replace``)."""
     folder = model_folder(Path(root), model)
-    side = folder / SIDE
-    exact = (side / "index.json").is_file()
+    side = spyglass_folder(Path(root), folder.name)
+    exact = side is not None
     slug = slug or folder.name
     storage.check_slug(slug)
     engine = storage.make_engine(db, create=True)
@@ -88,8 +89,20 @@ def import_export(
 # ---- a Spyglass export ------------------------------------------------------------------
 
 
+def spyglass_folder(root: Path, model: str) -> Path | None:
+    """Spyglass's own folder of ``model`` in the export at ``root``: under ``config/``
+    (format 2 on), else in the model's folder (format 1); None when it has neither."""
+    for side in (side_folder(root, model), root / model / SIDE):
+        if (side / "index.json").is_file():
+            return side
+    return None
+
+
 def _import_exact(conn, folder: Path, side: Path, slug: str, report: ImportReport) -> None:
     index = json.loads((side / "index.json").read_text())
+    if index.get("format", 1) > FORMAT:
+        raise ValueError(f"{side}: export format {index['format']} is newer than this "
+                         f"Spyglass reads ({FORMAT}); upgrade Spyglass")  # fmt: skip
     m = dict(index["model"])
     m.pop("slug")
     model_id = storage.replace_model(conn, slug, **{**m, "options": _json(m.get("options"))})
@@ -113,7 +126,8 @@ def _import_exact(conn, folder: Path, side: Path, slug: str, report: ImportRepor
             if not lines:
                 continue
             acts = defaultdict(list)
-            for a in read_lines(sfolder / "activations" / part.name):
+            records = sfolder / "activations" / part.name
+            for a in read_lines(records) if records.is_file() else ():  # none: no file
                 acts[int(a["index"])].append(a["values"])
             texts = {e["id"]: e for e in read_lines(sfolder / "explanations" / part.name)}
             _exact_units(conn, source_id, lines, acts, texts, m["top_k"], seqs, by_token, report)
@@ -137,6 +151,8 @@ def _exact_units(conn, source_id, lines, acts, texts, top_k, seqs, by_token, rep
         if len(windows) != len(x["top"]) + len(x["samples"]):
             raise ValueError(f"unit {u}: {len(windows)} activation records for "
                              f"{len(x['top']) + len(x['samples'])} examples")  # fmt: skip
+        for k, head in x.get("skipped", []):  # the first tokens' values, written as 0
+            windows[k] = [*head, *windows[k][len(head) :]]
         for meta, w in zip(x["top"], windows, strict=False):
             top.append((u, -1, *meta, w))
         for meta, w in zip(x["samples"], windows[len(x["top"]) :], strict=True):
@@ -153,10 +169,11 @@ def _exact_units(conn, source_id, lines, acts, texts, top_k, seqs, by_token, rep
     storage.add_examples(conn, source_id, columns(top))
     cols = columns(sampled)
     storage.add_examples(conn, source_id, cols, interval=np.array([r[1] for r in sampled]))
-    storage.add_explanations(conn, source_id, explained)
+    # A re-import under the same name keeps what the earlier index had (storage.kept):
+    # the export's own explanations are not added twice.
+    report.explanations += storage.add_explanations(conn, source_id, explained, skip_present=True)
     report.units += len(lines)
     report.examples += len(top) + len(sampled)
-    report.explanations += len(explained)
 
 
 def _plain_lines(path: Path) -> Iterator:

@@ -1,7 +1,8 @@
 """Neuronpedia's export records, as JSON Schemas: the field names and types of its
 database tables (``apps/webapp/prisma/schema.prisma`` and its SQL migrations in
 hijohnnylin/neuronpedia, read at commit ebb8426), which its importer
-(``apps/webapp/lib/db/import.ts``) fills from the export's JSONL lines.
+(``apps/webapp/app/api/admin/import/route.ts`` with ``apps/webapp/lib/db/import.ts``)
+fills from the export's JSONL lines.
 
 What the importer needs, and the schemas check:
 - a NOT NULL column without a database default must be in every line (``id`` included:
@@ -9,7 +10,12 @@ What the importer needs, and the schemas check:
 - the columns come from the first line's keys, so every line of a file has the same keys
   (a key missing later would be an explicit NULL);
 - the metadata rows (``model.jsonl``, ``source.jsonl``, ...) go to Prisma's ``create``,
-  which refuses unknown keys: no additional properties anywhere.
+  which refuses unknown keys (no additional properties anywhere) and a JSON null for a
+  ``Json?`` field (``json`` below is any value but null);
+- the five ``config/`` files (``CONFIG_FILES``) must exist, even with no line.
+
+``tests/postgres/test_neuronpedia_schema.py`` loads an export into Neuronpedia's own tables
+with its importer's statements; these schemas are the quick check of the same rules.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ _TYPES = {
     "[str]": {"type": "array", "items": {"type": "string"}},
     "[int]": {"type": "array", "items": {"type": "integer"}},
     "[float]": {"type": "array", "items": {"type": "number"}},
-    "json": {},
+    "json": {"not": {"type": "null"}},
     "time": {"type": "string", "format": "date-time"},
     "index": {"type": ["string", "integer"]},  # TEXT, written as a number by converters
 }
@@ -144,6 +150,46 @@ EXPLANATION_MODEL_TYPE = _schema(
     {"name", "displayName", "description", "creatorName"},
 )  # fmt: skip
 
+EXPLANATION_SCORE_MODEL = _schema(
+    "ExplanationScoreModel",
+    {
+        "name": "str", "displayName": "str", "description": "str", "featured": "bool",
+        "openRouterModelId": "str?", "url": "str?", "creatorName": "str",
+        "createdAt": "time", "updatedAt": "time",
+    },
+    {"name", "displayName", "description", "creatorName"},
+)  # fmt: skip
+
+EXPLANATION_SCORE_TYPE = _schema(
+    "ExplanationScoreType",
+    {
+        "name": "str", "displayName": "str", "description": "str", "featured": "bool",
+        "isAttention": "bool", "scoreDescription": "str?", "scorerModel": "str?",
+        "settings": "str?", "url": "str?", "creatorName": "str", "creatorId": "str",
+        "createdAt": "time", "updatedAt": "time",
+    },
+    {"name", "displayName", "description", "creatorName", "creatorId"},
+)  # fmt: skip
+
+EVAL_TYPE = _schema(
+    "EvalType",
+    {
+        "name": "str", "displayName": "str", "description": "str",
+        "longerDescription": "str", "outputSchema": "json", "featured": "bool",
+        "url": "str?", "createdAt": "time", "updatedAt": "time",
+    },
+    {"name", "displayName", "description", "outputSchema"},
+)  # fmt: skip
+
+CONFIG_FILES = (
+    "explanation_model_type.jsonl",
+    "explanation_type.jsonl",
+    "explanation_score_model.jsonl",
+    "explanation_score_type.jsonl",
+    "eval_type.jsonl",
+)
+"""What Neuronpedia's import reads from ``config/`` before anything else, in its order."""
+
 FILES = {
     "features": FEATURE,
     "activations": ACTIVATION,
@@ -153,6 +199,9 @@ FILES = {
     "source.jsonl": SOURCE,
     "explanation_type.jsonl": EXPLANATION_TYPE,
     "explanation_model_type.jsonl": EXPLANATION_MODEL_TYPE,
+    "explanation_score_model.jsonl": EXPLANATION_SCORE_MODEL,
+    "explanation_score_type.jsonl": EXPLANATION_SCORE_TYPE,
+    "eval_type.jsonl": EVAL_TYPE,
 }
 """Each file or batch folder of an export and the schema of its lines."""
 

@@ -138,13 +138,19 @@ def source_identity(conn: Connection, source_id: int) -> dict:
     }
 
 
-def add_explanations(conn: Connection, source_id: int, rows: Sequence[dict]) -> None:
+def add_explanations(
+    conn: Connection, source_id: int, rows: Sequence[dict], *, skip_present: bool = False
+) -> int:
     """Insert explanations of units of a source: each row a dict with ``unit``, ``method``,
     ``settings``, ``text`` and optionally ``evidence``, ``scores``, ``explainer``,
     ``created``, ``indexed`` (default: this index's) and ``scored`` (default: ``indexed``
-    when there are scores)."""
+    when there are scores). With ``skip_present``, a row the source already has (the same
+    unit, method, text, explainer and time: an import of what a re-index kept) is left out.
+    Returns how many were inserted."""
+    if skip_present and rows:
+        rows = _not_present(conn, source_id, rows)
     if not rows:
-        return
+        return 0
     created = _now()
     who = source_identity(conn, source_id)
     conn.execute(
@@ -167,6 +173,24 @@ def add_explanations(conn: Connection, source_id: int, rows: Sequence[dict]) -> 
             for r in rows
         ],
     )
+    return len(rows)
+
+
+def _not_present(conn: Connection, source_id: int, rows: Sequence[dict]) -> list[dict]:
+    e = explanations.c
+    q = select(e.unit, e.method, e.text, e.explainer, e.created).where(
+        e.source_id == source_id, e.unit.in_(sorted({int(r["unit"]) for r in rows}))
+    )
+    have = {tuple(r) for r in conn.execute(q)}
+    undated = {r[:4] for r in have}  # a row without a time matches one of any time
+    out = []
+    for r in rows:
+        key = (int(r["unit"]), r["method"], r["text"], r.get("explainer"))
+        if (key + (r["created"],) if r.get("created") else key) not in (
+            have if r.get("created") else undated
+        ):
+            out.append(r)
+    return out
 
 
 def supersede_explanations(

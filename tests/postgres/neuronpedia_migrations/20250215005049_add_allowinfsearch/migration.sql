@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "SourceSet" ADD COLUMN     "allowInferenceSearch" BOOLEAN NOT NULL DEFAULT true;

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "SourceSet" ADD COLUMN     "similarityMatrixEnabled" BOOLEAN NOT NULL DEFAULT false;

@@ -1,0 +1,2 @@
+-- AlterEnum
+ALTER TYPE "ProblemNodeType" ADD VALUE 'model';

@@ -1,0 +1,3 @@
+-- AlterTable
+ALTER TABLE "JlensShare" ADD COLUMN     "steerMode" TEXT,
+ADD COLUMN     "swapToken" TEXT;
