@@ -16,6 +16,16 @@ term kept in the stream), a head as its output ``hook_z``, at every position fro
   its corrupt-run value at every position, minus the clean metric. For a latent the
   replacement adds (a_corrupt - a_clean) times its decoder row at the hook. The top units
   by |estimate| are measured, all in one batch.
+
+**A unit that does not change gets exactly 0**, estimate and patched effect, by
+construction rather than by float sums cancelling: a unit whose clean and corrupt
+activations are equal (``==``, as ``torch.equal`` compares, at every position it covers)
+has its estimate set to 0.0 (``torch.where``; 0 x a non-finite gradient would be NaN), and
+it is never run for its patched effect, which is 0.0. Running it would not give 0 on every
+CPU: its row of the verification batch goes through batched kernels whose rounding may
+differ row by row from the unpatched row's, and a head is replaced by values from the
+unbatched corrupt run. Both runs are one code path (autograd on; the corrupt one skips
+the backward pass), so equal inputs give bitwise-equal activations and the mask sees them.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ class PatchResult:
     estimates: dict[str, torch.Tensor]
     """Per source (and ``HEADS``): [units] the first-order estimate of each."""
     patched: dict[tuple[str, int], float]
-    """The measured effect of each verified unit."""
+    """The measured effect of each verified unit (0.0, not run, for an unchanged one)."""
 
 
 def metric_fn(target: int, other: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -81,29 +91,38 @@ def attribution_patching(
     m_corrupt, corrupt_acts, _ = model.with_grads(corrupt, hooks, metric, backward=False)
     estimates: dict[str, torch.Tensor] = {}
     deltas: dict[str, torch.Tensor] = {}  # per source: [T, units] a_corrupt - a_clean
+    same: dict[str, torch.Tensor] = {}  # per source: [units] unchanged at every position
     for s in sources:
         a_clean = _units(s, acts[s.hook], skip_first)
-        delta = _units(s, corrupt_acts[s.hook], skip_first) - a_clean
-        deltas[s.name] = delta
+        a_corrupt = _units(s, corrupt_acts[s.hook], skip_first)
+        deltas[s.name] = delta = a_corrupt - a_clean
+        same[s.name] = (a_corrupt == a_clean).all(0)
         grad = grads[s.hook].float()
         if s.sae is not None:
             grad = grad @ s.sae.W_dec.float().T  # [T, d] -> [T, latents]
-        estimates[s.name] = (delta * grad).sum(0).cpu()
+        estimates[s.name] = torch.where(same[s.name], 0.0, (delta * grad).sum(0)).cpu()
     if heads:
-        per_layer = []
+        per_layer, same_heads = [], []
         for layer in range(model.n_layers):
             h = z_hook(layer)
-            dz = (corrupt_acts[h] - acts[h]).float()  # [T, heads, d_head]
-            dz[:skip_first] = 0
-            per_layer.append((dz * grads[h].float()).sum((0, 2)))
+            z_clean, z_corrupt = acts[h][skip_first:], corrupt_acts[h][skip_first:]
+            unchanged = (z_corrupt == z_clean).all(2).all(0)  # [heads]
+            dz = (z_corrupt - z_clean).float()  # [T - skip_first, heads, d_head]
+            estimate = (dz * grads[h][skip_first:].float()).sum((0, 2))
+            per_layer.append(torch.where(unchanged, 0.0, estimate))
+            same_heads.append(unchanged)
         estimates[HEADS] = torch.cat(per_layer).cpu()
+        same[HEADS] = torch.cat(same_heads)
     top = top_units(estimates, verify)
     top += [key for key in also or [] if key not in top]
-    edits = [_edit(model, sources, name, i, deltas, corrupt_acts, skip_first) for name, i in top]
-    patched = {}
-    if edits:  # the unpatched run in the same batch: an unchanged unit measures exactly 0
+    # An unchanged unit is not run: its patched effect is 0.0 by construction (see above).
+    run = [(name, i) for name, i in top if not bool(same[name][i])]
+    patched = dict.fromkeys(top, 0.0)
+    if run:
+        edits = [_edit(model, sources, name, i, deltas, corrupt_acts, skip_first)
+                 for name, i in run]  # fmt: skip
         base, *measured = model.metric_batch(clean, [{}, *edits], metric)
-        patched = {key: value - base for key, value in zip(top, measured, strict=True)}
+        patched.update({key: value - base for key, value in zip(run, measured, strict=True)})
     return PatchResult(m_clean, m_corrupt, estimates, patched)
 
 

@@ -264,16 +264,12 @@ class Model:
     ) -> tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One forward and backward pass of one sequence: ``metric(logits [T, V])`` (a
         scalar), and each hook's activation and its gradient, [T, ...] each. The weights
-        get no gradient. Without ``backward``: the forward pass only, and no gradients."""
+        get no gradient. Without ``backward``: the same forward pass (autograd on, not
+        inference mode, so that equal inputs give bitwise-equal activations with or
+        without it: kernels may be chosen by whether a tensor needs a gradient) and no
+        gradients."""
         acts: dict[str, torch.Tensor] = {}
         tokens = torch.tensor([list(ids)], device=self.device)
-        if not backward:
-            with torch.inference_mode():
-                logits = self._tl.run_with_hooks(
-                    tokens, fwd_hooks=[(h, lambda a, hook: acts.update({hook.name: a[0]}))
-                                       for h in hooks],
-                )  # fmt: skip
-                return float(metric(logits[0].float())), acts, {}
 
         def keep(act: torch.Tensor, hook) -> None:
             act.retain_grad()
@@ -290,14 +286,15 @@ class Model:
                     tokens, fwd_hooks=start + [(h, keep) for h in hooks]
                 )
                 value = metric(logits[0].float())
-                value.backward()
+                if backward:
+                    value.backward()
             finally:
                 for p in params:
                     p.requires_grad_(True)
         return (
             float(value.detach()),
             {h: a[0].detach() for h, a in acts.items()},
-            {h: a.grad[0] for h, a in acts.items()},
+            {h: a.grad[0] for h, a in acts.items()} if backward else {},
         )
 
     @torch.inference_mode()

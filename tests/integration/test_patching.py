@@ -132,6 +132,10 @@ def test_estimates_and_patched_effects_against_autograd_and_brute_force(setup, t
 
 
 def test_a_unit_that_does_not_change_gets_exactly_zero(setup):
+    # Exact by construction, not by float sums cancelling: an unchanged unit's estimate is
+    # masked to 0.0 and it is never run for its patched effect (see spyglass.patching).
+    # Without the mask head 5 measured 1.8e-07 here: its verification row is replaced by
+    # the unbatched run's values, which batched kernels need not reproduce to the bit.
     model, sae, sources, clean, _, target, other = setup
     also = [("0-mlp", 3), ("1-mlp", 7), ("0-res-x", 1), (HEADS, 5)]
     r = attribution_patching(model, sources, clean, clean, target, other, skip_first=SKIP,
@@ -139,6 +143,46 @@ def test_a_unit_that_does_not_change_gets_exactly_zero(setup):
     assert all(bool((e == 0).all()) for e in r.estimates.values())
     assert r.patched == dict.fromkeys(also, 0.0)
     assert r.metric_clean == pytest.approx(r.metric_corrupt, abs=1e-5)
+
+
+def test_unchanged_units_get_zero_whatever_the_floats_do(setup, monkeypatch):
+    """What another machine's rounding might do, done on purpose so that the test fails on
+    any machine if the construction goes: each row of the verification batch off by its own
+    amount (batched kernels may round rows apart), and gradients that are not finite (0 x
+    inf is NaN). Units whose activations do not change still get exactly 0, on the real
+    pair (latents that fire in neither run) as on a pair of equal prompts."""
+    model, _, sources, clean, corrupt, target, other = setup
+    sae_source = sources[-1]
+
+    def latents(ids):
+        _, acts, _ = model.with_grads(ids, [SAE_HOOK], lambda logits: logits[-1, target],
+                                      backward=False)  # fmt: skip
+        return sae_source.units(acts[SAE_HOOK][None], SKIP)[0]
+
+    quiet = ((latents(clean) == 0) & (latents(corrupt) == 0)).all(0).nonzero()[:, 0].tolist()
+    assert quiet, "some latent fires in neither run of the pair"
+    unchanged = [(sae_source.name, i) for i in quiet]
+    changed = [("0-mlp", 3), ("1-mlp", 7), (HEADS, 5)]
+    with_grads, metric_batch = model.with_grads, model.metric_batch
+
+    def infinite_grads(*args, **kwargs):
+        value, acts, grads = with_grads(*args, **kwargs)
+        return value, acts, {h: torch.full_like(g, float("inf")) for h, g in grads.items()}
+
+    def drifting(ids, edits, metric):  # row b off by b x 1e-6
+        return [v + 1e-6 * b for b, v in enumerate(metric_batch(ids, edits, metric))]
+
+    monkeypatch.setattr(model, "with_grads", infinite_grads)
+    monkeypatch.setattr(model, "metric_batch", drifting)
+    r = attribution_patching(model, sources, clean, corrupt, target, other, skip_first=SKIP,
+                             verify=0, also=changed + unchanged)  # fmt: skip
+    for key in unchanged:
+        assert r.estimates[key[0]][key[1]] == 0.0 and r.patched[key] == 0.0, key
+    assert all(r.patched[key] != 0.0 for key in changed)  # these did run, drift and all
+    same = attribution_patching(model, sources, clean, clean, target, other, skip_first=SKIP,
+                                verify=20, also=changed + unchanged)  # fmt: skip
+    assert all(bool((e == 0).all()) for e in same.estimates.values())
+    assert same.patched == dict.fromkeys(changed + unchanged, 0.0)
 
 
 def test_prompts_of_different_lengths_are_refused(setup):
