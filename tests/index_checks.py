@@ -31,6 +31,18 @@ def assert_same_state(a, b) -> None:
     assert torch.equal(a.windows.nan_to_num(-9), b.windows.nan_to_num(-9))
 
 
+def assert_top(ids: Sequence[int], reference: torch.Tensor, *, atol: float) -> None:
+    """``ids`` are the indices of ``reference``'s ``len(ids)`` largest values, largest
+    first, up to float rounding: entries whose reference values lie within ``atol`` of each
+    other may come in either order. (Two computations of the same values, the app's and a
+    test's, need not round alike, so comparing their rankings exactly would hang on
+    near-ties.) For the smallest, pass ``-reference``."""
+    assert len(set(ids)) == len(ids), ids
+    ref = reference.detach().double().cpu()
+    got = ref[torch.tensor(list(ids), dtype=torch.long)]
+    torch.testing.assert_close(got, ref.topk(len(ids)).values, atol=atol, rtol=0)
+
+
 # ---- padding: sequences shorter than their batch ----------------------------------------
 
 

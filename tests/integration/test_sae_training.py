@@ -66,6 +66,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(model, tiny_corpus_dir, 
     train_sae(replace(cut, tokens=64 * 13), model, False)
     resumed = train_sae(cut, model, False)
     assert resumed["steps"] == whole["steps"]
+    # Exact by construction: the checkpoint stores the weights, the optimiser, the generator
+    # and the pending rows bit for bit, and the resumed run then does the same operations
+    # on batches of the same shapes as the whole one.
     for name, tensor in whole["folded"].items():
         assert torch.equal(tensor, resumed["folded"][name]), name
 

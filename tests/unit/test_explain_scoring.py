@@ -85,6 +85,8 @@ def test_constant_prediction_scores_zero_and_unnamed_tokens_are_not_scored():
     held = [_window([0, 2], [0.0, 1.0]), _window([2, 3], [1.0, 0.0])]
     index = simulation.TokenIndex(VOCAB)
     out = simulation.score('" cat"', held, 1.0, index)  # never in the held-out windows
+    # Exact: the prediction is 0 everywhere, so its variance is exactly 0 (r is then 0 by
+    # definition), and every pair is a tie (AUC 0.5 from whole counts).
     assert out["simulation_r"]["value"] == 0.0
     assert out["simulation_auc"]["value"] == 0.5
     assert simulation.score('"zebra"', held, 1.0, index) is None

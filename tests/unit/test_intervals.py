@@ -117,7 +117,8 @@ def test_counts_and_samples_equal_brute_force(stream, skip_first, per_interval, 
         ceiling = state.ceiling[u].item()
         # The ceiling is the smallest power of two at or above the max.
         assert ceiling >= mx and ceiling / 2 < mx and math.log2(ceiling).is_integer()
-        # Counts on the fine grid are exact.
+        # Counts on the fine grid are exact: v * COUNT_BINS / ceiling is a power-of-two
+        # scale, exact in float32 and float64 alike.
         expect = [0] * COUNT_BINS
         for v, _, _ in unit_entries:
             expect[math.ceil(v * COUNT_BINS / ceiling) - 1] += 1
@@ -213,6 +214,8 @@ def test_a_positive_value_far_below_the_ceiling_still_counts(backend):
 
 
 def assert_same_intervals(a, b):
+    # Bit for bit: both backends do the same float64 element-wise operations in the same
+    # order (no sums), then select and copy.
     for name in ("edges", "counts", "tokens", "values", "windows", "keys"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and x.shape == y.shape, name

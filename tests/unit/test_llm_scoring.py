@@ -97,6 +97,8 @@ def test_balanced_accuracy_and_its_interval_against_brute_force():
     got = llm.balanced_accuracy(said, truth)
     tpr = np.mean(said[truth == 1] == 1)
     tnr = np.mean(said[truth == 0] == 0)
+    # Exact: both sides are (a/7 + b/5) / 2 from whole counts, correctly rounded the same
+    # way, and (5a + 7b) / 70 never sits on a rounding boundary of 4 decimals.
     assert got["value"] == round((tpr + tnr) / 2, 4) and got["n"] == 12
     # Every resample of each class lies between the class's worst and best hit rate.
     assert 0 <= got["lo"] <= got["value"] <= got["hi"] <= 1
