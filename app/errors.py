@@ -130,6 +130,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(LabelsUnavailable)
     async def labels_unavailable(request: Request, exc: LabelsUnavailable):
         msg = str(exc)
+        if exc.retry_after is not None:
+            return error(
+                request,
+                503,
+                msg,
+                [FieldError(field=None, rule="busy", message=msg)],
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         return error(request, 503, msg, [FieldError(field=None, rule="read_only", message=msg)])
 
     @app.exception_handler(ModelUnavailable)

@@ -39,7 +39,18 @@ class LabelRequest(Request):
 
 
 class LabelsUnavailable(Exception):
-    """The index cannot take a label here (a read-only file or role); answered 503."""
+    """The index cannot take a label here (a read-only file or role), or not now (a re-index
+    holds it: ``retry_after`` seconds); answered 503."""
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+LOCK_WAIT_SECONDS = 5
+"""How long a label waits for the index while another transaction writes it (a re-index
+holds it for minutes): then a 503 with Retry-After, not a request held that long."""
+_BUSY = ("database is locked", "lock timeout")
 
 
 class LabelStore:
@@ -61,6 +72,8 @@ class LabelStore:
         """Store the label (on a worker thread); the unit's newest label comes back."""
         try:
             with self._writer().begin() as conn:
+                if conn.dialect.name == "postgresql":  # SQLite's driver waits 5 s itself
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
                 s = require_source(conn, require_model(conn, slug), source)
                 unit = require_unit(conn, s, index).idx
                 row = {"unit": unit, "method": "human", "settings": "", "text": req.text}
@@ -69,6 +82,11 @@ class LabelStore:
                 return unit_explanations(conn, s.id, unit)[0]
         except DBAPIError as exc:
             reason = str(exc.orig or exc).strip().splitlines()[0]
+            if any(word in reason for word in _BUSY):
+                raise LabelsUnavailable(
+                    "the index is being written (a re-index); try the label again shortly",
+                    retry_after=30,
+                ) from None
             raise LabelsUnavailable(f"labels cannot be stored here: {reason}") from None
 
     def close(self) -> None:

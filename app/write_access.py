@@ -6,10 +6,13 @@
 - **Loopback only without one.** With no token configured, only clients on loopback
   (127.0.0.0/8, ::1) may write; any other gets a 403 saying how to turn writes on. A shared
   deployment on 0.0.0.0 is read-only until it has a key.
-- **Same origin.** A browser's write must come from a page of this server (its ``Origin``
-  naming this host): otherwise any site a researcher visits could post labels through the
-  researcher's own loopback access (cross-site request forgery). Clients that send no
-  ``Origin`` (curl, scripts) are not browsers and are judged by the rules above.
+- **Same origin, without a token.** There a browser's write must come from a page of this
+  server (its ``Origin`` naming this host): otherwise any site a researcher visits could
+  post labels through the researcher's own loopback access (cross-site request forgery).
+  Clients that send no ``Origin`` (curl, scripts) are not browsers. With a token no check
+  is needed (another site's page can neither read the key nor send the header without a
+  CORS preflight, which this server never grants), and none is made: behind a reverse
+  proxy the ``Host`` the server sees need not be the one the browser named.
 - **A rate.** Each client (its address) may attempt ``SPYGLASS_WRITE_RATE`` writes (a
   moving window, from the ``limits`` library), refused or not, so a flood or a token guesser
   gets a 429 with ``Retry-After``.
@@ -57,9 +60,9 @@ class WriteGate:
                 f"try again in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
-        _same_origin(request)
         token = self.settings.write_token
         if token is None:
+            _same_origin(request)
             if not is_loopback(client):
                 raise HTTPException(
                     403,

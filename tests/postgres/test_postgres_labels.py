@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import labels_kept
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from tiny_settings import tiny_config
@@ -48,3 +49,15 @@ def test_a_server_with_the_label_grants_takes_labels(postgres_server, tiny_index
         )
         assert r.status_code == 201, r.text
         assert server.get("/g/0-mlp/3.json").json()["explanations"][0]["text"] == "a label"
+        # While another transaction holds the table (as a re-index does, for minutes), a
+        # label waits a few seconds (lock_timeout), then is told to come back.
+        with psycopg.connect(db.replace("postgresql+psycopg", "postgresql")) as holder:
+            holder.execute("LOCK TABLE explanations IN EXCLUSIVE MODE")
+            busy = server.post(
+                "/api/g/0-mlp/4/labels",
+                json={"text": "later", "author": "ada"},
+                headers={"Authorization": "Bearer k"},
+            )
+            holder.rollback()
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "30", busy.text
+        assert busy.json()["errors"][0]["rule"] == "busy"
