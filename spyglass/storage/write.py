@@ -71,7 +71,15 @@ def replace_model(conn: Connection, slug: str, **fields) -> int:
     Runs inside the caller's transaction: readers see the old index until commit.
     """
     check_slug(slug)
-    old = conn.execute(select(models.c.id).where(models.c.slug == slug)).scalar()
+    earlier = conn.execute(select(models.c.id, models.c.created).where(models.c.slug == slug))
+    old, old_created = earlier.one_or_none() or (None, None)
+    now = datetime.now(UTC)
+    if fields.get("created") is None:
+        # `created` tells an index from the one it replaced (explanations record the index
+        # they were made on): two in one second differ by their microseconds.
+        fields["created"] = now.isoformat(timespec="seconds")
+        if fields["created"] == old_created:
+            fields["created"] = now.isoformat(timespec="microseconds")
     if old is not None:
         detach_explanations(conn, old)
         source_ids = select(sources.c.id).where(sources.c.model_id == old)
@@ -81,7 +89,6 @@ def replace_model(conn: Connection, slug: str, **fields) -> int:
         for table in _MODEL_CHILDREN:
             conn.execute(delete(table).where(table.c.model_id == old))
         conn.execute(delete(models).where(models.c.id == old))
-    fields.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     fields.setdefault("seconds", 0.0)
     fields.setdefault("n_sequences", 0)
     fields.setdefault("n_tokens", 0)
