@@ -375,7 +375,7 @@ def test_an_index_written_before_explanations_still_serves(tiny_index, tmp_path)
         for name in ("explanations_fts", "explanations", "explain_failures", "token_units"):
             conn.execute(f"DROP TABLE {name}")
     slug = tiny_index.slug
-    with TestClient(create_app(Settings(db=db))) as old:
+    with TestClient(create_app(Settings(db=db)), client=("127.0.0.1", 50000)) as old:
         assert old.get(f"/{slug}/0-mlp/1.json").json()["explanations"] == []
         assert old.get(f"/{slug}/0-mlp/1").status_code == 200
         assert old.get(f"/{slug}/0-mlp.json").json()["units"][0]["explanation"] is None
