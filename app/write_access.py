@@ -5,7 +5,9 @@
   comparison takes the same time whatever the guess (``hmac.compare_digest``).
 - **Loopback only without one.** With no token configured, only clients on loopback
   (127.0.0.0/8, ::1) may write; any other gets a 403 saying how to turn writes on. A shared
-  deployment on 0.0.0.0 is read-only until it has a key.
+  deployment on 0.0.0.0 is read-only until it has a key. A request a reverse proxy
+  forwarded (``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP``) comes from loopback on
+  behalf of someone else, so it is not a loopback client's: it needs the token too.
 - **Same origin, without a token.** There a browser's write must come from a page of this
   server (its ``Origin`` naming this host): otherwise any site a researcher visits could
   post labels through the researcher's own loopback access (cross-site request forgery).
@@ -17,8 +19,8 @@
   moving window, from the ``limits`` library), refused or not, so a flood or a token guesser
   gets a 429 with ``Retry-After``.
 
-Behind a reverse proxy every client has the proxy's address: give the deployment a token
-(the proxy's address is loopback), and rate-limit at the proxy.
+Behind a reverse proxy every client has the proxy's address, so the rate is the proxy's:
+rate-limit at the proxy too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from spyglass.settings import Settings
+
+FORWARDED = ("forwarded", "x-forwarded-for", "x-real-ip")
+"""Headers a reverse proxy adds to the requests it forwards."""
 
 
 class WriteGate:
@@ -63,7 +68,7 @@ class WriteGate:
         token = self.settings.write_token
         if token is None:
             _same_origin(request)
-            if not is_loopback(client):
+            if not is_loopback(client) or any(h in request.headers for h in FORWARDED):
                 raise HTTPException(
                     403,
                     "writes are off for clients off this machine: this server has no write "

@@ -58,6 +58,9 @@ def test_without_a_token_only_loopback_clients_write(db, tiny_index):
         refused(cross, 403, "forbidden", "another site")
         same = post(local, slug, {"Origin": "http://testserver"})  # our own page's fetch
         assert same.status_code == 201, same.text
+        # A reverse proxy on this machine forwards others' requests from loopback.
+        for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+            refused(post(local, slug, {header: "203.0.113.7"}), 403, "forbidden", "TOKEN")
     assert labels(db) == before + 2
 
 
