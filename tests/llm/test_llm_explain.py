@@ -155,3 +155,48 @@ def test_retries_ride_out_a_rate_limit_in_front_of_the_real_server(
         assert "malformed" in failures[0][2]
     else:
         assert any(e.method == llm.METHOD for e in rows[units[0]])
+
+
+def test_rescore_scores_kept_llm_explanations_without_calling_the_explainer(
+    explained, tiny_index, llm_server, tmp_path
+):
+    """After a re-index under the same name, ``--rescore`` scores the kept LLM explanations
+    on the new index through the endpoint's scorers: no request the server gets is an
+    explainer's prompt, and each kept explanation is scored on the new index."""
+    from dataclasses import replace
+
+    from indexer.explain import prompts
+    from indexer.pipeline import build_index
+
+    db = copy_index(explained[0], tmp_path)
+    source = explained[1]
+    rows, _ = _stored(db, tiny_index.slug, source)
+    kept = {u: e for u, es in rows.items() for e in es if e.method == llm.METHOD}
+    if not kept:
+        pytest.fail("the server explained none of the units: nothing to re-score")
+    build_index(replace(tiny_index.config, db=db, tokens=600))  # the same name, again
+    systems = []
+
+    def reply(body):
+        system = [m["content"] for m in body["messages"] if m["role"] == "system"]
+        systems.extend(system)  # none: the endpoint check ("Say OK.")
+        got = httpx.post(f"{llm_server.url}/v1/chat/completions", json=body, timeout=120)
+        return got.status_code, got.text, {}
+
+    with ChatServer(reply) as url:
+        report = _explain(db, tiny_index, url, llm_server.model, source, sorted(kept),
+                          rescore=True)  # fmt: skip
+    assert prompts.EXPLAIN_SYSTEM not in systems
+    assert systems and set(systems) <= {prompts.DETECTION_SYSTEM, prompts.FUZZING_SYSTEM}
+    rows, failures = _stored(db, tiny_index.slug, source)
+    now = {u: e for u, es in rows.items() for e in es if e.method == llm.METHOD}
+    assert {u: e.text for u, e in now.items()} == {u: e.text for u, e in kept.items()}
+    engine = storage.make_engine(db)
+    with engine.connect() as conn:
+        created = storage.get_model(conn, tiny_index.slug).created
+    engine.dispose()
+    rescored = [e for e in now.values() if e.scored == created]
+    assert len(rescored) == report.rescored > 0
+    for e in rescored:  # each endpoint score measured on the new index, or recorded failed
+        failed = {m for u, m, _ in failures if u == e.unit}
+        assert all(name in e.scores or name in failed for name in SCORES), (e.scores, failed)
