@@ -195,7 +195,7 @@ explanations = Table(
     Column("id", Integer, primary_key=True),
     # The source it is shown on now. NULL while no source of its model with its name and
     # unit key is indexed: a re-index detaches a model's explanations and attaches each to
-    # the new source that is the same thing (storage.explanations), so no re-index ever
+    # the new source that is the same thing (storage.kept), so no re-index ever
     # deletes one; an explanation made on a source that is gone waits for it to come back.
     Column("source_id", ForeignKey("sources.id"), nullable=True),
     Column("model", String(200), nullable=False),  # its model's slug
