@@ -19,6 +19,7 @@ from sqlalchemy import (
     select,
 )
 
+from spyglass.storage.engine import display_url
 from spyglass.storage.explanations import explanation_stamp
 from spyglass.storage.records import (
     ExampleRow,
@@ -30,7 +31,6 @@ from spyglass.storage.records import (
     UnitStats,
 )
 from spyglass.storage.schema import (
-    display_url,
     examples,
     from_int_blob,
     models,
