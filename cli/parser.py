@@ -10,7 +10,6 @@ from cli import labels
 from cli.commands import (
     DEMO_TOKENS,
     CliError,
-    cmd_demo,
     cmd_eval_sae,
     cmd_explain,
     cmd_export,
@@ -20,6 +19,7 @@ from cli.commands import (
     cmd_serve,
     cmd_train_sae,
 )
+from cli.demo import cmd_demo
 
 
 def main(argv: list[str] | None = None) -> int:

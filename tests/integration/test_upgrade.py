@@ -13,7 +13,7 @@ from index_checks import copy_index
 
 from app.main import create_app
 from cli import main as spyglass
-from cli.commands import _remove_outdated_demo_index
+from cli.demo import _remove_outdated_demo_index
 from indexer.pipeline import build_index
 from spyglass import storage
 from spyglass.settings import Settings
