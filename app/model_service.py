@@ -23,7 +23,8 @@ import anyio
 import torch
 
 from spyglass.model import Model, ModelLoadError, load_model
-from spyglass.sae import Sae, SaeLoadError, load_sae
+from spyglass.sae import Sae, SaeLoadError
+from spyglass.sources import load_unit_model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,14 +88,15 @@ class ModelService:
                     raise ModelUnavailable(str(exc)) from exc
             return self._models[key]
 
-    def sae(self, spec: str, device) -> Sae:
-        """The SAE loaded from folder ``spec`` onto ``device``, loading it on first use."""
+    def sae(self, spec: str, model: Model) -> Sae:
+        """The SAE (folder ``spec``) or transcoder (``folder#layer``) for ``model``, on its
+        device, loaded on first use."""
         with self._load_lock:
             if spec not in self._saes:
                 try:
-                    self._saes[spec] = load_sae(spec).to(device)
-                except SaeLoadError as exc:
-                    raise ModelUnavailable(f"cannot load the SAE at {spec}: {exc}") from exc
+                    self._saes[spec] = load_unit_model(spec, model)
+                except (SaeLoadError, ModelLoadError, ValueError) as exc:
+                    raise ModelUnavailable(f"cannot load the latents at {spec}: {exc}") from exc
             return self._saes[spec]
 
     def preload(self, specs: list[tuple[str, dict | None]]) -> threading.Thread:

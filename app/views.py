@@ -33,6 +33,7 @@ from app.view_models import (
     UnitPage,
 )
 from spyglass import storage
+from spyglass.sources import LATENT_KINDS
 
 LOG_DENSITY_BINS = 30
 
@@ -99,7 +100,7 @@ def source_page(
     )
     vocab = vocabulary(conn, m)
     densities = storage.unit_densities(conn, s.id)
-    density_sum = sum(densities) if s.kind == "sae" else 0.0
+    density_sum = sum(densities) if s.kind in LATENT_KINDS else 0.0
     labels = storage.unit_labels(conn, s.id, [r.idx for r in rows])
     units = [
         UnitListing(

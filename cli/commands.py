@@ -45,6 +45,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         layers=layers,
         saes=tuple(args.sae),
+        transcoders=tuple(args.transcoders),
         include_first_token=args.include_first_token,
         text_field=args.text_field,
         split=args.split,

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cli import labels
+from cli import labels, transcoders
 from cli.commands import (
     DEMO_TOKENS,
     CliError,
@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     ev.set_defaults(func=cmd_eval_sae)
+
+    transcoders.add_parsers(sub)
 
     exp = sub.add_parser(
         "explain",
@@ -246,6 +248,15 @@ def _index_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FOLDER",
         help="an SAE in SAELens format whose latents are indexed in the same pass (repeatable)",
+    )
+    p.add_argument(
+        "--transcoders",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a transcoder set (circuit-tracer's config.yaml + layer_<i>.safetensors, or "
+        "SAELens transcoder folders) whose latents are indexed in the same pass, one source "
+        "per layer (repeatable)",
     )
     p.add_argument(
         "--include-first-token",

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spyglass import storage
-from spyglass.model import Model, load_model
+from spyglass.model import Model, ModelLoadError, load_model
 from spyglass.sae import SaeLoadError, load_sae
-from spyglass.sources import Source, mlp_sources, sae_source
+from spyglass.sources import Source, mlp_sources, sae_source, transcoder_sources
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class IndexConfig:
     """MLP layers to index; all when None; () for none (SAE latents only)."""
     saes: tuple[str, ...] = ()
     """SAE folders (SAELens format) whose latents are indexed in the same pass."""
+    transcoders: tuple[str, ...] = ()
+    """Transcoder sets (circuit-tracer's or SAELens's layout): every layer's latents are
+    indexed in the same pass, one source per layer."""
     interval_samples: int = 5
     """Samples per interval (10 equal intervals of (0, max]), drawn over the whole corpus."""
     correlation_rate: float = 1 / 32
@@ -199,10 +202,12 @@ def plan_index(cfg: IndexConfig, model: Model | None = None) -> Plan:
         raise ValueError(f"layers must be in 0..{model.n_layers - 1}, got {bad}")
     try:
         sources = mlp_sources(model, layers) + [sae_source(spec, model) for spec in cfg.saes]
-    except SaeLoadError as exc:
+        for spec in cfg.transcoders:
+            sources += transcoder_sources(spec, model)
+    except (SaeLoadError, ModelLoadError) as exc:
         raise ValueError(str(exc)) from exc
     if not sources:
-        raise ValueError("nothing to index: no MLP layer and no SAE")
+        raise ValueError("nothing to index: no MLP layer, SAE or transcoder")
     narrow = [src.name for src in sources if src.n_units < cfg.units[1]]
     if narrow:
         raise ValueError(f"--units {cfg.units[0]}/{cfg.units[1]}: {narrow[0]} has fewer units")

@@ -151,23 +151,23 @@ def _add_losses(sums: _Sums, sae: Sae, model: Model, tokens, hook: str, gen) -> 
     # Predictions made from position 0 are the same in every run: count from 1 on.
     clean = model.next_token_log_probs(tokens)[:, 1:-1]
     targets = tokens[:, 2:].to(clean.device)
-    sums.loss_clean += float(_loss(clean, targets))
+    sums.loss_clean += float(loss_sum(clean, targets))
     for make, loss_name, kl_name in ((spliced, "loss_spliced", "kl_spliced"),
                                      (random, "loss_random", "kl_random")):  # fmt: skip
         edited = model.next_token_log_probs(tokens, hook, replaced(make))[:, 1:-1]
-        setattr(sums, loss_name, getattr(sums, loss_name) + float(_loss(edited, targets)))
-        setattr(sums, kl_name, getattr(sums, kl_name) + float(_kl(clean, edited)))
+        setattr(sums, loss_name, getattr(sums, loss_name) + float(loss_sum(edited, targets)))
+        setattr(sums, kl_name, getattr(sums, kl_name) + float(kl_sum(clean, edited)))
         del edited
     zeroed = model.next_token_log_probs(tokens, hook, replaced(torch.zeros_like))[:, 1:-1]
-    sums.loss_zero += float(_loss(zeroed, targets))
+    sums.loss_zero += float(loss_sum(zeroed, targets))
     sums.loss_tokens += targets.numel()
 
 
-def _loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def loss_sum(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of ``targets`` [b, t] under ``log_probs`` [b, t, V]."""
     return -log_probs.gather(-1, targets.unsqueeze(-1)).sum()
 
 
-def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+def kl_sum(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     """Summed KL(p || q) over positions, from log-probabilities [b, t, V]."""
     return (p_log.exp() * (p_log - q_log)).sum()

@@ -334,7 +334,7 @@ def latent_neighbours(src: Source, model: Model, directions: torch.Tensor):
     unless the SAE reads the residual stream)."""
     k = summaries.NEIGHBOURS
     decoder = summaries.cosine_top(directions, directions, k, exclude_self=True)
-    layers = neuron_layers_for(src.hook, src.layer, model.n_layers)
+    layers = neuron_layers_for(src.write_hook, src.layer, model.n_layers)
     if not layers or directions.shape[1] != model.d_model:
         return decoder, None, []
     out = torch.cat([model.neuron_directions(layer) for layer in layers]).to(directions)

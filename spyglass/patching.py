@@ -85,8 +85,10 @@ def attribution_patching(
     if len(clean) != len(corrupt):
         raise ValueError(f"clean is {len(clean)} tokens and corrupt {len(corrupt)}")
     metric = metric_fn(target, other)
-    hooks = sorted({s.hook for s in sources} | ({z_hook(i) for i in range(model.n_layers)}
-                                                 if heads else set()))  # fmt: skip
+    # A transcoder latent is read at its input hook and written at its output hook: its
+    # gradient is taken where it writes.
+    hooks = sorted({h for s in sources for h in (s.hook, s.write_hook)}
+                   | ({z_hook(i) for i in range(model.n_layers)} if heads else set()))  # fmt: skip
     m_clean, acts, grads = model.with_grads(clean, hooks, metric)
     m_corrupt, corrupt_acts, _ = model.with_grads(corrupt, hooks, metric, backward=False)
     estimates: dict[str, torch.Tensor] = {}
@@ -97,7 +99,7 @@ def attribution_patching(
         a_corrupt = _units(s, corrupt_acts[s.hook], skip_first)
         deltas[s.name] = delta = a_corrupt - a_clean
         same[s.name] = (a_corrupt == a_clean).all(0)
-        grad = grads[s.hook].float()
+        grad = grads[s.write_hook].float()
         if s.sae is not None:
             grad = grad @ s.sae.W_dec.float().T  # [T, d] -> [T, latents]
         estimates[s.name] = torch.where(same[s.name], 0.0, (delta * grad).sum(0)).cpu()
@@ -181,4 +183,4 @@ def _edit(model, sources, name, i, deltas, corrupt_acts, skip_first) -> dict:
     def latent_patch(act: torch.Tensor) -> torch.Tensor:  # [T, d]
         return act + (delta[:, None] * row[None, :]).to(act)
 
-    return {s.hook: latent_patch}
+    return {s.write_hook: latent_patch}

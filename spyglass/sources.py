@@ -1,8 +1,10 @@
 """Sources: the sets of units the indexer reads at one hook point each.
 
-A source is either one layer's MLP neurons (``5-mlp``, read at ``blocks.5.mlp.hook_post``)
-or one SAE's latents (``12-res-topk-4608``, the SAE's encoding of its hook). Both give
-[batch, pos, units] activations to the same streaming statistics.
+A source is one layer's MLP neurons (``5-mlp``, read at ``blocks.5.mlp.hook_post``), one
+SAE's latents (``12-res-topk-4608``, the SAE's encoding of its hook), or one layer's
+transcoder latents (``7-tc-topk-1024``, encoded from ``blocks.7.ln2.hook_normalized``,
+written to ``blocks.7.hook_mlp_out``). All give [batch, pos, units] activations to the
+same streaming statistics.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from spyglass.model import DirectionSteer, LatentClamp, Model, NeuronSteer, Steer, mlp_hook
 from spyglass.sae import Sae, check_sae_for_model, load_sae
 
+LATENT_KINDS = ("sae", "transcoder")
+"""Source kinds whose units are latents (read through an SAE or a transcoder)."""
 BLOCK_BYTES = 256 << 20
 """Largest [sequences, pos, latents] float32 block an SAE's latents are encoded into at a
 time while indexing (``Source.unit_blocks``)."""
@@ -57,15 +61,24 @@ class Source:
     """One set of units read at one hook point."""
 
     name: str
-    """URL name: ``5-mlp`` or ``12-res-topk-4608``."""
+    """URL name: ``5-mlp``, ``12-res-topk-4608`` or ``7-tc-topk-1024``."""
     kind: str
-    """``mlp`` or ``sae``."""
+    """``mlp``, ``sae`` or ``transcoder``."""
     layer: int
     hook: str
     n_units: int
     sae: Sae | None = None
     sae_spec: str | None = None
-    """Where the SAE was loaded from (a folder), for live requests."""
+    """Where the SAE was loaded from (a folder; for a transcoder ``folder#layer``), for
+    live requests."""
+
+    @property
+    def write_hook(self) -> str:
+        """Where the unit writes: a transcoder's output hook, else the hook it is read at.
+        Steering, patching and gradients act here."""
+        if self.sae is not None and self.sae.cfg.is_transcoder:
+            return self.sae.cfg.hook_name_out
+        return self.hook
 
     def units(
         self, act: torch.Tensor, skip_first: int, lengths: torch.Tensor | None = None
@@ -127,14 +140,16 @@ class Source:
             return NeuronSteer(self.layer, index, coefficient, clamp, prompt_only)
         direction = self.sae.W_dec[index]
         if not clamp:
-            return DirectionSteer(self.hook, direction, coefficient, prompt_only)
+            return DirectionSteer(self.write_hook, direction, coefficient, prompt_only)
         sae = self.sae
 
         def latent(x: torch.Tensor) -> torch.Tensor:
             flat = x.reshape(-1, x.shape[-1]).float()
             return sae.encode(flat)[:, index].reshape(x.shape[:-1])
 
-        return LatentClamp(self.hook, latent, direction, coefficient, prompt_only)
+        # A transcoder latent is read at its input hook and clamped at its output.
+        read = self.hook if self.write_hook != self.hook else None
+        return LatentClamp(self.write_hook, latent, direction, coefficient, prompt_only, read)
 
     def directions(self, model: Model) -> torch.Tensor:
         """What each unit writes to the residual stream [units, d_model]."""
@@ -154,9 +169,16 @@ class Source:
             "k": cfg.k,
             "hook": cfg.hook_name,
         }
-        metrics = Path(self.sae_spec or "") / "metrics.json"
+        folder = self.sae_spec or ""
+        if cfg.is_transcoder:
+            info["hook_out"] = cfg.hook_name_out
+            folder, _ = split_transcoder_spec(folder) or (folder, None)
+        metrics = Path(folder) / "metrics.json"
         if metrics.is_file():
-            info["metrics"] = json.loads(metrics.read_text())
+            record = json.loads(metrics.read_text())
+            if cfg.is_transcoder:
+                record = _layer_metrics(record, self.layer)
+            info["metrics"] = record
         return info
 
 
@@ -192,3 +214,58 @@ def sae_source_name(sae: Sae) -> str:
     last = sae.cfg.hook_name.rsplit(".", 1)[-1]
     kind = _HOOK_SHORT.get(last, last.removeprefix("hook_").replace("_", "-"))
     return f"{sae.layer}-{kind}-{sae.cfg.architecture}-{sae.cfg.d_sae}"
+
+
+# ---- transcoders ----------------------------------------------------------------------------
+
+
+def transcoder_spec(folder: str | Path, layer: int) -> str:
+    """How a transcoder source records where it was loaded from: ``folder#layer``."""
+    return f"{folder}#{layer}"
+
+
+def split_transcoder_spec(spec: str) -> tuple[str, int] | None:
+    """``folder#7`` -> (``folder``, 7); None for a plain SAE folder."""
+    folder, sep, layer = spec.rpartition("#")
+    return (folder, int(layer)) if sep and layer.isdigit() else None
+
+
+def transcoder_sources(
+    path: str, model: Model, layers: tuple[int, ...] | None = None
+) -> list[Source]:
+    """One source per layer of the transcoder set at ``path`` (either layout), converted
+    to ``model``'s processed weights and checked against it."""
+    from spyglass.transcoders import load_transcoders_for_model
+
+    tcs = load_transcoders_for_model(path, model, layers)
+    return [transcoder_source(tc, path, layer) for layer, tc in tcs.transcoders.items()]
+
+
+def transcoder_source(tc: Sae, folder: str, layer: int) -> Source:
+    name = f"{layer}-tc-{tc.cfg.encoding.replace('standard', 'relu')}"
+    name += f"{'-skip' if tc.W_skip is not None else ''}-{tc.cfg.d_sae}"
+    spec = transcoder_spec(folder, layer)
+    return Source(name, "transcoder", layer, tc.cfg.hook_name, tc.cfg.d_sae, tc, spec)
+
+
+def load_unit_model(spec: str, model: Model) -> Sae:
+    """The SAE or transcoder an indexed source records (``sources.sae``), for ``model``."""
+    found = split_transcoder_spec(spec)
+    if found is None:
+        return sae_source(spec, model).sae
+    folder, layer = found
+    from spyglass.transcoders import load_transcoders_for_model
+
+    return load_transcoders_for_model(folder, model, (layer,))[layer]
+
+
+def _layer_metrics(record: dict, layer: int) -> dict:
+    """A transcoder set's metrics.json, narrowed to one layer (training and eval)."""
+    out = {k: v for k, v in record.items() if k not in ("layers", "eval")}
+    if isinstance(record.get("layers"), dict):
+        out["training"] = record["layers"].get(str(layer))
+    if isinstance(record.get("eval"), dict):
+        ev = record["eval"]
+        out["eval"] = (ev.get("layers") or {}).get(str(layer))
+        out["eval_all_layers"] = ev.get("all_layers")
+    return out

@@ -17,6 +17,7 @@ from app.model_service import ModelService
 from app.reader import IndexReader
 from spyglass.model import Model
 from spyglass.settings import Settings
+from spyglass.sources import LATENT_KINDS
 
 
 def one_token(model: Model, text: str, field: str) -> int:
@@ -42,7 +43,7 @@ async def attribution(
     if not req.text:
         return result
     check_text(req.text, settings, field="text")
-    saes = [s for s in sources if s.kind == "sae"]
+    saes = [s for s in sources if s.kind in LATENT_KINDS]
     indexed = {s.name for s in sources}
 
     def work(model: Model):

@@ -34,8 +34,9 @@ def model_and_sources(conn: Connection, slug: str):
 
 
 def load_source(service: ModelService, s: storage.SourceRow, model: Model) -> Source:
-    """The indexed source ``s``, with its SAE loaded for latents."""
-    sae = service.sae(s.sae, model.device) if s.kind == "sae" and s.sae else None
-    if s.kind == "sae" and sae is None:
-        raise LimitError(f"source {s.name!r} records no SAE folder to load", field="source")
+    """The indexed source ``s``, with its SAE or transcoder loaded for latents."""
+    latent = s.kind in ("sae", "transcoder")
+    sae = service.sae(s.sae, model) if latent and s.sae else None
+    if latent and sae is None:
+        raise LimitError(f"source {s.name!r} records no folder to load", field="source")
     return Source(s.name, s.kind, s.layer, s.hook, s.n_units, sae, s.sae)

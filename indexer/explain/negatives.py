@@ -21,14 +21,15 @@ BATCH = 16
 
 
 def source_for(row, model: Model) -> Source:
-    """The indexed source ``row`` (a ``storage.SourceRow``), its SAE loaded for latents."""
-    from spyglass.sources import sae_source
+    """The indexed source ``row`` (a ``storage.SourceRow``), its SAE or transcoder loaded
+    for latents."""
+    from spyglass.sources import load_unit_model
 
-    if row.kind == "sae":
+    if row.kind in ("sae", "transcoder"):
         if not row.sae:
-            raise ValueError(f"source {row.name!r} records no SAE folder to load")
-        loaded = sae_source(row.sae, model)
-        return Source(row.name, "sae", row.layer, row.hook, row.n_units, loaded.sae, row.sae)
+            raise ValueError(f"source {row.name!r} records no folder to load its latents from")
+        loaded = load_unit_model(row.sae, model)
+        return Source(row.name, row.kind, row.layer, row.hook, row.n_units, loaded, row.sae)
     return Source(row.name, row.kind, row.layer, row.hook, row.n_units)
 
 

@@ -12,7 +12,7 @@ import torch
 from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
 
 from spyglass.model.hooks import hook_layer, mlp_hook
-from spyglass.model.steering import Steer
+from spyglass.model.steering import Steer, steer_hooks
 
 
 class ModelLoadError(Exception):
@@ -81,6 +81,11 @@ class Model:
         self.bos_id: int | None = tok.bos_token_id if cfg.default_prepend_bos else None
         self.eos_id: int | None = tok.eos_token_id
         self._unembed_hash: str | None = None
+        self.centred_writes: bool = _centred(hooked)
+        """Whether the writing weights are centred (TransformerLens centres LayerNorm
+        models only): hook_mlp_out and the residual stream have zero mean over d_model."""
+        self.norms_before_folding: Callable[[], dict[str, torch.Tensor]] | None = None
+        """Set by the loader: the norms' weights as they were before folding."""
 
     # ---- tokens ---------------------------------------------------------------
 
@@ -178,6 +183,28 @@ class Model:
         on the way."""
         hooks = [(hook, lambda act, hook: edit(act))] if hook and edit else []
         logits = self._tl.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks)
+        return logits.float().log_softmax(-1)
+
+    @torch.inference_mode()
+    def edited_log_probs(
+        self,
+        tokens: torch.Tensor,
+        edits: Sequence[tuple[str, Callable]],
+        start: tuple[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Next-token log-probabilities [batch, pos, V] with TransformerLens hooks ``edits``
+        ((name, fn(act, hook) -> act or None)) on the way; ``start`` = (layer, resid_pre
+        [batch, pos, d_model]) runs only the blocks from ``layer`` on, from that residual."""
+        if start is None:
+            logits = self._tl.run_with_hooks(tokens.to(self.device), fwd_hooks=list(edits))
+        else:
+            layer, resid = start
+            logits = self._tl.run_with_hooks(
+                resid.to(self.device),
+                fwd_hooks=list(edits),
+                start_at_layer=layer,
+                tokens=tokens.to(self.device),
+            )
         return logits.float().log_softmax(-1)
 
     @torch.inference_mode()
@@ -329,6 +356,25 @@ class Model:
 
     # ---- weights --------------------------------------------------------------
 
+    def unfolded_norm(
+        self, layer: int, name: str = "ln2"
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block ``layer``'s norm ``name`` weight and bias (None for RMSNorm) as the
+        unprocessed model has them, though folding moved them into the next weights."""
+        module = getattr(self._tl.blocks[layer], name)
+        if hasattr(module, "w"):  # not folded: the norm still holds them
+            return module.w.detach(), getattr(module, "b", None)
+        if self.norms_before_folding is None:
+            raise ModelLoadError(
+                f"model {self.spec!r} no longer has its {name} weights (folded at load); "
+                "reading a hook after them (mlp.hook_in) needs a model Spyglass can reload"
+            )
+        state = self.norms_before_folding()
+        bias = state.get(f"blocks.{layer}.{name}.b")
+        return state[f"blocks.{layer}.{name}.w"].to(self.device), (
+            bias.to(self.device) if bias is not None else None
+        )
+
     def neuron_directions(self, layer: int) -> torch.Tensor:
         """``W_out[layer]``: what each neuron writes to the residual stream [d_mlp, d_model]
         (the block's own weight: ``HookedTransformer.W_out`` stacks every layer's)."""
@@ -402,10 +448,10 @@ class Model:
         gens = [torch.Generator(device=self.device).manual_seed(seed) for _ in prompts]
         on_prompt = [True]
 
-        def edit(act: torch.Tensor, hook, s: Steer) -> torch.Tensor:
+        def edit(act: torch.Tensor, s: Steer) -> torch.Tensor:
             return act if s.prompt_only and not on_prompt[0] else s.apply(act)
 
-        hooks = [(s.hook, lambda act, hook, s=s: edit(act, hook, s)) for s in steer]
+        hooks = steer_hooks(steer, edit)
         cache = TransformerLensKeyValueCache.init_cache(self._tl.cfg, self.device, len(prompts))
         new: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
@@ -433,7 +479,7 @@ class Model:
         self, texts: Sequence[Sequence[int]], steer: Sequence[Steer] = ()
     ) -> torch.Tensor:
         """``log_probs`` of sequences of one length at once: [B, T, V]."""
-        hooks = [(s.hook, lambda act, hook, s=s: s.apply(act)) for s in steer]
+        hooks = steer_hooks(steer, lambda act, s: s.apply(act))
         tokens = torch.tensor([list(t) for t in texts], device=self.device)
         return self._tl.run_with_hooks(tokens, fwd_hooks=hooks).float().log_softmax(-1)
 
@@ -458,3 +504,13 @@ def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int
         return int(logits.argmax())
     probs = torch.softmax(logits / temperature, dim=-1)
     return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _centred(hooked: HookedTransformer) -> bool:
+    """Whether the model's writing weights were centred (mean zero over d_model), which
+    TransformerLens does to LayerNorm models when it processes them: read off the first
+    MLP's output weights, since a folder does not say how its weights were processed."""
+    if hooked.cfg.normalization_type not in ("LN", "LNPre") or hooked.cfg.attn_only:
+        return False
+    w = hooked.blocks[0].mlp.W_out.detach().float()
+    return bool(w.mean(-1).abs().max() <= 1e-5 * w.pow(2).mean().sqrt())

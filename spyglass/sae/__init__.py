@@ -14,6 +14,14 @@ where ``x'`` is the input after the configured activation normalization and, whe
 ``apply_b_dec_to_input``, minus ``b_dec``. Decoding is ``f @ W_dec + b_dec`` followed by
 undoing the normalization.
 
+Transcoders (``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
+``jumprelu_skip_transcoder`` as in SAELens 6, and ``topk_transcoder``,
+``topk_skip_transcoder``) read ``hook_name`` and predict ``hook_name_out``: they encode as
+the SAE of their activation does (a TopK transcoder keeps the sign of its k largest
+pre-activations, as circuit-tracer's TopK does), never subtract ``b_dec`` from the input,
+and a skip transcoder adds ``x @ W_skip.T`` to its decode. ``spyglass.transcoders`` reads
+and writes whole sets of them.
+
 Pure torch + safetensors: neither transformer_lens nor sae_lens is imported by this
 package, except that :func:`resolve_pretrained` imports sae_lens (lazily) to read its
 directory of released SAEs.
@@ -25,6 +33,8 @@ and written; whether an SAE fits a model), ``pretrained`` (SAELens's released SA
 from spyglass.sae.core import (
     ARCHITECTURES,
     ENCODE_ROWS,
+    SAE_ARCHITECTURES,
+    TRANSCODER_ARCHITECTURES,
     NORMALIZATIONS,
     Sae,
     SaeConfig,
@@ -42,6 +52,8 @@ from spyglass.sae.pretrained import load_pretrained, pretrained_cfg_overrides, r
 
 __all__ = [
     "ARCHITECTURES",
+    "SAE_ARCHITECTURES",
+    "TRANSCODER_ARCHITECTURES",
     "CFG_FILENAME",
     "ENCODE_ROWS",
     "NORMALIZATIONS",

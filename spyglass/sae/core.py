@@ -13,7 +13,17 @@ import torch
 ENCODE_ROWS = 256
 """Rows a top-k SAE encodes at a time on a CPU (see ``Sae._encode_topk``)."""
 
-ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
+SAE_ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
+TRANSCODER_ARCHITECTURES = (
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+    "jumprelu_skip_transcoder",
+    "topk_transcoder",
+    "topk_skip_transcoder",
+)
+"""SAELens 6's four transcoders, and TopK ones (circuit-tracer's TopK; SAELens has none)."""
+ARCHITECTURES = SAE_ARCHITECTURES + TRANSCODER_ARCHITECTURES
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 
 # Tensors each architecture stores besides W_enc, W_dec and b_dec (all of shape [d_sae]).
@@ -22,6 +32,22 @@ _LATENT_TENSORS: dict[str, tuple[str, ...]] = {
     "topk": ("b_enc",),
     "jumprelu": ("b_enc", "threshold"),
     "gated": ("b_gate", "r_mag", "b_mag"),
+    "transcoder": ("b_enc",),
+    "skip_transcoder": ("b_enc", "W_skip"),
+    "jumprelu_transcoder": ("b_enc", "threshold"),
+    "jumprelu_skip_transcoder": ("b_enc", "threshold", "W_skip"),
+    "topk_transcoder": ("b_enc",),
+    "topk_skip_transcoder": ("b_enc", "W_skip"),
+}
+
+# How each architecture encodes: a transcoder encodes as its activation's SAE does.
+_ENCODING = {
+    "transcoder": "standard",
+    "skip_transcoder": "standard",
+    "jumprelu_transcoder": "jumprelu",
+    "jumprelu_skip_transcoder": "jumprelu",
+    "topk_transcoder": "topk",
+    "topk_skip_transcoder": "topk",
 }
 
 DTYPES = {
@@ -79,11 +105,46 @@ class SaeConfig:
     and latents divided by them again when decoding."""
     reshape_activations: str = "none"
     """``hook_z``: inputs are ``[..., n_heads, d_head]`` and are flattened to ``d_in``."""
+    hook_name_out: str | None = None
+    """Transcoders only: the hook point the decoder writes (predicts), e.g.
+    ``blocks.7.hook_mlp_out``; the encoder reads ``hook_name``."""
+    d_out: int | None = None
+    """Transcoders only: width of the output hook (``None``: ``d_in``)."""
 
     def __post_init__(self) -> None:
         problem = _config_problem(self)
         if problem is not None:
             raise SaeLoadError(problem)
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.architecture in TRANSCODER_ARCHITECTURES
+
+    @property
+    def encoding(self) -> str:
+        """``standard``, ``topk``, ``jumprelu`` or ``gated``: how latents are computed."""
+        return _ENCODING.get(self.architecture, self.architecture)
+
+    @property
+    def width_out(self) -> int:
+        """Width of what the decoder writes: ``d_out`` for a transcoder, else ``d_in``."""
+        return self.d_out if self.d_out is not None else self.d_in
+
+
+def _transcoder_problem(cfg: SaeConfig) -> str | None:
+    """Why ``cfg`` cannot describe a usable transcoder, or None."""
+    if not isinstance(cfg.hook_name_out, str) or not cfg.hook_name_out:
+        return f"a {cfg.architecture} needs hook_name_out (the hook it predicts)"
+    if cfg.d_out is not None and (
+        isinstance(cfg.d_out, bool) or not isinstance(cfg.d_out, int) or cfg.d_out < 1
+    ):
+        return f"d_out must be a positive integer, got {cfg.d_out!r}"
+    if cfg.apply_b_dec_to_input:
+        # b_dec lives in the output space; SAELens refuses this too.
+        return f"a {cfg.architecture} cannot apply b_dec to its input"
+    if cfg.normalize_activations != "none" or cfg.reshape_activations != "none":
+        return f"a {cfg.architecture} reads its input as it is (normalize_activations 'none')"
+    return None
 
 
 def _config_problem(cfg: SaeConfig) -> str | None:
@@ -103,7 +164,13 @@ def _config_problem(cfg: SaeConfig) -> str | None:
             f"normalize_activations {cfg.normalize_activations!r} is not supported for "
             f"inference; supported: {', '.join(NORMALIZATIONS)}"
         )
-    if cfg.architecture == "topk":
+    if cfg.is_transcoder:
+        problem = _transcoder_problem(cfg)
+        if problem is not None:
+            return problem
+    elif cfg.hook_name_out is not None or cfg.d_out is not None:
+        return f"hook_name_out and d_out are for transcoders, not a {cfg.architecture} SAE"
+    if cfg.encoding == "topk":
         if isinstance(cfg.k, bool) or not isinstance(cfg.k, int) or not 1 <= cfg.k <= cfg.d_sae:
             return f"topk needs k between 1 and d_sae={cfg.d_sae}, got k={cfg.k!r}"
     elif cfg.k is not None:
@@ -128,6 +195,10 @@ class Sae:
     architecture ``b_enc`` (standard, topk, jumprelu), ``threshold`` (jumprelu), ``b_gate``,
     ``r_mag``, ``b_mag`` (gated), each ``[d_sae]``. Attributes an architecture does not
     have are ``None`` (a gated SAE has no ``b_enc``, as in SAELens).
+
+    A transcoder reads ``hook_name`` and writes ``hook_name_out``: ``W_dec`` is
+    ``[d_sae, d_out]``, ``b_dec`` ``[d_out]``, and a skip transcoder adds
+    ``x @ W_skip.T`` with ``W_skip [d_out, d_in]`` (decode then needs ``x``).
     """
 
     def __init__(self, cfg: SaeConfig, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -145,6 +216,7 @@ class Sae:
         self.b_gate: torch.Tensor | None = tensors.get("b_gate")
         self.r_mag: torch.Tensor | None = tensors.get("r_mag")
         self.b_mag: torch.Tensor | None = tensors.get("b_mag")
+        self.W_skip: torch.Tensor | None = tensors.get("W_skip")
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -185,7 +257,7 @@ class Sae:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations ``[..., d_sae]`` for activations ``x [..., d_in]``."""
         sae_in = self._sae_in(x)  # [..., d_in]
-        arch = self.cfg.architecture
+        arch = self.cfg.encoding
         if arch == "topk":
             return self._encode_topk(sae_in)
         pre = sae_in @ self.W_enc  # [..., d_sae], shared by every architecture
@@ -211,8 +283,10 @@ class Sae:
                 hidden *= scale
             values, indices = torch.topk(hidden, k=self.cfg.k, dim=-1, sorted=False)
             # The k largest are kept even when negative, then ReLU'd: fewer than k may be
-            # non-zero.
-            out[lo : lo + step].scatter_(-1, indices, values.relu_())
+            # non-zero. A TopK transcoder keeps their sign, as circuit-tracer's TopK does.
+            if not self.cfg.is_transcoder:
+                values.relu_()
+            out[lo : lo + step].scatter_(-1, indices, values)
         return out.reshape(*sae_in.shape[:-1], self.cfg.d_sae)
 
     def _encode_gated(self, pre: torch.Tensor) -> torch.Tensor:
@@ -260,7 +334,11 @@ class Sae:
         f = f.to(self.dtype)
         if self.cfg.architecture == "topk" and self.cfg.rescale_acts_by_decoder_norm:
             f = f * (1 / self.W_dec.norm(dim=-1))
-        out = f @ self.W_dec + self.b_dec  # [..., d_in]
+        out = f @ self.W_dec + self.b_dec  # [..., d_in] ([..., d_out] for a transcoder)
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("decode of a skip transcoder needs x, the input that was encoded")
+            out = out + self._flat_input(x) @ self.W_skip.T
         return self._normalize_out(out, x)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,13 +385,19 @@ def _tensors_problem(cfg: SaeConfig, tensors: Mapping[str, torch.Tensor]) -> str
             f"unexpected tensor {extra[0]!r} for a {cfg.architecture} SAE "
             f"(expected {', '.join(needed)})"
         )
-    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    d_out = cfg.width_out
+    shapes = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "W_dec": (cfg.d_sae, d_out),
+        "b_dec": (d_out,),
+        "W_skip": (d_out, cfg.d_in),
+    }
     for name in needed:
         want = shapes.get(name, (cfg.d_sae,))
         got = tuple(tensors[name].shape)
         if got != want:
-            return (
-                f"tensor {name!r} has shape {list(got)} but d_in={cfg.d_in}, "
-                f"d_sae={cfg.d_sae} need {list(want)}"
+            widths = f"d_in={cfg.d_in}, d_sae={cfg.d_sae}" + (
+                f", d_out={d_out}" if cfg.is_transcoder else ""
             )
+            return f"tensor {name!r} has shape {list(got)} but {widths} need {list(want)}"
     return None

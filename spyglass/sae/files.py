@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from spyglass.sae.core import (
     ARCHITECTURES,
     DTYPES,
+    TRANSCODER_ARCHITECTURES,
     Sae,
     SaeConfig,
     SaeLoadError,
@@ -131,7 +132,9 @@ def _config_from_flat(flat: Mapping[str, Any], raw: dict, scaler_factor: float |
     if not hook_name:
         raise SaeLoadError("cfg.json names no hook_name (the hook point the SAE reads)")
     architecture = flat["architecture"]
-    k = flat.get("k", 100) if architecture == "topk" else None  # 100: SAELens 6's default
+    topk = architecture in ("topk", "topk_transcoder", "topk_skip_transcoder")
+    k = flat.get("k", 100) if topk else None  # 100: SAELens 6's default
+    transcoder = architecture in TRANSCODER_ARCHITECTURES
     factor = flat.get("norm_scaling_factor")
     return SaeConfig(
         architecture=architecture,
@@ -139,7 +142,7 @@ def _config_from_flat(flat: Mapping[str, Any], raw: dict, scaler_factor: float |
         d_sae=flat["d_sae"],
         hook_name=hook_name,
         model_name=flat.get("model_name"),
-        apply_b_dec_to_input=bool(flat.get("apply_b_dec_to_input", True)),
+        apply_b_dec_to_input=bool(flat.get("apply_b_dec_to_input", not transcoder)),
         normalize_activations=flat.get("normalize_activations") or "none",
         k=k,
         model_from_pretrained_kwargs=dict(flat.get("model_from_pretrained_kwargs") or {}),
@@ -149,6 +152,8 @@ def _config_from_flat(flat: Mapping[str, Any], raw: dict, scaler_factor: float |
         norm_scaling_factor=float(factor) if factor is not None else scaler_factor,
         rescale_acts_by_decoder_norm=bool(flat.get("rescale_acts_by_decoder_norm", False)),
         reshape_activations=flat.get("reshape_activations") or "none",
+        hook_name_out=flat.get("hook_name_out") if transcoder else None,
+        d_out=flat.get("d_out") if transcoder else None,
     )
 
 
@@ -267,6 +272,8 @@ def _cfg_json(sae: Sae, extra_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         "hook_head_index": c.hook_head_index,
         "model_from_pretrained_kwargs": dict(c.model_from_pretrained_kwargs),
     }
+    if c.is_transcoder:
+        own_metadata["hook_name_out"] = c.hook_name_out
     clash = sorted(set(extra_cfg or {}) & set(own_metadata))
     if clash:
         raise ValueError(f"extra_cfg may not set {clash[0]!r}: it comes from the SAE's config")
@@ -278,6 +285,7 @@ def _cfg_json(sae: Sae, extra_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         "architecture": c.architecture,
         "d_in": c.d_in,
         "d_sae": c.d_sae,
+        **({"d_out": c.width_out} if c.is_transcoder else {}),
         "dtype": c.dtype,
         "device": "cpu",
         "apply_b_dec_to_input": c.apply_b_dec_to_input,
@@ -287,6 +295,8 @@ def _cfg_json(sae: Sae, extra_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if c.architecture == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = c.rescale_acts_by_decoder_norm
+    elif c.encoding == "topk":
+        cfg["k"] = c.k
     cfg["metadata"] = metadata
     return cfg
 

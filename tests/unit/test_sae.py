@@ -16,7 +16,7 @@ from sae_weights import random_sae_tensors
 from safetensors.torch import load_file, save_file
 
 from spyglass.sae import (
-    ARCHITECTURES,
+    SAE_ARCHITECTURES,
     ENCODE_ROWS,
     Sae,
     SaeConfig,
@@ -159,7 +159,7 @@ def test_gated_formula():
     assert (~gate & (magnitude > 0)).any() and (gate & (magnitude == 0)).any()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", SAE_ARCHITECTURES)
 def test_decode_is_affine_map_back(arch):
     sae = make_sae(arch)
     f = torch.rand(4, D_SAE)
@@ -232,7 +232,7 @@ def test_hook_z_sae_flattens_heads():
 # ---- save / load ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", SAE_ARCHITECTURES)
 def test_save_load_round_trip(arch, tmp_path: Path):
     sae = make_sae(
         arch,
