@@ -16,6 +16,8 @@ DEMO_TOKENS = 131_072
 """Demo corpus size, in tokens (its indexing time is in docs/performance.md)."""
 SHIPPED_SAE = Path(__file__).resolve().parent.parent / "saes" / "embedded-12-res-topk-4608"
 """The SAE trained for the embedded model with `spyglass train-sae`, committed in the repo."""
+SHIPPED_TRANSCODERS = SHIPPED_SAE.parent / "embedded-transcoders-topk-skip-768"
+"""The transcoder set trained for the embedded model with `spyglass train-transcoders`."""
 
 
 class CliError(Exception):

@@ -1,21 +1,26 @@
-"""``spyglass demo``: index the embedded model, corpus and shipped SAE (unless done), explain
-its units, and serve; an index an older Spyglass wrote is rebuilt around its labels."""
+"""``spyglass demo``: index the embedded model, corpus, shipped SAE and shipped transcoders
+(unless done), explain their units, and serve; an index an older Spyglass wrote is rebuilt
+around its labels."""
 
 from __future__ import annotations
 
 import argparse
 
-from cli.commands import SHIPPED_SAE, _run_index, cmd_explain, cmd_serve
+from cli.commands import SHIPPED_SAE, SHIPPED_TRANSCODERS, _run_index, cmd_explain, cmd_serve
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from indexer.pipeline import IndexConfig
+    from spyglass.sources import transcoder_spec
+    from spyglass.transcoders import layers_on_disk
 
     saes = (str(SHIPPED_SAE),) if (SHIPPED_SAE / "cfg.json").is_file() else ()
-    wanted = {str(SHIPPED_SAE)} if saes else set()
+    layers = layers_on_disk(SHIPPED_TRANSCODERS)
+    transcoders = (str(SHIPPED_TRANSCODERS),) if layers else ()
+    wanted = set(saes) | {transcoder_spec(SHIPPED_TRANSCODERS, layer) for layer in layers}
     _remove_outdated_demo_index(args.db)
     if args.reindex or _indexed_saes(args.db, "embedded") != wanted:
-        _run_index(IndexConfig(db=args.db, tokens=args.tokens, saes=saes))
+        _run_index(IndexConfig(db=args.db, tokens=args.tokens, saes=saes, transcoders=transcoders))
     else:
         print(f"reusing the embedded index in {args.db} (pass --reindex to rebuild it)")
     cmd_explain(

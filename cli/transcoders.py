@@ -60,7 +60,7 @@ def cmd_train_transcoders(args: argparse.Namespace) -> int:
         raise CliError(
             "--d-sae, --k, --tokens, --batch-tokens and --checkpoint-every must be positive"
         )
-    if cfg.k > cfg.d_sae:
+    if cfg.activation == "topk" and cfg.k > cfg.d_sae:
         raise CliError(f"--k {cfg.k} exceeds --d-sae {cfg.d_sae}")
     if cfg.tokens < cfg.batch_tokens:
         raise CliError(f"--tokens must be at least one step ({cfg.batch_tokens} tokens)")

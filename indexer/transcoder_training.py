@@ -319,13 +319,14 @@ class TranscoderTrainer:
         pre = net.pre_acts(x)
         base = net.linear(x)
         if cfg.activation == "topk":
+            # circuit-tracer's TopK: the k largest pre-activations keep their sign.
             top = pre.topk(cfg.k, dim=-1)
-            values = top.values.relu()
+            values = top.values
             y_hat = net.decode_sparse(top.indices, values) + base
             fired_mask = torch.zeros_like(pre, dtype=torch.bool).scatter_(
-                -1, top.indices, values > 0
+                -1, top.indices, values != 0
             )
-            l0 = (values > 0).float().sum(-1).mean(-1)
+            l0 = (values != 0).float().sum(-1).mean(-1)
             fvu = fvu_per_layer(y, y_hat)
             loss = fvu.sum() + self._aux(pre, y, y_hat)
         else:

@@ -191,6 +191,15 @@ def load_transcoders(path: str | Path, device: str = "cpu") -> TranscoderSet:
     return TranscoderSet(transcoders, folder, SAELENS, first.cfg.model_name)
 
 
+def layers_on_disk(path: str | Path) -> list[int]:
+    """The layers of the circuit-tracer set at ``path`` by its files, without reading any
+    weights; [] when there is no such set."""
+    folder = Path(path)
+    if not (folder / CONFIG_YAML).is_file():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _LAYER_FILE.match(p.name)))
+
+
 def _layer_of(tc: Sae, where: Path) -> int:
     if tc.layer is None:
         raise SaeLoadError(f"{where}: hook {tc.cfg.hook_name!r} names no block")

@@ -33,9 +33,9 @@ and written; whether an SAE fits a model), ``pretrained`` (SAELens's released SA
 from spyglass.sae.core import (
     ARCHITECTURES,
     ENCODE_ROWS,
+    NORMALIZATIONS,
     SAE_ARCHITECTURES,
     TRANSCODER_ARCHITECTURES,
-    NORMALIZATIONS,
     Sae,
     SaeConfig,
     SaeLoadError,

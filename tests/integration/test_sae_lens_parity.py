@@ -35,7 +35,7 @@ from sae_lens import (  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 
 from spyglass.sae import (  # noqa: E402
-    ARCHITECTURES,
+    SAE_ARCHITECTURES as ARCHITECTURES,
     Sae,
     SaeConfig,
     SaeLoadError,
