@@ -100,6 +100,43 @@ def test_transcoder_statistics_equal_brute_force(tc_index, tc_dir, tiny_model_di
             atol=1e-5,
         )  # fmt: skip
     assert sum(len(e) for e in stored.examples[0]) > 24
+    # Intervals: each of the 10 bins of (0, max] counts the fresh run's tokens in it, and
+    # its samples are fresh values inside it.
+    from spyglass import storage
+
+    engine = storage.make_engine(tc_index.db)
+    with engine.connect() as conn:
+        sid = next(s.id for s in stored.sources if s.name == SOURCES[0])
+        samples = [storage.get_samples(conn, sid, u) for u in range(24)]
+    engine.dispose()
+    tol, checked = 1e-6, 0
+    for u, unit in enumerate(stored.units[0]):
+        values = latents[:, 1:, u].reshape(-1)
+        values = values[~values.isnan()]
+        if unit.max_act <= 0:
+            continue
+        for k, (lo, hi, count) in enumerate(unit.stats.intervals):
+            inside = int(((values > lo + tol) & (values <= hi - tol)).sum())
+            near = int(((values - lo).abs() <= tol).sum() + ((values - hi).abs() <= tol).sum())
+            assert inside <= count <= inside + near, (u, k)
+            for smp in samples[u].get(k, []):
+                assert latents[smp.sequence_id, smp.position, u].item() == pytest.approx(
+                    smp.value, abs=1e-5
+                )
+                assert lo - 1e-5 < smp.value <= hi + 1e-5
+                checked += 1
+    assert checked > 24
+    # Latent correlations use every token (position 0 aside): Pearson by brute force.
+    x = latents[:, 1:, :].reshape(-1, 24).double()
+    x = x[~x.isnan().any(1)]
+    corr = torch.corrcoef(x.t())
+    means = torch.tensor([stored.units[0][u].stats.mean for u in range(24)], dtype=torch.float64)
+    torch.testing.assert_close(means, x.mean(0), rtol=1e-5, atol=1e-7)
+    for unit in range(24):
+        stats = stored.units[0][unit].stats
+        assert stats.correlation_tokens == x.shape[0]
+        for j, r in stats.correlated:
+            assert corr[unit, j].item() == pytest.approx(r, abs=1e-3)
 
 
 @pytest.fixture(scope="module")
