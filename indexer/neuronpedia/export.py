@@ -19,6 +19,7 @@ import (``apps/webapp/app/api/admin/import/route.ts`` and ``lib/db/import.ts``) 
   therefore sits under ``config/spyglass/<model>/``, which Neuronpedia neither lists nor
   reads. Exports of format 1 had it at ``<model>/spyglass/``; the importer reads both.
 An export without that folder still imports (as Neuronpedia's own exports do).
+A transcoder set's layers are sources of one source set, named as ``kinds`` says.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from indexer.neuronpedia.kinds import describe, saelens_config, set_name
 from indexer.neuronpedia.records import BOT, CONFIG_FILES
 from spyglass import storage
 
@@ -230,12 +232,6 @@ def _index_json(m: storage.ModelRow, chosen) -> dict:
     }
 
 
-def _set_name(s: storage.SourceRow) -> str:
-    """Neuronpedia's source id is ``<layer>-<set name>``: ``5-mlp`` is set ``mlp``."""
-    head, _, rest = s.name.partition("-")
-    return rest if head.isdigit() and rest else s.name
-
-
 def _model_record(m: storage.ModelRow, mlp_width: int) -> dict:
     return {"id": m.slug, "displayNameShort": m.slug, "displayName": m.spec,
             "creatorId": BOT, "tlensId": m.spec, "dimension": m.d_model,
@@ -245,9 +241,8 @@ def _model_record(m: storage.ModelRow, mlp_width: int) -> dict:
 
 
 def _sourceset_record(m: storage.ModelRow, s) -> dict:
-    what = "MLP neurons" if s.kind == "mlp" else "SAE latents"
-    return {"modelId": m.slug, "name": _set_name(s), "hasDashboards": True,
-            "visibility": "PUBLIC", "description": f"{what} indexed by Spyglass",
+    return {"modelId": m.slug, "name": set_name(s.name), "hasDashboards": True,
+            "visibility": "PUBLIC", "description": describe(s.kind),
             "type": s.kind, "creatorName": "Spyglass", "urls": [], "creatorId": BOT,
             "createdAt": _time(m.created)}  # fmt: skip
 
@@ -255,13 +250,14 @@ def _sourceset_record(m: storage.ModelRow, s) -> dict:
 def _source_record(m: storage.ModelRow, s) -> dict:
     """Without ``saelensConfig`` when the source has no info: Prisma's create refuses a
     JSON null for a ``Json?`` field (it wants ``Prisma.DbNull``), and leaves it NULL when
-    the key is missing."""
+    the key is missing. A transcoder's names its hooks as SAELens does (``kinds``)."""
+    config = saelens_config(s)
     record = {"id": s.name, "modelId": m.slug, "hasDashboards": True,
-              "inferenceEnabled": False, "saelensConfig": s.info, "visibility": "PUBLIC",
-              "setName": _set_name(s), "creatorId": BOT, "num_prompts": m.n_sequences,
+              "inferenceEnabled": False, "saelensConfig": config, "visibility": "PUBLIC",
+              "setName": set_name(s.name), "creatorId": BOT, "num_prompts": m.n_sequences,
               "num_tokens_in_prompt": m.seq_len, "dataset": m.corpus, "notes": None,
               "createdAt": _time(m.created)}  # fmt: skip
-    if s.info is None:
+    if config is None:
         del record["saelensConfig"]
     return record
 
@@ -274,7 +270,7 @@ def _feature(m, s, u: storage.UnitRow, vocab, now) -> dict:
     corr_i = [int(i) for i, _ in st.correlated]
     corr_v = [float(v) for _, v in st.correlated]
     return {
-        "modelId": m.slug, "layer": s.name, "index": u.idx, "sourceSetName": _set_name(s),
+        "modelId": m.slug, "layer": s.name, "index": u.idx, "sourceSetName": set_name(s.name),
         "creatorId": BOT, "createdAt": _time(now), "maxActApprox": u.max_act,
         "hasVector": False, "vector": [], "vectorLabel": None,
         "vectorDefaultSteerStrength": None, "hookName": s.hook,
