@@ -1,7 +1,11 @@
 """An export without Spyglass's folder (as Neuronpedia publishes them) into an index:
 each activation record becomes a sequence of its own tokens, the vocabulary is the token
 strings met, and the statistics are those the features carry (density, histograms,
-logits, neighbours). The interval counts Neuronpedia's records do not hold read 0."""
+logits, neighbours). The interval counts Neuronpedia's records do not hold read 0.
+
+A source's kind comes from its source set's type, its ``saelensConfig``, hooks and name
+(``kinds.read_kind``): a transcoder keeps its config as its info, with its output hook
+(``hook_out``); no source records an SAE or transcoder folder (``sae`` is None)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.neuronpedia.export import TYPES
+from indexer.neuronpedia.kinds import config_hook, read_kind, transcoder_hook, transcoder_info
 from indexer.neuronpedia.reading import (
     ImportReport,
     add_logit_entries,
@@ -41,6 +46,7 @@ class _Source:
     layer: int
     hook: str
     n_units: int
+    info: dict | None = None
     max_act: list[float] = field(default_factory=list)
     density: list[float] = field(default_factory=list)
     logits: list[dict] = field(default_factory=list)
@@ -84,7 +90,7 @@ def import_records(conn, folder: Path, slug: str, report: ImportReport) -> None:
     for b in built:
         source_id = storage.add_source(
             conn, model_id, name=b.name, kind=b.kind, layer=b.layer, hook=b.hook,
-            n_units=b.n_units, sae=None,
+            n_units=b.n_units, sae=None, info=b.info,
         )  # fmt: skip
         storage.add_units(conn, source_id, np.array(b.max_act), np.array(b.density), b.logits,
                           b.stats)  # fmt: skip
@@ -119,14 +125,18 @@ def _source_rows(sdir: Path, vocab: _Vocab, sequences: list) -> _Source:
     units = {u: rows[-1] for u, rows in _records(sdir / "features", ("index",)).items()}
     examples = _records(sdir / "activations", ("index", "values"))
     explained = _records(sdir / "explanations", ("index", "description"))
-    hook = next(iter(units.values()), {}).get("hookName") or ""
+    config, set_type = _source_meta(sdir)
+    hook = next(iter(units.values()), {}).get("hookName") or config_hook(config)
     head = sdir.name.partition("-")[0]
+    layer = int(head) if head.isdigit() else 0
+    kind = read_kind(sdir.name, hook, set_type, config)
     b = _Source(
         name=sdir.name,
-        kind="mlp" if hook.endswith("mlp.hook_post") or sdir.name.endswith("-mlp") else "sae",
-        layer=int(head) if head.isdigit() else 0,
-        hook=hook,
+        kind=kind,
+        layer=layer,
+        hook=hook or (transcoder_hook(layer) if kind == "transcoder" else ""),
         n_units=max([*units, *examples, *explained], default=-1) + 1,
+        info=transcoder_info(config, layer) if kind == "transcoder" else None,
     )
     for u in range(b.n_units):
         f = units.get(u, {})
@@ -153,6 +163,14 @@ def _source_rows(sdir: Path, vocab: _Vocab, sequences: list) -> _Source:
                 "created": e.get("createdAt") or datetime.now(UTC).isoformat(),
             })  # fmt: skip
     return b
+
+
+def _source_meta(sdir: Path) -> tuple[dict | None, str]:
+    """A source folder's ``saelensConfig`` (None when it has none) and its set's type."""
+    files = [sdir / "source.jsonl", sdir / "sourceset.jsonl"]
+    source, sset = (next(read_lines(p), {}) if p.is_file() else {} for p in files)
+    config = source.get("saelensConfig")
+    return (config if isinstance(config, dict) else None), str(sset.get("type") or "")
 
 
 def _pairs(ids: list, values: list) -> list[list]:
