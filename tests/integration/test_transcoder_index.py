@@ -45,7 +45,9 @@ def tc_dir(tiny_model_dir, tiny_corpus_dir, tmp_path_factory):
         device="cpu",
     )  # fmt: skip
     trainer = TranscoderTrainer(cfg, load_model(str(tiny_model_dir), "cpu"))
-    write_trained_transcoders(cfg, trainer, trainer.run(progress=False), "test", "saelens", "float32")
+    write_trained_transcoders(
+        cfg, trainer, trainer.run(progress=False), "test", "saelens", "float32"
+    )
     args = ["eval-transcoders", str(out), "--model", str(tiny_model_dir)]
     args += ["--corpus", str(tiny_corpus_dir), "--seq-len", "16", "--sequences", "8"]
     assert cli.main(args + ["--loss-sequences", "4", "--device", "cpu"]) == 0
@@ -188,7 +190,9 @@ def test_steering_edits_the_mlp_output_by_the_decoder_row(tc_dir, tiny_model_dir
     hooks = ["blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"]
     hooked = model._tl
     clean = {}
-    hooked.run_with_hooks(ids, fwd_hooks=[(h, lambda a, hook: clean.__setitem__(hook.name, a.clone())) for h in hooks])
+    hooked.run_with_hooks(
+        ids, fwd_hooks=[(h, lambda a, hook: clean.__setitem__(hook.name, a.clone())) for h in hooks]
+    )
     steer = src.steer(5, 2.5, clamp=clamp)
     assert steer.hook == "blocks.0.hook_mlp_out"  # the output, never the input
     seen = {}
@@ -200,7 +204,9 @@ def test_steering_edits_the_mlp_output_by_the_decoder_row(tc_dir, tiny_model_dir
     if clamp:
         now = hand_latents(tc, clean["blocks.0.ln2.hook_normalized"][0])[:, 5]
         delta = (2.5 - now).unsqueeze(-1) * tc.W_dec[5]
-        torch.testing.assert_close(seen["blocks.0.hook_mlp_out"][0], out[0] + delta, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            seen["blocks.0.hook_mlp_out"][0], out[0] + delta, atol=1e-5, rtol=0
+        )
     else:
         # Exact: the steered output is the clean one plus 2.5 x W_dec[5], at every position.
         assert torch.equal(seen["blocks.0.hook_mlp_out"], out + 2.5 * tc.W_dec[5])
@@ -214,3 +220,36 @@ def test_the_eval_reports_every_layer(tc_dir):
     for row in ev["layers"].values():
         assert 0 <= row["fvu"] < 1.5 and 0 < row["l0"] <= 3 and row["kl"] >= 0
     assert ev["all_layers"]["kl"] >= 0 and ev["loss_tokens"] > 0
+
+
+def test_transcoder_latents_are_explained_searched_and_labelled(tc_index, tmp_path):
+    from index_checks import copy_index
+
+    from cli.parser import main as cli_main
+    from spyglass import storage
+
+    db = copy_index(tc_index.db, tmp_path)
+    assert cli_main(["explain", "--db", db, "--model", "tinytc", "--sources", SOURCES[1]]) == 0
+    engine = storage.make_engine(db)
+    with engine.connect() as conn:
+        m = storage.get_model(conn, "tinytc")
+        src = next(s for s in storage.list_sources(conn, m.id) if s.name == SOURCES[1])
+        labels = storage.unit_labels(conn, src.id)
+    engine.dispose()
+    assert len(labels) > 12  # the latents that fire get a token pattern
+    unit, text = sorted(labels.items())[0]
+    word = storage.search_terms(text.split(";")[0])[0]
+    with TestClient(create_app(Settings(db=db)), client=("127.0.0.1", 50000)) as c:
+        page = c.get(f"/tinytc/{SOURCES[1]}/{unit}.json").json()
+        assert page["explanations"][0]["text"] == text
+        hits = c.get("/tinytc/search.json", params={"q": word, "source": SOURCES[1]}).json()
+        assert (SOURCES[1], unit) in [(h["source"], h["index"]) for h in hits["hits"]]
+        posted = c.post(
+            f"/api/tinytc/{SOURCES[1]}/{unit}/labels",
+            json={"text": "a person's label", "author": "tester"},
+        )
+        assert posted.status_code == 201
+        texts = [
+            e["text"] for e in c.get(f"/tinytc/{SOURCES[1]}/{unit}.json").json()["explanations"]
+        ]
+        assert "a person's label" in texts

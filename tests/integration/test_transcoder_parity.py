@@ -109,7 +109,9 @@ def test_a_set_trained_here_gives_sae_lens_the_same_latents(
     for layer in (0, 1):
         theirs = SAE.load_from_disk(str(out / f"layer_{layer}"))
         assert isinstance(theirs, sl.JumpReLUSkipTranscoder)
-        x = model.activations(ids, [theirs.cfg.metadata.hook_name])[theirs.cfg.metadata.hook_name][0]
+        x = model.activations(ids, [theirs.cfg.metadata.hook_name])[theirs.cfg.metadata.hook_name][
+            0
+        ]
         with torch.no_grad():
             torch.testing.assert_close(ours[layer].encode(x), theirs.encode(x), atol=ATOL, rtol=0)
             torch.testing.assert_close(

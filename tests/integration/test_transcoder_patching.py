@@ -28,7 +28,8 @@ def setup(tiny_model_dir):
     tc = Sae(cfg, {"W_enc": torch.randn(D, LATENTS, generator=g) / 4,
                    "b_enc": torch.randn(LATENTS, generator=g) / 10,
                    "W_dec": torch.randn(LATENTS, D, generator=g) / 2,
-                   "b_dec": torch.zeros(D), "W_skip": torch.randn(D, D, generator=g) / 8})  # fmt: skip
+                   "b_dec": torch.zeros(D),
+                   "W_skip": torch.randn(D, D, generator=g) / 8})  # fmt: skip
     source = transcoder_source(tc, "unused", LAYER)
     clean = model.tokenize("the quick brown fox jumps over the lazy dog near the river")[:10]
     corrupt = list(clean)

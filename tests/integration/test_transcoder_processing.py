@@ -29,7 +29,9 @@ def models(tiny_model_dir, tmp_path_factory):
         warnings.simplefilter("ignore", DeprecationWarning)
         from transformer_lens import HookedTransformer
 
-        processed = HookedTransformer(raw.cfg, tokenizer=load_model(str(tiny_model_dir))._tl.tokenizer)
+        processed = HookedTransformer(
+            raw.cfg, tokenizer=load_model(str(tiny_model_dir))._tl.tokenizer
+        )
     processed.load_and_process_state_dict(
         raw.state_dict(), fold_ln=True, center_writing_weights=True, center_unembed=True,
         fold_value_biases=True,
@@ -55,7 +57,8 @@ def random_set(hook_in: str, arch: str) -> TranscoderSet:
         cfg = SaeConfig(architecture=arch, d_in=D, d_sae=D_SAE, d_out=D,
                         hook_name=f"blocks.{layer}.{hook_in}",
                         hook_name_out=f"blocks.{layer}.hook_mlp_out",
-                        apply_b_dec_to_input=False, k=5 if arch.startswith("topk") else None)  # fmt: skip
+                        apply_b_dec_to_input=False,
+                        k=5 if arch.startswith("topk") else None)  # fmt: skip
         out[layer] = Sae(cfg, t)
     return TranscoderSet(out)
 
@@ -65,15 +68,19 @@ def circuit_tracer_view(raw, ids, layer: int, hook_in: str):
     unprocessed model (``mlp.hook_in``: the ln2 output, its weight and bias applied)."""
     _, cache = raw.run_with_cache(ids)
     resid_mid = cache[f"blocks.{layer}.hook_resid_mid"]
-    x = raw.blocks[layer].ln2(resid_mid) if hook_in == "mlp.hook_in" else cache[
-        f"blocks.{layer}.{hook_in}"
-    ]
+    x = (
+        raw.blocks[layer].ln2(resid_mid)
+        if hook_in == "mlp.hook_in"
+        else cache[f"blocks.{layer}.{hook_in}"]
+    )
     return x[0].detach(), cache[f"blocks.{layer}.hook_mlp_out"][0]
 
 
 @pytest.mark.parametrize("hook_in", ["mlp.hook_in", "ln2.hook_normalized"])
 @pytest.mark.parametrize("arch", ["topk_skip_transcoder", "jumprelu_skip_transcoder"])
-def test_read_into_the_processed_model_gives_circuit_tracers_latents(models, tmp_path, hook_in, arch):
+def test_read_into_the_processed_model_gives_circuit_tracers_latents(
+    models, tmp_path, hook_in, arch
+):
     raw, model = models
     assert model.centred_writes
     tcs = random_set(hook_in, arch)
@@ -96,4 +103,6 @@ def test_read_into_the_processed_model_gives_circuit_tracers_latents(models, tmp
         f = tc.encode(x)
         torch.testing.assert_close(f, f_ct, atol=1e-4, rtol=0)
         pred = tc.decode(f, x)
-        torch.testing.assert_close(pred, pred_ct - pred_ct.mean(-1, keepdim=True), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            pred, pred_ct - pred_ct.mean(-1, keepdim=True), atol=1e-4, rtol=0
+        )
