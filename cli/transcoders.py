@@ -89,7 +89,7 @@ def cmd_eval_transcoders(args: argparse.Namespace) -> int:
     from indexer.transcoder_eval import TranscoderEvalConfig, evaluate_transcoders
     from spyglass.model import ModelLoadError, load_model
     from spyglass.sae import SaeLoadError
-    from spyglass.transcoders import load_transcoders_for_model, read_transcoder_set
+    from spyglass.transcoders import load_transcoders, load_transcoders_for_model
 
     if min(args.sequences, args.batch_size) < 1 or args.loss_sequences < 0 or args.seq_len < 3:
         raise CliError(
@@ -104,7 +104,7 @@ def cmd_eval_transcoders(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     try:
-        found = read_transcoder_set(args.transcoders)
+        found = load_transcoders(args.transcoders)
         spec = args.model or found.model_name
         if not spec:
             raise CliError("the transcoders name no model; pass --model")
@@ -139,12 +139,12 @@ def _eval_table(m: dict) -> str:
 
 def cmd_convert_transcoders(args: argparse.Namespace) -> int:
     from spyglass.sae import SaeLoadError
-    from spyglass.transcoders import read_transcoder_set, save_transcoders
+    from spyglass.transcoders import load_transcoders, save_transcoders
 
     if Path(args.out).resolve() == Path(args.transcoders).resolve():
         raise CliError("--out must be another folder than the set it converts")
     try:
-        tcs = read_transcoder_set(args.transcoders)
+        tcs = load_transcoders(args.transcoders)
         save_transcoders(tcs, args.out, args.format, dtype=args.dtype)
     except (SaeLoadError, ValueError, OSError) as exc:
         raise CliError(str(exc)) from exc

@@ -1,39 +1,5 @@
-"""Transcoder sets: one transcoder per MLP layer, read and written in two layouts.
-
-A transcoder reads the MLP's normalised input and predicts the MLP's output. In
-TransformerLens's HookedTransformer names, layer ``l``'s reads
-``blocks.{l}.ln2.hook_normalized`` and writes ``blocks.{l}.hook_mlp_out``.
-
-Layouts (``load_transcoders`` tells them apart; ``save_transcoders`` writes either):
-
-- ``circuit-tracer``: a folder with ``config.yaml`` (``model_kind: transcoder_set``,
-  ``feature_input_hook`` and ``feature_output_hook`` relative to the block, e.g.
-  ``ln2.hook_normalized`` and ``hook_mlp_out``, and ``activation``/``k`` for TopK) and one
-  ``layer_{i}.safetensors`` per layer holding ``W_enc [d_tc, d_model]``, ``W_dec
-  [d_tc, d_model]``, ``b_enc``, ``b_dec``, optionally ``W_skip [d_out, d_in]`` and
-  ``activation_function.threshold`` (JumpReLU). circuit-tracer computes
-  ``act(x @ W_enc.T + b_enc) @ W_dec + b_dec + x @ W_skip.T``; its TopK keeps the k largest
-  pre-activations with their sign, its JumpReLU is ``pre * (pre > threshold)``.
-- ``saelens``: a folder of SAELens transcoder folders, one per layer (``layer_{i}/cfg.json``
-  + ``sae_weights.safetensors``), architectures ``transcoder``, ``skip_transcoder``,
-  ``jumprelu_transcoder``, ``jumprelu_skip_transcoder`` (SAELens 6) and
-  ``topk_transcoder``, ``topk_skip_transcoder`` (circuit-tracer's TopK; SAELens has none).
-  A single SAELens transcoder folder is a set of one layer.
-
-Weight processing. circuit-tracer runs the model unprocessed (``fold_ln=False``, no
-centring); Spyglass folds the norms' weights into the next layer and centres the writing
-weights (TransformerLens centres only LayerNorm models). What that changes at the hooks:
-
-- ``ln2.hook_normalized`` is the norm's output before its weight: the same either way.
-- ``mlp.hook_in`` (circuit-tracer's name for the MLP's input, after the norm's weight
-  ``w`` and bias ``b``) is ``x̂ * w + b`` with ``x̂`` the normalised input, so
-  ``(x̂ * w + b) @ W_enc.T = x̂ @ (W_enc * w).T + W_enc @ b``: read here, the weight is
-  folded into ``W_enc`` (and ``W_skip``), the bias into ``b_enc`` (and ``b_dec``).
-- ``hook_mlp_out`` of a centred model is the unprocessed one minus its mean over
-  ``d_model``: read here, ``W_dec``, ``b_dec`` and ``W_skip`` are centred the same way.
-  Written out, a centred decoder is kept as it is: the mean it lacks is one no LayerNorm
-  downstream can see.
-"""
+"""Transcoder sets on disk: circuit-tracer's layout and SAELens's, read and written (see
+``spyglass.transcoders`` for both layouts)."""
 
 from __future__ import annotations
 
@@ -95,37 +61,6 @@ class TranscoderSet:
     @property
     def first(self) -> Sae:
         return self.transcoders[self.layers[0]]
-
-
-# ---- conversion ---------------------------------------------------------------------------
-
-
-def fold_input_norm(tc: Sae, weight: torch.Tensor, bias: torch.Tensor | None) -> Sae:
-    """The same transcoder reading the normalised input ``x̂`` instead of ``x̂ * weight +
-    bias`` (``mlp.hook_in`` -> ``ln2.hook_normalized``)."""
-    t = {name: v.clone() for name, v in tc.tensors.items()}
-    w = weight.to(t["W_enc"])
-    b = bias.to(t["W_enc"]) if bias is not None else None
-    if b is not None:
-        t["b_enc"] = t["b_enc"] + b @ t["W_enc"]
-        if "W_skip" in t:
-            t["b_dec"] = t["b_dec"] + t["W_skip"] @ b
-    t["W_enc"] = t["W_enc"] * w.unsqueeze(1)  # [d_in, d_sae]: row j read x̂_j * w_j
-    if "W_skip" in t:
-        t["W_skip"] = t["W_skip"] * w.unsqueeze(0)
-    hook = tc.cfg.hook_name.replace(MLP_IN_HOOK, INPUT_HOOK)
-    return Sae(replace(tc.cfg, hook_name=hook), t)
-
-
-def centre_output(tc: Sae) -> Sae:
-    """The transcoder whose output has its mean over the output's width removed, as a
-    centred model's ``hook_mlp_out`` has."""
-    t = {name: v.clone() for name, v in tc.tensors.items()}
-    t["W_dec"] = t["W_dec"] - t["W_dec"].mean(-1, keepdim=True)
-    t["b_dec"] = t["b_dec"] - t["b_dec"].mean()
-    if "W_skip" in t:
-        t["W_skip"] = t["W_skip"] - t["W_skip"].mean(0, keepdim=True)
-    return Sae(tc.cfg, t)
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -380,55 +315,3 @@ def _relative_hooks(tc: Sae) -> tuple[str, str]:
             raise SaeLoadError(f"transcoder hook {hook!r} names no block")
         names.append(m.group(1))
     return names[0], names[1]
-
-
-# ---- fitting a model ----------------------------------------------------------------------
-
-read_transcoder_set = load_transcoders
-
-
-def for_model(tcs: TranscoderSet, model, layers: tuple[int, ...] | None = None) -> TranscoderSet:
-    """The set (or ``layers`` of it) converted to ``model``'s processed weights and checked
-    against it: hooks it has, widths that fit (see the module docstring)."""
-    chosen = tcs.layers if layers is None else list(layers)
-    missing = [layer for layer in chosen if layer not in tcs.transcoders]
-    if missing:
-        raise SaeLoadError(
-            f"the set has no transcoder for layer {missing[0]} (it has {_span(tcs.layers)})"
-        )
-    out = {}
-    for layer in chosen:
-        tc = tcs[layer]
-        if not 0 <= layer < model.n_layers:
-            raise SaeLoadError(
-                f"the set has layer {layer}, but the model has {model.n_layers} layers"
-            )
-        if tc.cfg.hook_name.endswith("." + MLP_IN_HOOK):
-            weight, bias = model.unfolded_norm(layer, "ln2")
-            tc = fold_input_norm(tc, weight, bias)
-        if model.centred_writes and tc.cfg.hook_name_out.endswith(".hook_mlp_out"):
-            tc = centre_output(tc)
-        for hook, width in (
-            (tc.cfg.hook_name, tc.cfg.d_in),
-            (tc.cfg.hook_name_out, tc.cfg.width_out),
-        ):
-            if not model.has_hook(hook):
-                raise SaeLoadError(
-                    f"the model has no hook point {hook!r} (layer {layer}'s transcoder)"
-                )
-            if model.hook_width(hook) != width:
-                raise SaeLoadError(
-                    f"layer {layer}'s transcoder expects {hook!r} {width} wide, the model's is "
-                    f"{model.hook_width(hook)}"
-                )
-        out[layer] = tc.to(model.device)
-    return replace(tcs, transcoders=out)
-
-
-def load_transcoders_for_model(path, model, layers: tuple[int, ...] | None = None) -> TranscoderSet:
-    """:func:`load_transcoders` then :func:`for_model`."""
-    return for_model(load_transcoders(path), model, layers)
-
-
-def _span(layers: list[int]) -> str:
-    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
