@@ -102,9 +102,13 @@ def _embedded_norms() -> dict[str, torch.Tensor]:
 
 def _pretrained_norms(model: Model) -> dict[str, torch.Tensor]:
     """A TransformerLens pretrained model's norm weights before processing."""
-    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+    from transformer_lens.loading_from_pretrained import (
+        get_official_model_name,
+        get_pretrained_state_dict,
+    )
 
-    return _norm_weights(get_pretrained_state_dict(model.spec, model._tl.cfg))
+    name = get_official_model_name(model.spec)
+    return _norm_weights(get_pretrained_state_dict(name, model._tl.cfg))
 
 
 def embedded_cache_folder() -> Path:
