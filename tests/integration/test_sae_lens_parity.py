@@ -35,7 +35,7 @@ from sae_lens import (  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 
 from spyglass.sae import (  # noqa: E402
-    SAE_ARCHITECTURES as ARCHITECTURES,
+    SAE_ARCHITECTURES,
     Sae,
     SaeConfig,
     SaeLoadError,
@@ -61,7 +61,7 @@ SAE_LENS_CLASSES = {
 # SAELens applies at encode time.
 CASES = [
     (arch, apply_b_dec, norm)
-    for arch in ARCHITECTURES
+    for arch in SAE_ARCHITECTURES
     for apply_b_dec, norm in [
         (True, "none"),
         (False, "none"),
@@ -130,7 +130,7 @@ def assert_nontrivial(f: torch.Tensor, arch: str) -> None:
 
 @pytest.mark.parametrize(("arch", "apply_b_dec", "norm"), CASES)
 def test_spyglass_saved_sae_matches_sae_lens(arch, apply_b_dec, norm, tmp_path: Path):
-    ours = spyglass_sae(arch, apply_b_dec, norm, seed=ARCHITECTURES.index(arch))
+    ours = spyglass_sae(arch, apply_b_dec, norm, seed=SAE_ARCHITECTURES.index(arch))
     save_sae(ours, tmp_path / "sae", extra_cfg={"context_size": 64})
     theirs = sae_lens_load(tmp_path / "sae")
 
@@ -168,7 +168,7 @@ def test_topk_with_negative_members_of_the_top_k_matches(tmp_path: Path):
     assert ((f != 0).sum(-1) < 80).all()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", SAE_ARCHITECTURES)
 def test_known_scaling_factor_matches_sae_lens_fold(arch, tmp_path: Path):
     """expected_average_only_in with a factor: Spyglass scales at encode time; SAELens folds
     the factor into the weights (as its from_pretrained and trainer do). Same function."""
@@ -212,7 +212,7 @@ def sae_lens_sae(arch: str, apply_b_dec: bool, norm: str, seed: int) -> SAE:
 
 @pytest.mark.parametrize(("arch", "apply_b_dec", "norm"), CASES)
 def test_sae_lens_saved_sae_loads_in_spyglass(arch, apply_b_dec, norm, tmp_path: Path):
-    theirs = sae_lens_sae(arch, apply_b_dec, norm, seed=20 + ARCHITECTURES.index(arch))
+    theirs = sae_lens_sae(arch, apply_b_dec, norm, seed=20 + SAE_ARCHITECTURES.index(arch))
     theirs.save_model(tmp_path / "sae")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # expected_average_only_in without a factor warns

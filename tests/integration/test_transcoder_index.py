@@ -17,52 +17,30 @@ from index_checks import (
     fresh_run,
     read_index,
 )
+from tiny_transcoders import SOURCES, index_tiny_set, train_tiny_set
 
 import cli
 from app.main import create_app
-from indexer.pipeline import build_index
-from indexer.transcoder_training import (
-    TranscoderTrainConfig,
-    TranscoderTrainer,
-    write_trained_transcoders,
-)
 from spyglass.model import load_model
 from spyglass.model.steering import steer_hooks
 from spyglass.settings import Settings
 from spyglass.sources import transcoder_sources
 from spyglass.transcoders import load_transcoders
 
-SOURCES = ["0-tc-topk-skip-24", "1-tc-topk-skip-24"]
-
 
 @pytest.fixture(scope="module")
-def tc_dir(tiny_model_dir, tiny_corpus_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tc") / "tiny-tc"
-    cfg = TranscoderTrainConfig(
-        model=str(tiny_model_dir), corpus=str(tiny_corpus_dir), out=str(out), d_sae=24, k=3,
-        skip=True, tokens=60 * 20, holdout_sequences=8, seq_len=16, model_batch=4,
-        buffer_batches=2, batch_tokens=60, lr=3e-3, aux_k=8, dead_after_tokens=600,
-        device="cpu",
-    )  # fmt: skip
-    trainer = TranscoderTrainer(cfg, load_model(str(tiny_model_dir), "cpu"))
-    write_trained_transcoders(
-        cfg, trainer, trainer.run(progress=False), "test", "saelens", "float32"
-    )
-    args = ["eval-transcoders", str(out), "--model", str(tiny_model_dir)]
-    args += ["--corpus", str(tiny_corpus_dir), "--seq-len", "16", "--sequences", "8"]
+def tc_dir(tiny_index, tmp_path_factory):
+    out = train_tiny_set(tiny_index, tmp_path_factory.mktemp("tc") / "tiny-tc", "saelens")
+    args = ["eval-transcoders", str(out), "--model", str(tiny_index.model_dir)]
+    args += ["--corpus", str(tiny_index.corpus_dir), "--seq-len", "16", "--sequences", "8"]
     assert cli.main(args + ["--loss-sequences", "4", "--device", "cpu"]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def tc_index(tiny_index, tc_dir, tmp_path_factory):
-    db = tmp_path_factory.mktemp("tc-index") / "index.db"
-    cfg = replace(
-        tiny_index.config, db=str(db), name="tinytc", layers=(1,), transcoders=(str(tc_dir),)
-    )
-    report = build_index(cfg)
-    assert report.sources == ["1-mlp", *SOURCES]
-    return cfg
+    db = str(tmp_path_factory.mktemp("tc-index") / "index.db")
+    return replace(tiny_index.config, db=index_tiny_set(tiny_index, tc_dir, db, "tinytc"))
 
 
 def hand_latents(tc, x: torch.Tensor) -> torch.Tensor:

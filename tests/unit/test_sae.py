@@ -16,8 +16,8 @@ from sae_weights import random_sae_tensors
 from safetensors.torch import load_file, save_file
 
 from spyglass.sae import (
-    SAE_ARCHITECTURES,
     ENCODE_ROWS,
+    SAE_ARCHITECTURES,
     Sae,
     SaeConfig,
     SaeLoadError,
