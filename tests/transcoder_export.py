@@ -3,7 +3,7 @@ latents, circuit-tracer's layout) beside layer 1's MLP, explained, with a person
 on a transcoder latent, and exported in Neuronpedia's layout.
 
 Shared by ``tests/integration/test_neuronpedia_transcoders.py`` and the postgres tier's
-``test_neuronpedia_transcoders.py``; importable as ``transcoder_export`` because pytest
+``test_postgres_neuronpedia_transcoders.py``; importable as ``transcoder_export`` because pytest
 puts ``tests/`` on sys.path."""
 
 from __future__ import annotations
