@@ -20,8 +20,13 @@ from spyglass.transcoders import load_transcoders_for_model
 
 pytestmark = pytest.mark.slow
 SHIPPED = Path(__file__).resolve().parents[2] / "saes" / "embedded-transcoders-topk-skip-768"
+shipped = pytest.mark.skipif(
+    not (SHIPPED / "config.yaml").is_file(),
+    reason="the transcoder set is not in the repository yet (issue 28: training in progress)",
+)
 
 
+@shipped
 def test_the_shipped_set_is_circuit_tracers_transcoder_on_the_embedded_model():
     cfg = yaml.safe_load((SHIPPED / "config.yaml").read_text())
     assert cfg["model_kind"] == "transcoder_set"
@@ -55,6 +60,7 @@ def test_the_shipped_set_is_circuit_tracers_transcoder_on_the_embedded_model():
         assert fvu < 0.6, f"layer {layer} predicts its MLP's output (FVU {fvu:.3f})"
 
 
+@shipped
 def test_the_shipped_set_fits_its_budget_and_meets_its_targets():
     size = sum(p.stat().st_size for p in SHIPPED.iterdir() if p.is_file())
     assert size <= 80 * 2**20
