@@ -45,8 +45,8 @@ def test_a_transcoder_source_and_latent_in_the_browser(page, base_url, dialogs, 
     assert page.locator("h1").inner_text() == f"{source} · latent {n}"
     assert "W_dec row @ W_U" in page.content()
     # Plotly drew the activation histogram and the logit effect.
-    page.wait_for_selector("#activation-plot .bars path")
-    page.wait_for_selector("#logit-plot .bars path")
+    page.wait_for_selector("#activation-plot .bars path", state="attached")
+    page.wait_for_selector("#logit-plot .bars path", state="attached")
     data = get_json(f"{base_url}/{SLUG}/{source}/{n}.json")
     assert data["kind"] == "transcoder"
     assert page.locator("#activation-plot .bars .point").count() == len(data["histogram"]["y"])
