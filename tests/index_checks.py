@@ -323,3 +323,26 @@ def copy_index(db: str, folder) -> str:
     with sqlite3.connect(db) as src, sqlite3.connect(out) as dst:
         src.backup(dst)
     return str(out)
+
+
+def check_latent_correlations(stored: StoredIndex, layer: int, latents: torch.Tensor) -> None:
+    """Every latent's mean and its correlated neighbours (values and order) against Pearson
+    by brute force over ``latents`` [S, T, U] (latents use every token past position 0;
+    NaN marks padding)."""
+    import pytest
+
+    n = latents.shape[-1]
+    x = latents[:, 1:, :].reshape(-1, n).double()
+    x = x[~x.isnan().any(1)]  # real tokens only
+    corr = torch.corrcoef(x.t())
+    means = torch.tensor([stored.units[layer][u].stats.mean for u in range(n)], dtype=torch.float64)
+    torch.testing.assert_close(means, x.mean(0), rtol=1e-5, atol=1e-7)  # every token: exact
+    for unit in range(n):
+        stats = stored.units[layer][unit].stats
+        assert stats.correlation_tokens == x.shape[0]
+        row = corr[unit].clone()
+        row[unit] = float("nan")
+        expect = sorted((v for v in row.tolist() if v == v), reverse=True)[:10]
+        assert [r for _, r in stats.correlated] == pytest.approx(expect, abs=1e-3)
+        for j, r in stats.correlated:
+            assert corr[unit, j].item() == pytest.approx(r, abs=1e-3)

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from index_checks import (
     assert_top,
     check_example_windows,
+    check_latent_correlations,
     check_layer_statistics,
     fresh_hooked,
     fresh_run,
@@ -83,20 +84,7 @@ def test_latent_statistics_equal_brute_force(sae_index, sae_dir, tiny_model_dir)
         )  # fmt: skip
     assert sum(len(e) for e in stored.examples[0]) > 32  # latents do fire
     # Latent correlations use every token (position 0 aside): Pearson by brute force.
-    x = latents[:, 1:, :].reshape(-1, 32).double()
-    x = x[~x.isnan().any(1)]  # real tokens only
-    corr = torch.corrcoef(x.t())
-    means = torch.tensor([stored.units[0][u].stats.mean for u in range(32)], dtype=torch.float64)
-    torch.testing.assert_close(means, x.mean(0), rtol=1e-5, atol=1e-7)  # every token: exact
-    for unit in range(32):
-        stats = stored.units[0][unit].stats
-        assert stats.correlation_tokens == x.shape[0]
-        row = corr[unit].clone()
-        row[unit] = float("nan")
-        expect = sorted((v for v in row.tolist() if v == v), reverse=True)[:10]
-        assert [r for _, r in stats.correlated] == pytest.approx(expect, abs=1e-3)
-        for j, r in stats.correlated:
-            assert corr[unit, j].item() == pytest.approx(r, abs=1e-3)
+    check_latent_correlations(stored, 0, latents)
 
 
 @pytest.fixture(scope="module")

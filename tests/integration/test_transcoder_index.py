@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from index_checks import (
     assert_top,
     check_example_windows,
+    check_latent_correlations,
     check_layer_statistics,
     fresh_hooked,
     fresh_run,
@@ -107,16 +108,7 @@ def test_transcoder_statistics_equal_brute_force(tc_index, tc_dir, tiny_model_di
                 checked += 1
     assert checked > 24
     # Latent correlations use every token (position 0 aside): Pearson by brute force.
-    x = latents[:, 1:, :].reshape(-1, 24).double()
-    x = x[~x.isnan().any(1)]
-    corr = torch.corrcoef(x.t())
-    means = torch.tensor([stored.units[0][u].stats.mean for u in range(24)], dtype=torch.float64)
-    torch.testing.assert_close(means, x.mean(0), rtol=1e-5, atol=1e-7)
-    for unit in range(24):
-        stats = stored.units[0][unit].stats
-        assert stats.correlation_tokens == x.shape[0]
-        for j, r in stats.correlated:
-            assert corr[unit, j].item() == pytest.approx(r, abs=1e-3)
+    check_latent_correlations(stored, 0, latents)
 
 
 @pytest.fixture(scope="module")
