@@ -150,35 +150,60 @@ def _run_index(cfg, *, ray: str | None = None, workers: int = 1, unit_shards: in
         print(line)
 
 
+TRAINING_FIELDS = (
+    "model", "corpus", "out", "d_sae", "k", "tokens", "holdout_sequences", "batch_tokens", "lr",
+    "seq_len", "seed", "checkpoint_every", "device",
+)  # fmt: skip
+"""The settings train-sae and train-transcoders share, by their config's field names."""
+
+
+def add_training_args(p: argparse.ArgumentParser, d) -> None:
+    """The arguments of ``TRAINING_FIELDS``, defaults from the config ``d``."""
+    p.add_argument("--model", default=d.model, help="model spec, as for index")
+    p.add_argument("--corpus", default=d.corpus, help="corpus spec, as for index")
+    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
+    p.add_argument("--d-sae", type=int, default=d.d_sae, help=f"latents (default {d.d_sae})")
+    p.add_argument("--k", type=int, default=d.k, help=f"active latents per token ({d.k})")
+    p.add_argument("--tokens", type=int, default=d.tokens, help=f"training tokens ({d.tokens})")
+    p.add_argument(
+        "--holdout-sequences",
+        type=int,
+        default=d.holdout_sequences,
+        help=f"first corpus sequences kept out for evaluation ({d.holdout_sequences})",
+    )
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per step")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr})")
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+
+
+def training_settings(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in TRAINING_FIELDS}
+
+
+def check_training(cfg, *, topk: bool = True) -> None:
+    """One-line errors for sizes a training run cannot use."""
+    if min(cfg.d_sae, cfg.k, cfg.tokens, cfg.batch_tokens, cfg.checkpoint_every) < 1:
+        raise CliError(
+            "--d-sae, --k, --tokens, --batch-tokens and --checkpoint-every must be positive"
+        )
+    if topk and cfg.k > cfg.d_sae:
+        raise CliError(f"--k {cfg.k} exceeds --d-sae {cfg.d_sae}")
+    if cfg.tokens < cfg.batch_tokens:
+        raise CliError(f"--tokens must be at least one step ({cfg.batch_tokens} tokens)")
+    if not cfg.lr > 0:
+        raise CliError("--lr must be positive")
+
+
 def cmd_train_sae(args: argparse.Namespace) -> int:
     from indexer.corpus import CorpusError
     from indexer.sae_training import TrainConfig, train_sae, write_trained_sae
     from spyglass.model import ModelLoadError
 
-    cfg = TrainConfig(
-        model=args.model,
-        corpus=args.corpus,
-        hook=args.hook,
-        out=args.out,
-        d_sae=args.d_sae,
-        k=args.k,
-        tokens=args.tokens,
-        holdout_sequences=args.holdout_sequences,
-        batch_tokens=args.batch_tokens,
-        lr=args.lr,
-        seq_len=args.seq_len,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        device=args.device,
-    )
-    if min(cfg.d_sae, cfg.k, cfg.tokens, cfg.batch_tokens, cfg.checkpoint_every) < 1:
-        raise CliError(
-            "--d-sae, --k, --tokens, --batch-tokens and --checkpoint-every must be positive"
-        )
-    if cfg.k > cfg.d_sae:
-        raise CliError(f"--k {cfg.k} exceeds --d-sae {cfg.d_sae}")
-    if cfg.tokens < cfg.batch_tokens:
-        raise CliError(f"--tokens must be at least one step ({cfg.batch_tokens} tokens)")
+    cfg = TrainConfig(hook=args.hook, **training_settings(args))
+    check_training(cfg)
     try:
         metrics = train_sae(cfg)
     except (ModelLoadError, CorpusError, ValueError) as exc:

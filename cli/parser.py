@@ -10,6 +10,7 @@ from cli import labels, transcoders
 from cli.commands import (
     DEMO_TOKENS,
     CliError,
+    add_training_args,
     cmd_eval_sae,
     cmd_explain,
     cmd_export,
@@ -327,25 +328,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     from indexer.sae_training import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--model", default=d.model, help="model spec, as for index")
-    p.add_argument("--corpus", default=d.corpus, help="corpus spec, as for index")
+    add_training_args(p, d)
     p.add_argument("--hook", default=d.hook, help=f"hook point (default {d.hook})")
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument("--d-sae", type=int, default=d.d_sae, help=f"latents (default {d.d_sae})")
-    p.add_argument("--k", type=int, default=d.k, help=f"active latents per token ({d.k})")
-    p.add_argument("--tokens", type=int, default=d.tokens, help=f"training tokens ({d.tokens})")
-    p.add_argument(
-        "--holdout-sequences",
-        type=int,
-        default=d.holdout_sequences,
-        help=f"first corpus sequences kept out for evaluation ({d.holdout_sequences})",
-    )
-    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per step")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr})")
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli.commands import CliError
+from cli.commands import CliError, add_training_args, check_training, training_settings
 
 
 def parse_layers(text: str | None, flag: str = "--layers") -> tuple[int, ...] | None:
@@ -38,34 +38,15 @@ def cmd_train_transcoders(args: argparse.Namespace) -> int:
     from spyglass.model import ModelLoadError
 
     cfg = TranscoderTrainConfig(
-        model=args.model,
-        corpus=args.corpus,
         layers=parse_layers(args.layers),
-        out=args.out,
-        d_sae=args.d_sae,
         activation=args.activation,
-        k=args.k,
         l0_coef=args.l0_coef,
         skip=args.skip,
-        tokens=args.tokens,
-        holdout_sequences=args.holdout_sequences,
-        batch_tokens=args.batch_tokens,
-        lr=args.lr,
-        seq_len=args.seq_len,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        device=args.device,
+        **training_settings(args),
     )
-    if min(cfg.d_sae, cfg.k, cfg.tokens, cfg.batch_tokens, cfg.checkpoint_every) < 1:
-        raise CliError(
-            "--d-sae, --k, --tokens, --batch-tokens and --checkpoint-every must be positive"
-        )
-    if cfg.activation == "topk" and cfg.k > cfg.d_sae:
-        raise CliError(f"--k {cfg.k} exceeds --d-sae {cfg.d_sae}")
-    if cfg.tokens < cfg.batch_tokens:
-        raise CliError(f"--tokens must be at least one step ({cfg.batch_tokens} tokens)")
-    if not cfg.lr > 0 or cfg.l0_coef < 0:
-        raise CliError("--lr must be positive and --l0-coef not negative")
+    check_training(cfg, topk=cfg.activation == "topk")
+    if cfg.l0_coef < 0:
+        raise CliError("--l0-coef must not be negative")
     try:
         trainer = TranscoderTrainer(cfg)
         metrics = trainer.run()
@@ -166,35 +147,18 @@ def add_parsers(sub) -> None:
         "layer_<i>.safetensors) or SAELens's (layer_<i>/cfg.json + sae_weights.safetensors), "
         "with metrics.json. Run the same command again to resume from the last checkpoint.",
     )
-    t.add_argument("--model", default=d.model, help="model spec, as for index")
-    t.add_argument("--corpus", default=d.corpus, help="corpus spec, as for index")
+    add_training_args(t, d)
     t.add_argument("--layers", help="MLP layers, e.g. 0,3,5-7 (default: every layer)")
-    t.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    t.add_argument("--d-sae", type=int, default=d.d_sae, help=f"latents per layer ({d.d_sae})")
     t.add_argument("--activation", choices=ACTIVATIONS, default=d.activation, help="(topk)")
-    t.add_argument("--k", type=int, default=d.k, help=f"active latents per token, topk ({d.k})")
     t.add_argument(
         "--l0-coef", type=float, default=d.l0_coef, help=f"L0 penalty, jumprelu ({d.l0_coef})"
     )
     t.add_argument("--skip", action="store_true", help="add a linear skip connection W_skip")
-    t.add_argument("--tokens", type=int, default=d.tokens, help=f"training tokens ({d.tokens})")
-    t.add_argument(
-        "--holdout-sequences",
-        type=int,
-        default=d.holdout_sequences,
-        help=f"first corpus sequences kept out for evaluation ({d.holdout_sequences})",
-    )
-    t.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per step")
-    t.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr})")
-    t.add_argument("--seq-len", type=int, default=d.seq_len)
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
     t.add_argument("--format", choices=LAYOUTS, default=CIRCUIT_TRACER, help="layout written")
     t.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
         help="weights' dtype on disk (float32)",
     )  # fmt: skip
-    t.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     t.set_defaults(func=cmd_train_transcoders)
 
     e = sub.add_parser(
