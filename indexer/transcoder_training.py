@@ -101,14 +101,8 @@ class _Jump(torch.autograd.Function):
     def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
         near = ((pre - threshold).abs() < JUMP_BANDWIDTH / 2).to(pre.dtype)
-        g = -(grad * near / JUMP_BANDWIDTH)
-        return None, _sum_to(g, threshold.shape)
-
-
-def _sum_to(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    while g.dim() > len(shape):
-        g = g.sum(1) if len(shape) == 2 else g.sum(0)
-    return g
+        # [n, b, d_sae]; autograd sums it over the batch to the threshold's [n, 1, d_sae].
+        return None, -(grad * near / JUMP_BANDWIDTH)
 
 
 class TranscoderStack(torch.nn.Module):
