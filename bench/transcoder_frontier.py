@@ -21,12 +21,8 @@ import time
 import torch
 
 from indexer.corpus import iter_sequences
-from indexer.transcoder_training import (
-    TranscoderStack,
-    TranscoderTrainConfig,
-    _least_squares,
-    fvu_per_layer,
-)
+from indexer.transcoder_stack import TranscoderStack, fvu_per_layer, least_squares
+from indexer.transcoder_training import TranscoderTrainConfig
 from spyglass.model import load_model
 from spyglass.sources import typical_rows
 from spyglass.transcoders import input_hook, output_hook
@@ -63,9 +59,7 @@ def run(x, y, width: int, k: int, skip: bool, steps: int, lr: float = 1e-3) -> d
         y0 = y_train[:, first] * s_out
         net.b_dec.copy_(y0.mean(1))
         if skip:
-            net.W_skip.copy_(
-                _least_squares(x_train[:, first] * s_in, y0 - y0.mean(1, keepdim=True))
-            )
+            net.W_skip.copy_(least_squares(x_train[:, first] * s_in, y0 - y0.mean(1, keepdim=True)))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     last = torch.zeros(n, width, dtype=torch.long)
     tokens, at, started = 0, 0, time.perf_counter()
