@@ -9,6 +9,7 @@ server binaries fail the tier with the command that installs them: it never skip
 from __future__ import annotations
 
 import grp
+import itertools
 import os
 import pwd
 import re
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 BINARIES = ("initdb", "pg_ctl", "postgres")
@@ -164,3 +166,72 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         server.run("pg_ctl", "-D", str(server.data), "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+MIGRATIONS = Path(__file__).parent / "neuronpedia_migrations"
+TEMPLATE = "neuronpedia_template"
+_names = itertools.count()
+
+
+def migrations_sql() -> list[tuple[str, str]]:
+    """Each of Neuronpedia's migrations, name and SQL, in Prisma's order, with pgvector's
+    two uses made the stand-in's: Debian 12 has no pgvector for its PostgreSQL 15, so
+    ``vector`` is a domain over ``real[]``, the extension statement is left out and
+    ``vector(256)`` reads ``vector``. Both rewrites are counted, so a new use of pgvector
+    fails loudly rather than being rewritten blind. The two columns are
+    ``Explanation.embedding`` and ``Sample.conversationEmbedding``, which no Spyglass
+    record (nor Neuronpedia's importer) writes."""
+    out, extension, typed = [], 0, 0
+    for folder in sorted(p for p in MIGRATIONS.iterdir() if p.is_dir()):
+        text = (folder / "migration.sql").read_text()
+        text, n = re.subn(r'CREATE EXTENSION IF NOT EXISTS "vector";', "", text)
+        extension += n
+        text, n = re.subn(r"\bvector\(256\)", "vector", text)
+        typed += n
+        out.append((folder.name, text))
+    assert (extension, typed) == (1, 2), "Neuronpedia's migrations use pgvector anew"
+    return out
+
+
+def _connect(server: PostgresServer, database: str) -> psycopg.Connection:
+    # autocommit: each of the import's steps is its own statement, as in Neuronpedia.
+    return psycopg.connect(
+        host="127.0.0.1", port=server.port, user="postgres", dbname=database, autocommit=True
+    )
+
+
+@pytest.fixture(scope="session")
+def neuronpedia(postgres_server):
+    """A template database holding Neuronpedia's schema (its migrations, vendored
+    unchanged) and its seeded bot user, made once per session; returns a function that
+    makes a fresh copy and returns a connection to it."""
+    from indexer.neuronpedia.records import BOT
+
+    postgres_server.create_database(TEMPLATE)
+    with _connect(postgres_server, TEMPLATE) as conn:
+        conn.execute("CREATE DOMAIN vector AS real[]")
+        for name, text in migrations_sql():
+            try:
+                conn.execute(text)
+            except psycopg.Error as exc:
+                raise AssertionError(f"migration {name}: {exc}") from exc
+        # prisma/seed.ts: the bot user every export's creatorId names.
+        conn.execute(
+            'INSERT INTO "User" (id, name, bot, admin, "emailUnsubscribeCode", '
+            '"emailNewsletterNotification", "emailUnsubscribeAll") '
+            "VALUES (%s, 'bot', true, true, 'seeded', false, true)",
+            (BOT,),
+        )
+    opened = []
+
+    def fresh() -> psycopg.Connection:
+        name = f"neuronpedia_{next(_names)}"
+        with _connect(postgres_server, "postgres") as admin:
+            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+        conn = _connect(postgres_server, name)
+        opened.append(conn)
+        return conn
+
+    yield fresh
+    for conn in opened:
+        conn.close()

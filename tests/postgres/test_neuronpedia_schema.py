@@ -9,21 +9,12 @@ the export with one thing broken (a required key dropped, a type changed, a refe
 nothing, a config file deleted, an empty batch file, Spyglass's folder back where
 Neuronpedia lists sources) fails to load.
 
-pgvector. Neuronpedia's first migration runs ``CREATE EXTENSION "vector"`` and two tables
-have a ``vector(256)`` column. Debian 12 has no pgvector package for its PostgreSQL 15
-(``apt-cache search pgvector`` finds none), so before the migrations run, ``vector`` is a
-domain over ``real[]``, the extension statement is left out and ``vector(256)`` reads
-``vector`` (both rewrites counted, so a new use of pgvector fails the test loudly rather
-than being rewritten blind). That leaves the check of Spyglass's records whole: the two
-columns are ``Explanation.embedding`` and ``Sample.conversationEmbedding``,
-which no Spyglass record (nor Neuronpedia's importer) writes; every column a record does
-write has the type Neuronpedia's migrations give it.
+The template database (and how it stands in for pgvector) is ``conftest.neuronpedia``.
 """
 
 from __future__ import annotations
 
 import gzip
-import itertools
 import json
 import re
 import shutil
@@ -40,72 +31,13 @@ from neuronpedia_load import (
 
 from indexer.explain import run
 from indexer.neuronpedia.export import export_index, side_folder
-from indexer.neuronpedia.records import BOT, CONFIG_FILES
+from indexer.neuronpedia.records import CONFIG_FILES
 from indexer.pipeline import build_index
 from spyglass import storage
 
 pytestmark = pytest.mark.postgres
 
-MIGRATIONS = Path(__file__).parent / "neuronpedia_migrations"
 SLUG = "npschema"
-TEMPLATE = "neuronpedia_template"
-_names = itertools.count()
-
-
-def migrations_sql() -> list[tuple[str, str]]:
-    """Each migration's name and SQL, in Prisma's order, with pgvector's two uses made
-    the stand-in's (see the module's docstring)."""
-    out, extension, typed = [], 0, 0
-    for folder in sorted(p for p in MIGRATIONS.iterdir() if p.is_dir()):
-        text = (folder / "migration.sql").read_text()
-        text, n = re.subn(r'CREATE EXTENSION IF NOT EXISTS "vector";', "", text)
-        extension += n
-        text, n = re.subn(r"\bvector\(256\)", "vector", text)
-        typed += n
-        out.append((folder.name, text))
-    assert (extension, typed) == (1, 2), "Neuronpedia's migrations use pgvector anew"
-    return out
-
-
-@pytest.fixture(scope="module")
-def neuronpedia(postgres_server):
-    """A template database holding Neuronpedia's schema and its seeded bot user; returns
-    a function that makes a fresh copy and returns a connection to it."""
-    postgres_server.create_database(TEMPLATE)
-    with _connect(postgres_server, TEMPLATE) as conn:
-        conn.execute("CREATE DOMAIN vector AS real[]")
-        for name, text in migrations_sql():
-            try:
-                conn.execute(text)
-            except psycopg.Error as exc:
-                raise AssertionError(f"migration {name}: {exc}") from exc
-        # prisma/seed.ts: the bot user every export's creatorId names.
-        conn.execute(
-            'INSERT INTO "User" (id, name, bot, admin, "emailUnsubscribeCode", '
-            '"emailNewsletterNotification", "emailUnsubscribeAll") '
-            "VALUES (%s, 'bot', true, true, 'seeded', false, true)",
-            (BOT,),
-        )
-    opened = []
-
-    def fresh() -> psycopg.Connection:
-        name = f"neuronpedia_{next(_names)}"
-        with _connect(postgres_server, "postgres") as admin:
-            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
-        conn = _connect(postgres_server, name)
-        opened.append(conn)
-        return conn
-
-    yield fresh
-    for conn in opened:
-        conn.close()
-
-
-def _connect(server, database: str) -> psycopg.Connection:
-    # autocommit: each of the import's steps is its own statement, as in Neuronpedia.
-    return psycopg.connect(
-        host="127.0.0.1", port=server.port, user="postgres", dbname=database, autocommit=True
-    )
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import json
 
 import pytest
 from neuronpedia_load import import_all, list_models_and_sources
-from test_neuronpedia_schema import neuronpedia  # noqa: F401  (the fixture)
 from transcoder_export import SET, SOURCES, export_transcoder_index
 
 pytestmark = pytest.mark.postgres
@@ -32,7 +31,7 @@ def _count(root, kind: str) -> int:
     return total
 
 
-def test_a_transcoder_export_loads_with_neuronpedias_import(export, neuronpedia):  # noqa: F811
+def test_a_transcoder_export_loads_with_neuronpedias_import(export, neuronpedia):
     assert list_models_and_sources(export) == {SLUG: sorted(["1-mlp", *SOURCES])}
     conn = neuronpedia()
     import_all(conn, export)
