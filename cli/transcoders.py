@@ -42,11 +42,14 @@ def cmd_train_transcoders(args: argparse.Namespace) -> int:
         activation=args.activation,
         l0_coef=args.l0_coef,
         skip=args.skip,
+        lr_decay=args.lr_decay,
         **training_settings(args),
     )
     check_training(cfg, topk=cfg.activation == "topk")
     if cfg.l0_coef < 0:
         raise CliError("--l0-coef must not be negative")
+    if not 0 <= cfg.lr_decay <= 1:
+        raise CliError("--lr-decay must be between 0 and 1")
     try:
         trainer = TranscoderTrainer(cfg)
         metrics = trainer.run()
@@ -153,6 +156,10 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--l0-coef", type=float, default=d.l0_coef, help=f"L0 penalty, jumprelu ({d.l0_coef})"
     )
+    t.add_argument(
+        "--lr-decay", type=float, default=d.lr_decay,
+        help=f"final share of the steps over which the learning rate falls to 0 ({d.lr_decay})",
+    )  # fmt: skip
     t.add_argument("--skip", action="store_true", help="add a linear skip connection W_skip")
     t.add_argument("--format", choices=LAYOUTS, default=CIRCUIT_TRACER, help="layout written")
     t.add_argument(

@@ -42,7 +42,9 @@ class TranscoderEvalConfig:
     max_norm_ratio: float = MAX_NORM_RATIO
 
 
-class _LayerSums:
+class LayerSums:
+    """One layer's running sums over held-out rows: reconstruction and spliced losses."""
+
     def __init__(self, d_sae: int):
         self.tokens = 0
         self.outliers = 0
@@ -53,6 +55,39 @@ class _LayerSums:
         self.fires = torch.zeros(d_sae, dtype=torch.long)
         self.loss = 0.0
         self.kl = 0.0
+
+    def add(self, tc: Sae, x: torch.Tensor, y: torch.Tensor, max_norm_ratio: float) -> None:
+        """Rows x [rows, d_in], y [rows, d_out]; those whose output is a massive activation
+        are counted and left out."""
+        x, y = x.float(), y.float()
+        keep = typical_rows(y, max_norm_ratio)
+        self.outliers += int((~keep).sum())
+        x, y = x[keep], y[keep]
+        with torch.inference_mode():
+            f = tc.encode(x)
+            y_hat = tc.decode(f, x).float()
+        active = f != 0
+        self.tokens += x.shape[0]
+        self.l0 += float(active.sum())
+        self.fires += active.sum(0).cpu()
+        self.err += float((y - y_hat).pow(2).sum())
+        self.sq += float(y.pow(2).sum())
+        row_sum = y.sum(0).double().cpu()
+        self.total = row_sum if self.total is None else self.total + row_sum
+
+    def reconstruction(self) -> dict:
+        """FVU (against the rows' own mean), L0, and the dead and dense shares."""
+        mean = self.total / self.tokens
+        variance = self.sq - self.tokens * float(mean.pow(2).sum())
+        density = self.fires.double() / self.tokens
+        return {
+            "tokens": self.tokens,
+            "outliers_left_out": self.outliers,
+            "fvu": self.err / variance,
+            "l0": self.l0 / self.tokens,
+            "dead_fraction": float((density == 0).double().mean()),
+            "dense_fraction": float((density > DENSE_ABOVE).double().mean()),
+        }
 
 
 def _replace_from_1(act: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -66,7 +101,7 @@ def evaluate_transcoders(
 ) -> dict:
     """Per-layer metrics and the all-layers splice, as one JSON-able dict."""
     layers = sorted(transcoders)
-    sums = {layer: _LayerSums(transcoders[layer].cfg.d_sae) for layer in layers}
+    sums = {layer: LayerSums(transcoders[layer].cfg.d_sae) for layer in layers}
     all_loss = all_kl = clean_loss = 0.0
     loss_tokens = 0
     seqs = iter_sequences(
@@ -82,7 +117,10 @@ def evaluate_transcoders(
         done += len(batch)
         acts, clean = _clean_run(model, tokens, transcoders, with_loss)
         for layer in layers:
-            _add_reconstruction(sums[layer], transcoders[layer], acts, layer, cfg)
+            tc = transcoders[layer]
+            x = acts[tc.cfg.hook_name][:, 1:].reshape(-1, tc.cfg.d_in)
+            y = acts[tc.cfg.hook_name_out][:, 1:].reshape(-1, tc.cfg.width_out)
+            sums[layer].add(tc, x, y, cfg.max_norm_ratio)
         if not with_loss:
             continue
         n = tokens_l.shape[0]
@@ -103,16 +141,7 @@ def evaluate_transcoders(
     per_layer = {}
     for layer in layers:
         s = sums[layer]
-        mean = s.total / s.tokens
-        variance = s.sq - s.tokens * float(mean.pow(2).sum())
-        density = s.fires.double() / s.tokens
-        per_layer[str(layer)] = {
-            "tokens": s.tokens,
-            "outliers_left_out": s.outliers,
-            "fvu": s.err / variance,
-            "l0": s.l0 / s.tokens,
-            "dead_fraction": float((density == 0).double().mean()),
-            "dense_fraction": float((density > DENSE_ABOVE).double().mean()),
+        per_layer[str(layer)] = s.reconstruction() | {
             "delta_ce": s.loss / loss_tokens - clean_mean,
             "kl": s.kl / loss_tokens,
         }
@@ -145,25 +174,6 @@ def _clean_run(model: Model, tokens, transcoders: dict[int, Sae], with_logits: b
         return acts, None
     clean = model.edited_log_probs(tokens, [(n, keep) for n in sorted(names)])
     return acts, clean
-
-
-def _add_reconstruction(s: _LayerSums, tc: Sae, acts, layer: int, cfg) -> None:
-    x = acts[tc.cfg.hook_name][:, 1:].reshape(-1, tc.cfg.d_in).float()
-    y = acts[tc.cfg.hook_name_out][:, 1:].reshape(-1, tc.cfg.width_out).float()
-    keep = typical_rows(y, cfg.max_norm_ratio)
-    s.outliers += int((~keep).sum())
-    x, y = x[keep], y[keep]
-    with torch.inference_mode():
-        f = tc.encode(x)
-        y_hat = tc.decode(f, x).float()
-    active = f != 0
-    s.tokens += x.shape[0]
-    s.l0 += float(active.sum())
-    s.fires += active.sum(0).cpu()
-    s.err += float((y - y_hat).pow(2).sum())
-    s.sq += float(y.pow(2).sum())
-    row_sum = y.sum(0).double().cpu()
-    s.total = row_sum if s.total is None else s.total + row_sum
 
 
 def _prediction(tc: Sae, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ at the output's mean, AuxK for dead latents), with what a transcoder adds:
   the scales are folded into the written weights, which read and write raw activations;
 - ``skip``: a linear ``W_skip`` from input to output beside the latents (Paulo et al.
   2025), started at the least-squares fit on the first buffer;
+- the learning rate falls linearly to zero over the last ``lr_decay`` of the steps;
 - ``jumprelu``: a per-latent threshold trained with straight-through pseudo-derivatives
   and an L0 penalty (Rajamanoharan et al. 2024) instead of TopK.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,6 +73,8 @@ class TranscoderTrainConfig:
     batch_tokens: int = 4096
     """About this many activations per optimiser step (each buffer is split evenly)."""
     lr: float = 1e-3
+    lr_decay: float = 0.2
+    """Final share of the steps over which the learning rate falls linearly to zero."""
     aux_k: int = 256
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 500_000
@@ -164,14 +168,7 @@ class TranscoderTrainer:
                 buffer = self._buffer()
                 if buffer is None:
                     break
-                xs, ys = buffer
-                if self.scale_in[0] == 0:  # first buffer of a fresh run
-                    self._start(xs, ys)
-                n_batches = max(1, round(xs.shape[1] / cfg.batch_tokens))
-                for x, y in zip(
-                    xs.tensor_split(n_batches, 1), ys.tensor_split(n_batches, 1), strict=True
-                ):
-                    self._step(x * self.scale_in.view(-1, 1, 1), y * self.scale_out.view(-1, 1, 1))
+                for _ in self.steps(*buffer):
                     since_ckpt += 1
                     bar.update(1)
                     bar.set_postfix(
@@ -204,6 +201,27 @@ class TranscoderTrainer:
             },
             "config": asdict(cfg),
         }
+
+    def lr_at(self, tokens: int) -> float:
+        """The learning rate after ``tokens`` training tokens: ``lr``, then a linear fall
+        to zero over the last ``lr_decay`` share of ``cfg.tokens``."""
+        decay = self.cfg.lr_decay * self.cfg.tokens
+        if decay <= 0:
+            return self.cfg.lr
+        return self.cfg.lr * min(1.0, max(0.0, (self.cfg.tokens - tokens) / decay))
+
+    def steps(self, xs: torch.Tensor, ys: torch.Tensor) -> Iterator[None]:
+        """Optimiser steps on one buffer of raw rows, x [n, rows, d_in] and y [n, rows,
+        d_out], split evenly into about ``batch_tokens`` rows each; yields after each. The
+        first buffer of a fresh run sets the scales, ``b_dec`` and ``W_skip``."""
+        xs, ys = xs.float(), ys.float()
+        if self.scale_in[0] == 0:
+            self._start(xs, ys)
+        n_batches = max(1, round(xs.shape[1] / self.cfg.batch_tokens))
+        a, c = self.scale_in.view(-1, 1, 1), self.scale_out.view(-1, 1, 1)
+        for x, y in zip(xs.tensor_split(n_batches, 1), ys.tensor_split(n_batches, 1), strict=True):
+            self._step(x * a, y * c)
+            yield
 
     def dead(self) -> torch.Tensor:
         """[n] share of each layer's latents that have not fired for dead_after_tokens."""
@@ -250,6 +268,8 @@ class TranscoderTrainer:
             loss = fvu.sum() + cfg.l0_coef * l0.sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(state.tokens)
         self.opt.step()
         net.normalise_decoder()
         state.step += 1

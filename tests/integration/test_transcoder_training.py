@@ -4,6 +4,7 @@ a run resumes exactly, and the commands fail in one line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 
@@ -125,7 +126,19 @@ def test_the_written_weights_are_the_trained_ones_unscaled(model, tiny_corpus_di
 def test_an_interrupted_run_resumes_to_the_same_weights(model, tiny_corpus_dir, tmp_path):
     whole, _ = train(config(tiny_corpus_dir, tmp_path / "whole"), model)
     cut = config(tiny_corpus_dir, tmp_path / "cut")
-    train(replace(cut, tokens=60 * 13), model)  # stops at a buffer boundary past 780 tokens
+    killed = TranscoderTrainer(cut, model)
+    buffers = itertools.count()
+    real_buffer = killed._buffer
+
+    def dies_at_the_seventh():  # as kill -9 would, mid-run, past a few checkpoints
+        if next(buffers) == 6:
+            raise KeyboardInterrupt
+        return real_buffer()
+
+    killed._buffer = dies_at_the_seventh
+    with pytest.raises(KeyboardInterrupt):
+        killed.run(progress=False)
+    assert 0 < killed.state.step < whole.state.step
     resumed, metrics = train(cut, model)
     assert metrics["steps"] == whole.state.step
     # Exact by construction: the checkpoint holds the weights, the optimiser and the
@@ -133,6 +146,20 @@ def test_an_interrupted_run_resumes_to_the_same_weights(model, tiny_corpus_dir, 
     for a, b in zip(whole.folded(), resumed.folded(), strict=True):
         for name in a:
             assert torch.equal(a[name], b[name]), name
+
+
+def test_the_learning_rate_falls_to_zero_over_the_last_share(model, tiny_corpus_dir, tmp_path):
+    cfg = config(tiny_corpus_dir, tmp_path / "lr", lr=1e-3, lr_decay=0.25, tokens=4000)
+    trainer = TranscoderTrainer(cfg, model)
+    assert [trainer.lr_at(t) for t in (0, 2999, 3000, 3500, 4000, 4100)] == pytest.approx(
+        [1e-3, 1e-3, 1e-3, 5e-4, 0, 0]
+    )
+    assert TranscoderTrainer(replace(cfg, out=str(tmp_path / "flat"), lr_decay=0), model).lr_at(
+        3999
+    ) == pytest.approx(1e-3)
+    trainer.run(progress=False)
+    last = trainer.opt.param_groups[0]["lr"]
+    assert last <= 1e-3 * 120 / 1000  # the last step's: within a buffer of the end
 
 
 def test_a_checkpoint_with_other_settings_is_refused(model, tiny_corpus_dir, tmp_path):
