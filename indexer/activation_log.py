@@ -2,7 +2,8 @@
 
 An SAE's latents fire on a few tokens each, yet the context windows of their kept
 examples (33 float32 values per top-k slot, 14 float16 per interval sample slot) were
-most of a wide SAE's state: 11.7 KB of 25.7 KB per latent. A sparse source therefore
+most of a wide SAE's state: 11.7 KB of 25.7 KB per latent. A sparse source (``keeps_log``:
+latents that fire on fewer than 1/64 of tokens) therefore
 keeps only the tokens of its examples during the pass, and appends every non-zero
 activation to a log; the write reads each kept example's window back from the log.
 
@@ -39,8 +40,28 @@ from indexer.batches import real_lengths
 from indexer.correlation import nonzero_rows
 from indexer.kernels import eligible_rows
 
+ASSUMED_L0 = 100
+"""Active latents per token assumed for an SAE that does not fix it (TopK's ``k`` does)."""
+
 FILES = {"seqs": np.int64, "counts": np.int32, "units": np.int32, "values": np.float32}
 """The log's files and their item types (``seqs`` holds two items per sequence)."""
+
+
+def expected_l0(src) -> int:
+    """Latents a source's latent is expected to share each token with: TopK's ``k``, else
+    ``ASSUMED_L0`` (at most its width)."""
+    if src.sae is not None and src.sae.cfg.k is not None:
+        return min(src.sae.cfg.k, src.n_units)
+    return min(ASSUMED_L0, src.n_units)
+
+
+def keeps_log(src, cfg) -> bool:
+    """Whether ``src`` is indexed sparse: a latent source whose latents are expected to
+    fire on fewer than ``cfg.log_below_density`` of tokens. The default, 1/64, is where
+    listing its non-zeros (8 bytes each, every token) would cost as much as a dense
+    source's sampled rows (4 bytes per unit per 32nd token); above it, the windows kept
+    in memory and the sampled correlations of neurons cost less than a log."""
+    return src.sae is not None and expected_l0(src) < cfg.log_below_density * src.n_units
 
 
 class ActivationLog:

@@ -45,9 +45,14 @@ class IndexConfig:
     interval_samples: int = 5
     """Samples per interval (10 equal intervals of (0, max]), drawn over the whole corpus."""
     correlation_rate: float = 1 / 32
-    """Share of tokens (a uniform sample, by token hash) the neuron correlations use, at
-    most ``correlation.DENSE_CAP`` of them; SAE latents, mostly zero, use every token (at
-    most ``correlation.SPARSE_CAP``)."""
+    """Share of tokens (a uniform sample, by token hash) a dense source's correlations use,
+    at most ``correlation.DENSE_CAP`` of them; a sparse source's use every token (at most
+    ``correlation.SPARSE_CAP``)."""
+    log_below_density: float = 1 / 64
+    """A latent source is indexed sparse (its activations logged to disk, its correlations
+    exact over every token) when its latents are expected to fire on fewer than this
+    share of tokens (``activation_log.keeps_log``); a denser one (a transcoder's 64 of
+    768) is indexed as neurons are."""
     text_field: str = "text"
     split: str = "train"
     device: str | None = None

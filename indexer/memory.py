@@ -6,13 +6,15 @@ The model (``docs/performance.md``, "Memory", checks it against measurements):
 - what is resident when the plan is made: the model, the SAEs' weights, the libraries
   (read from the OS, not estimated);
 - every unit's streamed state (``unit_state_bytes``): its top-k slots with their context
-  windows, and its interval counts and sample slots: a constant per unit. An SAE's
-  latents keep no windows: they are read back at write time from the source's
+  windows, and its interval counts and sample slots: a constant per unit. A sparse
+  source's latents (``activation_log.keeps_log``: an SAE's, firing on under 1/64 of
+  tokens) keep no windows: they are read back at write time from the source's
   activation log on disk (``log_bytes``), whose pages count while it is read;
-- each source's correlation tokens (``correlation_bytes``): neurons keep the sampled
-  tokens' activations (at most ``DENSE_CAP`` tokens), 4 bytes per neuron per sampled
-  token; SAE latents keep every token's non-zero activations (at most ``SPARSE_CAP``
-  tokens), 8 bytes each plus 16 per token;
+- each source's correlation tokens (``correlation_bytes``): a dense source (neurons, or
+  latents as dense as a transcoder's) keeps the sampled tokens' activations (at most
+  ``DENSE_CAP`` tokens), 4 bytes per unit per sampled token; a sparse one keeps every
+  token's non-zero activations (at most ``SPARSE_CAP`` tokens), 8 bytes each plus 16
+  per token;
 - the largest working set on top of that: a batch's activation block during the pass
   (an SAE's is encoded a few sequences at a time, at most ``BLOCK_BYTES``), or one
   ``WRITE_UNITS`` slice of rows, a correlation block and a cosine block while writing.
@@ -24,6 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.activation_log import expected_l0, keeps_log
 from indexer.config import Plan
 from indexer.correlation import DENSE_CAP, SPARSE_CAP
 from indexer.intervals import COUNT_BINS, SAMPLE_BINS
@@ -34,8 +37,6 @@ from spyglass.sources import BLOCK_BYTES, Source
 
 INTERVAL_WINDOW = 14
 """Positions in an interval sample's window (``StreamingIntervals``' 10 before, 3 after)."""
-ASSUMED_L0 = 100
-"""Active latents per token assumed for an SAE that does not fix it (TopK's ``k`` does)."""
 WRITE_BYTES_PER_UNIT = 96_000
 """Working bytes per unit of a ``WRITE_UNITS`` slice while it is written: its interval
 state copied, the intervals chosen, and its rows as Python objects."""
@@ -56,21 +57,15 @@ def unit_state_bytes(cfg, *, sparse: bool = False) -> int:
     return topk + counts + bins * 16 + samples + 9  # bars and slots, ceiling and flag
 
 
-def log_bytes(src: Source, n_tokens: int) -> int:
+def log_bytes(src: Source, cfg, n_tokens: int) -> int:
     """Disk bytes of a sparse source's activation log over ``n_tokens`` tokens
     (``indexer.activation_log``): 8 per non-zero, 4 per token (and 16 per sequence)."""
-    return 0 if src.sae is None else n_tokens * (4 + 8 * expected_l0(src))
-
-
-def expected_l0(src: Source) -> int:
-    if src.sae is not None and src.sae.cfg.k is not None:
-        return min(src.sae.cfg.k, src.n_units)
-    return min(ASSUMED_L0, src.n_units)
+    return n_tokens * (4 + 8 * expected_l0(src)) if keeps_log(src, cfg) else 0
 
 
 def correlation_bytes(src: Source, cfg, n_tokens: int) -> int:
     """Bytes of a source's correlation tokens over ``n_tokens`` tokens."""
-    if src.sae is None:
+    if not keeps_log(src, cfg):
         rows = min(int(cfg.correlation_rate * n_tokens), DENSE_CAP)
         return rows * (4 * src.n_units + 8)
     return min(n_tokens, SPARSE_CAP) * (16 + 8 * expected_l0(src))
@@ -145,7 +140,7 @@ def estimate(plan: Plan, n_tokens: int | None) -> MemoryEstimate:
     part = 1 / cfg.units[1]  # the share of every source's units this run takes
     for src in plan.sources:
         corr = int(correlation_bytes(src, cfg, tokens) * part)
-        per_unit = unit_state_bytes(cfg, sparse=src.sae is not None)
+        per_unit = unit_state_bytes(cfg, sparse=keeps_log(src, cfg))
         per_source[src.name] = int(src.n_units * part) * per_unit + corr
         if src.sae is None:
             block = tokens_per_batch * src.n_units * 4
@@ -157,7 +152,7 @@ def estimate(plan: Plan, n_tokens: int | None) -> MemoryEstimate:
             + logit_block
             + 3 * corr  # joined, and the sums' column lists
             + _neighbour_bytes(src, plan.model, cfg, tokens)
-            + 3 * log_bytes(src, int(tokens * part)) // 2  # its offsets, the pages read
+            + 3 * log_bytes(src, cfg, int(tokens * part)) // 2  # its offsets, the pages read
         )
         working = max(working, block, write)
     forward = tokens_per_batch * (plan.model.d_model * 16 + plan.model.d_mlp * 12)
@@ -174,19 +169,22 @@ def estimate(plan: Plan, n_tokens: int | None) -> MemoryEstimate:
         working=working + forward,
         available=available_bytes(),
         per_source=per_source,
-        disk=sum(int(log_bytes(src, tokens) * part) for src in plan.sources),
+        disk=sum(int(log_bytes(src, cfg, tokens) * part) for src in plan.sources),
     )
 
 
 def _neighbour_bytes(src: Source, model, cfg, n_tokens: int) -> int:
     """Working bytes of the neighbours: the float64 copy of the sampled rows and a block
-    of sums (neurons), the column lists (latents), and the cosine blocks."""
-    if src.sae is None:
+    of sums (a dense source) or the column lists (a sparse one), and a latent source's
+    cosine blocks."""
+    if not keeps_log(src, cfg):
         rows = min(int(cfg.correlation_rate * n_tokens), DENSE_CAP)
-        return rows * src.n_units * 8 + 3 * 1024 * src.n_units * 8
-    nnz = min(n_tokens, SPARSE_CAP) * expected_l0(src)
-    cosine = 2 * src.n_units * model.d_model * 4 + 3 * COSINE_BYTES  # a block and its top-k
-    return nnz * 24 + src.n_units * 200 + cosine
+        out = rows * src.n_units * 8 + 3 * 1024 * src.n_units * 8
+    else:
+        out = min(n_tokens, SPARSE_CAP) * expected_l0(src) * 24 + src.n_units * 200
+    if src.sae is not None:
+        out += 2 * src.n_units * model.d_model * 4 + 3 * COSINE_BYTES  # a block and its top-k
+    return out
 
 
 def resident_bytes() -> int:

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from indexer.activation_log import ActivationLog
+from indexer.activation_log import ActivationLog, keeps_log
 from indexer.config import IndexConfig
 from indexer.core import StreamingTopK, fold_batch
 from indexer.correlation import StreamingCorrelation
@@ -64,9 +64,9 @@ class SourceStats:
     """The streaming statistics of one source's units, or of the slice ``units`` = (i, n)
     of them (``unit_range``), read from the source's activations as columns lo:hi.
 
-    A sparse source (an SAE's latents) keeps its examples' tokens without their windows,
-    and logs its activations in ``folder`` (in memory if None) to read them back from at
-    write time (``indexer.activation_log``)."""
+    A sparse source (``keeps_log``: an SAE's latents) keeps its examples' tokens without
+    their windows, and logs its activations in ``folder`` (in memory if None) to read
+    them back from at write time (``indexer.activation_log``)."""
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class SourceStats:
         self.source, self.skip = source, skip
         self.lo, self.hi = unit_range(source.n_units, units)
         n_units = self.hi - self.lo
-        sparse = source.sae is not None
+        sparse = keeps_log(source, cfg)
         self.topk = StreamingTopK(
             n_units,
             cfg.top_k,

@@ -212,7 +212,7 @@ def _write_source(conn, model_id, src, slices, plan, clock, logits, corpus) -> N
             ],
             [lo for lo, _ in ranges],
         )
-        correlation = StreamingCorrelation(src.n_units, sparse=src.sae is not None)
+        correlation = StreamingCorrelation(src.n_units, sparse=joined["sparse"])
         correlation.load_state_dict(joined)
         del joined
         near = Neighbours(correlation.top(summaries.NEIGHBOURS), correlation.n_tokens)

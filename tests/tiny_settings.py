@@ -27,5 +27,8 @@ def tiny_config(model_dir: Path, corpus_dir: Path, db: Path, **overrides) -> Ind
         window_after=2,
         device="cpu",
         progress=False,
+        # The tiny SAE and transcoders are dense (k of 24 or 48): indexed sparse, as wide
+        # ones are, unless a test asks for the default (test_transcoder_index's dense case).
+        log_below_density=1.0,
     )
     return IndexConfig(**(fields | overrides))

@@ -32,8 +32,10 @@ def train_tiny_set(tiny_index, out: Path, layout: str = "circuit-tracer") -> Pat
     return out
 
 
-def index_tiny_set(tiny_index, tc_dir: Path, db: str, slug: str) -> str:
+def index_tiny_set(tiny_index, tc_dir: Path, db: str, slug: str, **overrides) -> str:
     """The tiny index with the set beside layer 1's MLP, in ``db``; returns ``db``."""
-    cfg = replace(tiny_index.config, db=db, name=slug, layers=(1,), transcoders=(str(tc_dir),))
+    cfg = replace(
+        tiny_index.config, db=db, name=slug, layers=(1,), transcoders=(str(tc_dir),), **overrides
+    )
     assert build_index(cfg).sources == ["1-mlp", *SOURCES]
     return db

@@ -67,8 +67,22 @@ def brute_force(tc_dir, tiny_model_dir, stored, layer: int) -> torch.Tensor:
     return f
 
 
-def test_transcoder_statistics_equal_brute_force(tc_index, tc_dir, tiny_model_dir):
-    stored = read_index(tc_index.db, "tinytc")
+@pytest.fixture(scope="module")
+def tc_dense_index(tiny_index, tc_dir, tmp_path_factory):
+    """The set indexed as the default rule indexes a transcoder: dense (24 latents, k=3),
+    with its windows in memory and sampled correlations, as neurons are."""
+    db = str(tmp_path_factory.mktemp("tc-dense") / "index.db")
+    return replace(
+        tiny_index.config,
+        db=index_tiny_set(tiny_index, tc_dir, db, "tinytc", log_below_density=1 / 64),
+        log_below_density=1 / 64,
+    )
+
+
+@pytest.mark.parametrize("path", ["logged", "dense"])
+def test_transcoder_statistics_equal_brute_force(path, request, tc_dir, tiny_model_dir):
+    index = request.getfixturevalue("tc_index" if path == "logged" else "tc_dense_index")
+    stored = read_index(index.db, "tinytc")
     kinds = {s.name: (s.kind, s.layer) for s in stored.sources}
     assert [kinds[n] for n in SOURCES] == [("transcoder", 0), ("transcoder", 1)]
     # read_index keys units by layer: the MLP source and layer 1's transcoder share layer 1,
@@ -85,7 +99,7 @@ def test_transcoder_statistics_equal_brute_force(tc_index, tc_dir, tiny_model_di
     # its samples are fresh values inside it.
     from spyglass import storage
 
-    engine = storage.make_engine(tc_index.db)
+    engine = storage.make_engine(index.db)
     with engine.connect() as conn:
         sid = next(s.id for s in stored.sources if s.name == SOURCES[0])
         samples = [storage.get_samples(conn, sid, u) for u in range(24)]
@@ -107,8 +121,11 @@ def test_transcoder_statistics_equal_brute_force(tc_index, tc_dir, tiny_model_di
                 assert lo - 1e-5 < smp.value <= hi + 1e-5
                 checked += 1
     assert checked > 24
-    # Latent correlations use every token (position 0 aside): Pearson by brute force.
-    check_latent_correlations(stored, 0, latents)
+    # Pearson by brute force: a logged source's over every token (position 0 aside), a
+    # dense one's over the sampled tokens, as neurons' (which tells the two paths apart).
+    check_latent_correlations(
+        stored, 0, latents, None if path == "logged" else index.correlation_rate
+    )
 
 
 @pytest.fixture(scope="module")
