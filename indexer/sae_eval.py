@@ -42,15 +42,55 @@ class EvalConfig:
     """Seeds the ε-random directions."""
 
 
+class ReconstructionSums:
+    """Running sums over held-out rows of how an encoder's latents reconstruct a target:
+    the SAE's own input, or a transcoder's MLP output."""
+
+    def __init__(self, d_sae: int):
+        self.tokens = 0
+        self.outliers = 0
+        self.l0 = 0.0
+        self.err = 0.0
+        self.sq = 0.0
+        self.total: torch.Tensor | None = None
+        self.fires = torch.zeros(d_sae, dtype=torch.long)
+
+    def add(self, sae: Sae, x: torch.Tensor, y: torch.Tensor, max_norm_ratio: float) -> None:
+        """Rows x [rows, d_in] and their target y [rows, d_out]; rows whose target is a
+        massive activation are counted and left out."""
+        x, y = x.float(), y.float()
+        keep = typical_rows(y, max_norm_ratio)
+        self.outliers += int((~keep).sum())
+        x, y = x[keep], y[keep]
+        with torch.inference_mode():
+            f = sae.encode(x)  # [rows, d_sae]
+            y_hat = sae.decode(f, x).float()
+        active = f != 0
+        self.tokens += x.shape[0]
+        self.l0 += float(active.sum())
+        self.fires += active.sum(0).cpu()
+        self.err += float((y - y_hat).pow(2).sum())
+        self.sq += float(y.pow(2).sum())
+        row_sum = y.sum(0).double().cpu()
+        self.total = row_sum if self.total is None else self.total + row_sum
+
+    def reconstruction(self) -> dict:
+        """FVU (against the rows' own mean), L0, and the dead and dense shares."""
+        mean = self.total / self.tokens
+        variance = self.sq - self.tokens * float(mean.pow(2).sum())
+        density = self.fires.double() / self.tokens
+        return {
+            "tokens": self.tokens,
+            "outliers_left_out": self.outliers,
+            "fvu": self.err / variance,
+            "l0": self.l0 / self.tokens,
+            "dead_fraction": float((density == 0).double().mean()),
+            "dense_fraction": float((density > DENSE_ABOVE).double().mean()),
+        }
+
+
 @dataclass
 class _Sums:
-    tokens: int = 0
-    outliers: int = 0
-    l0: float = 0.0
-    err: float = 0.0
-    sq: float = 0.0
-    total: torch.Tensor | None = None
-    fires: torch.Tensor | None = None
     loss_clean: float = 0.0
     loss_spliced: float = 0.0
     loss_zero: float = 0.0
@@ -66,27 +106,27 @@ def evaluate_sae(sae: Sae, model: Model, cfg: EvalConfig) -> dict:
         cfg.corpus, model.tokenize, seq_len=cfg.seq_len, bos_id=model.bos_id, full_only=True
     )
     seqs = itertools.islice(seqs, cfg.sequences)
-    sums = _Sums(fires=torch.zeros(sae.cfg.d_sae, dtype=torch.long))
+    sums, rec = _Sums(), ReconstructionSums(sae.cfg.d_sae)
     gen = torch.Generator(model.device).manual_seed(cfg.seed)
     while batch := list(itertools.islice(seqs, cfg.batch_size)):
         tokens = torch.tensor([s.tokens for s in batch])
-        _add_reconstruction(sums, sae, model, tokens, hook, cfg)
+        acts = model.activations(tokens, [hook])[hook][:, 1:, :]
+        x = acts.reshape(-1, acts.shape[-1])  # [rows, d_in]
+        rec.add(sae, x, x, cfg.max_norm_ratio)
         _add_losses(sums, sae, model, tokens, hook, gen)
-    if sums.tokens == 0:
+    if rec.tokens == 0:
         raise ValueError(f"the corpus {cfg.corpus!r} gave no held-out sequence")
-    mean = sums.total / sums.tokens
-    variance = sums.sq - sums.tokens * float(mean.pow(2).sum())
+    r = rec.reconstruction()
     clean = sums.loss_clean / sums.loss_tokens
     spliced = sums.loss_spliced / sums.loss_tokens
     zero = sums.loss_zero / sums.loss_tokens
     kl_spliced = sums.kl_spliced / sums.loss_tokens
     kl_random = sums.kl_random / sums.loss_tokens
-    density = sums.fires.double() / sums.tokens
     return {
-        "tokens": sums.tokens,
-        "outliers_left_out": sums.outliers,
-        "l0": sums.l0 / sums.tokens,
-        "fvu": sums.err / variance,
+        "tokens": r["tokens"],
+        "outliers_left_out": r["outliers_left_out"],
+        "l0": r["l0"],
+        "fvu": r["fvu"],
         "loss_clean": clean,
         "loss_spliced": spliced,
         "loss_zero_ablated": zero,
@@ -96,30 +136,11 @@ def evaluate_sae(sae: Sae, model: Model, cfg: EvalConfig) -> dict:
         "loss_epsilon_random": sums.loss_random / sums.loss_tokens,
         "kl_epsilon_random": kl_random,
         "kl_ratio": kl_spliced / kl_random if kl_random > 1e-9 else None,
-        "dead_fraction": float((density == 0).double().mean()),
-        "dense_fraction": float((density > DENSE_ABOVE).double().mean()),
+        "dead_fraction": r["dead_fraction"],
+        "dense_fraction": r["dense_fraction"],
         "held_out_sequences": cfg.sequences,
         "corpus": cfg.corpus,
     }
-
-
-def _add_reconstruction(sums: _Sums, sae: Sae, model: Model, tokens, hook: str, cfg) -> None:
-    acts = model.activations(tokens, [hook])[hook][:, 1:, :]
-    x = acts.reshape(-1, acts.shape[-1]).float()  # [rows, d_in]
-    keep = typical_rows(x, cfg.max_norm_ratio)
-    sums.outliers += int((~keep).sum())
-    x = x[keep]
-    with torch.inference_mode():
-        f = sae.encode(x)  # [rows, d_sae]
-        x_hat = sae.decode(f, x)
-    active = f != 0
-    sums.tokens += x.shape[0]
-    sums.l0 += float(active.sum())
-    sums.fires += active.sum(0).cpu()
-    sums.err += float((x - x_hat).pow(2).sum())
-    sums.sq += float(x.pow(2).sum())
-    row_sum = x.sum(0).double().cpu()
-    sums.total = row_sum if sums.total is None else sums.total + row_sum
 
 
 def epsilon_random(x: torch.Tensor, x_hat: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from indexer.corpus import iter_sequences
-from indexer.sae_eval import DENSE_ABOVE, kl_sum, loss_sum
+from indexer.sae_eval import ReconstructionSums, kl_sum, loss_sum
 from spyglass.model import Model
 from spyglass.sae import Sae
-from spyglass.sources import MAX_NORM_RATIO, typical_rows
+from spyglass.sources import MAX_NORM_RATIO
 
 
 @dataclass(frozen=True)
@@ -42,52 +42,13 @@ class TranscoderEvalConfig:
     max_norm_ratio: float = MAX_NORM_RATIO
 
 
-class LayerSums:
+class LayerSums(ReconstructionSums):
     """One layer's running sums over held-out rows: reconstruction and spliced losses."""
 
     def __init__(self, d_sae: int):
-        self.tokens = 0
-        self.outliers = 0
-        self.l0 = 0.0
-        self.err = 0.0
-        self.sq = 0.0
-        self.total: torch.Tensor | None = None
-        self.fires = torch.zeros(d_sae, dtype=torch.long)
+        super().__init__(d_sae)
         self.loss = 0.0
         self.kl = 0.0
-
-    def add(self, tc: Sae, x: torch.Tensor, y: torch.Tensor, max_norm_ratio: float) -> None:
-        """Rows x [rows, d_in], y [rows, d_out]; those whose output is a massive activation
-        are counted and left out."""
-        x, y = x.float(), y.float()
-        keep = typical_rows(y, max_norm_ratio)
-        self.outliers += int((~keep).sum())
-        x, y = x[keep], y[keep]
-        with torch.inference_mode():
-            f = tc.encode(x)
-            y_hat = tc.decode(f, x).float()
-        active = f != 0
-        self.tokens += x.shape[0]
-        self.l0 += float(active.sum())
-        self.fires += active.sum(0).cpu()
-        self.err += float((y - y_hat).pow(2).sum())
-        self.sq += float(y.pow(2).sum())
-        row_sum = y.sum(0).double().cpu()
-        self.total = row_sum if self.total is None else self.total + row_sum
-
-    def reconstruction(self) -> dict:
-        """FVU (against the rows' own mean), L0, and the dead and dense shares."""
-        mean = self.total / self.tokens
-        variance = self.sq - self.tokens * float(mean.pow(2).sum())
-        density = self.fires.double() / self.tokens
-        return {
-            "tokens": self.tokens,
-            "outliers_left_out": self.outliers,
-            "fvu": self.err / variance,
-            "l0": self.l0 / self.tokens,
-            "dead_fraction": float((density == 0).double().mean()),
-            "dense_fraction": float((density > DENSE_ABOVE).double().mean()),
-        }
 
 
 def _replace_from_1(act: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
