@@ -158,7 +158,7 @@ def add_parsers(sub) -> None:
     )
     t.add_argument(
         "--lr-decay", type=float, default=d.lr_decay,
-        help=f"final share of the steps over which the learning rate falls to 0 ({d.lr_decay})",
+        help=f"final share of --tokens over which the learning rate falls to 0 ({d.lr_decay})",
     )  # fmt: skip
     t.add_argument("--skip", action="store_true", help="add a linear skip connection W_skip")
     t.add_argument("--format", choices=LAYOUTS, default=CIRCUIT_TRACER, help="layout written")

@@ -13,7 +13,7 @@ at the output's mean, AuxK for dead latents), with what a transcoder adds:
   the scales are folded into the written weights, which read and write raw activations;
 - ``skip``: a linear ``W_skip`` from input to output beside the latents (Paulo et al.
   2025), started at the least-squares fit on the first buffer;
-- the learning rate falls linearly to zero over the last ``lr_decay`` of the steps;
+- the learning rate falls linearly to zero over the last ``lr_decay`` share of ``tokens``;
 - ``jumprelu``: a per-latent threshold trained with straight-through pseudo-derivatives
   and an L0 penalty (Rajamanoharan et al. 2024) instead of TopK.
 
@@ -74,7 +74,7 @@ class TranscoderTrainConfig:
     """About this many activations per optimiser step (each buffer is split evenly)."""
     lr: float = 1e-3
     lr_decay: float = 0.2
-    """Final share of the steps over which the learning rate falls linearly to zero."""
+    """Final share of ``tokens`` over which the learning rate falls linearly to zero."""
     aux_k: int = 256
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 500_000
